@@ -1,0 +1,1 @@
+"""latency_models: not built yet (see the issues)."""

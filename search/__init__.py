@@ -1,0 +1,1 @@
+"""search: not built yet (see the issues)."""

@@ -1,0 +1,1 @@
+"""server: not built yet (see the issues)."""
