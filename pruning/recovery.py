@@ -34,10 +34,11 @@ class _NormalEquations:
     def add(self, features: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> None:
         if valid is not None:
             features, target = features[valid], target[valid]
-        a = features.reshape(-1, features.shape[-1]).double()
-        a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], dim=1)
-        t = target.reshape(-1, target.shape[-1]).double()
-        gram, cross = a.T @ a, a.T @ t
+        a = features.reshape(-1, features.shape[-1])
+        a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+        t = target.reshape(-1, target.shape[-1])
+        # One batch's products in float32 (fast), summed over batches in float64 (accurate).
+        gram, cross = (a.T @ a).double(), (a.T @ t).double()
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
 

@@ -90,9 +90,7 @@ def _gather_topk(
         parts.append(_package(state, patches, patch_scores, package_score, dropped)[:, None])
     positions = state.positions.gather(1, order) if state.positions is not None else None
     count = torch.full((B,), k, dtype=torch.long, device=patches.device)
-    return replace(
-        state, x=torch.cat(parts, 1), has_package=fuse, positions=positions, counts=[*state.counts, count]
-    )
+    return replace(state, x=torch.cat(parts, 1), has_package=fuse, positions=positions, counts=[*state.counts, count])
 
 
 def _patch_valid(state: TokenState) -> torch.Tensor:
@@ -125,7 +123,7 @@ def _compact(
     keep: torch.Tensor,
     package_token: bool,
 ) -> TokenState:
-    B, n, C = patches.shape
+    B, _, C = patches.shape
     prefix = state.x[:, : state.n_prefix]
     prefix_valid = torch.ones(B, state.n_prefix, dtype=torch.bool, device=patches.device)
     count = keep.sum(1)

@@ -70,7 +70,7 @@ class PiTFamily:
         transformer = model.transformers[stage]
         if transformer.pool is not None:
             grid, cls_tokens = transformer.pool(grid, cls_tokens)
-        B, C, height, width = grid.shape
+        height, width = grid.shape[-2:]
         x = torch.cat((cls_tokens, grid.flatten(2).transpose(1, 2)), dim=1)
         return TokenState(
             x=transformer.norm(x), n_prefix=cls_tokens.shape[1], track_positions=True, grid=(height, width)
