@@ -1,0 +1,241 @@
+"""The `vitprune` command line: a thin shell over the library packages.
+
+vitprune prune     build a pruned model from a timm model + weights + config, save a bundle
+vitprune evaluate  accuracy, fidelity to the dense model, params, FLOPs, latency (--json)
+vitprune export    ONNX file from a bundle, checked against PyTorch with onnxruntime
+vitprune latency   measured latency of a bundle or a dense model at several batch sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+from pruning import ConfigError, PruneConfig, PrunedViT, UnsupportedModelError, describe, prune_model
+from pruning.bundle import BundleError, load_bundle, save_bundle
+from pruning.data import DatasetError, ImageSet, load_image_folder
+from pruning.export import ExportError, export_onnx
+from pruning.flops import count_flops, count_params
+from pruning.loading import WeightsError, create_model
+from pruning.metrics import evaluate, predict
+from pruning.timing import measure_latency
+
+USER_ERRORS = (
+    BundleError,
+    ConfigError,
+    DatasetError,
+    ExportError,
+    UnsupportedModelError,
+    WeightsError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_dense_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_argument_group("dense model")
+    group.add_argument("--model", required=required, help="timm model name, e.g. deit_tiny_patch16_224")
+    group.add_argument("--weights", type=Path, help="local .safetensors or .pth/.pt file of the dense model")
+    group.add_argument("--pretrained", action="store_true", help="download timm's pretrained weights (needs internet)")
+
+
+def _add_data_options(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    parser.add_argument(flag, type=Path, help=help_text)
+    parser.add_argument("--class-map", type=Path, help="file with one class name per line (line number = index)")
+    parser.add_argument("--max-images", type=int, help="use at most this many images (spread over classes)")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pruning (a --config file, or the uniform options)")
+    group.add_argument("--config", type=Path, help="PruneConfig JSON file")
+    group.add_argument("--keep", type=float, help="top-k keep ratio at the --at blocks")
+    group.add_argument("--threshold", type=float, help="score threshold (x mean score) at the --at blocks")
+    group.add_argument("--at", type=_ints, default=(), help="blocks that reduce tokens, e.g. 3,6,9")
+    group.add_argument("--package-token", action="store_true", help="fuse dropped tokens into one token")
+    group.add_argument("--score", choices=["cls_attn", "head_weighted"], default="cls_attn")
+    group.add_argument("--head-ratio", type=float, default=1.0, help="share of heads kept in every block")
+    group.add_argument("--mlp-ratio", type=float, default=1.0, help="share of MLP channels kept in every block")
+    group.add_argument("--round-to", type=int, default=8, help="MLP widths are multiples of this")
+
+
+def _dense_model(args: argparse.Namespace) -> torch.nn.Module:
+    if not args.weights and not args.pretrained:
+        raise WeightsError(
+            f"no weights for {args.model}: pass --weights path/to/model.safetensors (or .pth), or --pretrained"
+        )
+    return create_model(args.model, weights=args.weights, pretrained=args.pretrained and not args.weights)
+
+
+def _prune_config(args: argparse.Namespace, dense: torch.nn.Module) -> PruneConfig:
+    spec = describe(dense, args.model)
+    if args.config:
+        config = PruneConfig.model_validate_json(args.config.read_text())
+    else:
+        config = PruneConfig.uniform(
+            spec,
+            keep_ratio=args.keep,
+            threshold=args.threshold,
+            at=args.at,
+            head_ratio=args.head_ratio,
+            mlp_ratio=args.mlp_ratio,
+            package_token=args.package_token,
+            score=args.score,
+            round_to=args.round_to,
+        )
+    config.check(spec)
+    return config
+
+
+def _images(root: Path, model: torch.nn.Module, args: argparse.Namespace) -> ImageSet:
+    data_config = timm.data.resolve_data_config({}, model=model)
+    return load_image_folder(root, data_config, class_map=args.class_map, max_images=args.max_images)
+
+
+def _measure(
+    model: torch.nn.Module, images: ImageSet | None, batches: tuple[int, ...], threads: int | None
+) -> dict[str, dict]:
+    """Latency per batch size; threshold-mode models are timed on real images (their cost depends on them)."""
+    results = {}
+    for batch in batches:
+        inputs = None
+        if images is not None and isinstance(model, PrunedViT) and model.config.has_threshold:
+            inputs = next(images.subset(range(min(batch, len(images)))).batches(batch))[0]
+        stats = measure_latency(model, batch_size=batch, threads=threads, inputs=inputs)
+        results[str(batch)] = stats.to_dict()
+    return results
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    dense = _dense_model(args)
+    config = _prune_config(args, dense)
+    calibration = None
+    if args.calib:
+        calib = _images(args.calib, dense, args)
+        calibration = [images for images, _ in calib.batches(args.batch_size)]
+    pruned = prune_model(dense, config, name=args.model, calibration=calibration, recover=args.recover)
+    metrics: dict = {"params": count_params(pruned)}
+    if args.val:
+        val = _images(args.val, dense, args)
+        result, _ = evaluate(pruned, val, reference_logits=predict(dense, val, batch_size=args.batch_size))
+        metrics |= {"validation": str(args.val), **result.to_dict()}
+    provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
+    path = save_bundle(pruned, args.out, metrics=metrics, provenance=provenance, onnx=args.onnx)
+    print(json.dumps({"bundle": str(path), "config_key": pruned.config.key(), **metrics}))
+    return 0
+
+
+def _model_under_test(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """(model to measure, dense reference or None)."""
+    dense = _dense_model(args) if args.model else None
+    if args.bundle:
+        return load_bundle(args.bundle), dense
+    if dense is None:
+        raise ValueError("give --bundle PATH, or --model NAME with --weights/--pretrained")
+    if args.config or args.keep or args.threshold or args.head_ratio < 1 or args.mlp_ratio < 1:
+        return prune_model(dense, _prune_config(args, dense), name=args.model), dense
+    return dense, dense
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model, dense = _model_under_test(args)
+    images = _images(args.data, dense or model.model, args)
+    reference = predict(dense, images, batch_size=args.batch_size) if dense is not None else None
+    result, _ = evaluate(model, images, reference_logits=reference, batch_size=args.batch_size)
+    report = result.to_dict() | {
+        "params": count_params(model),
+        "flops": count_flops(model, next(images.batches(8))[0]),
+        "skipped_images": len(images.skipped),
+    }
+    if args.latency_batch:
+        report["latency"] = _measure(model, images, args.latency_batch, args.threads)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>15}: {value}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    pruned = load_bundle(args.bundle)
+    report = export_onnx(pruned, args.out, batch_size=args.batch, dynamic_batch=not args.static, opset=args.opset)
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    model, _ = _model_under_test(args)
+    images = _images(args.data, model.model if isinstance(model, PrunedViT) else model, args) if args.data else None
+    report = {"latency": _measure(model, images, args.batch, args.threads)}
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitprune", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser("prune", help="build a pruned model and save it as a bundle")
+    _add_dense_options(prune, required=True)
+    _add_config_options(prune)
+    _add_data_options(prune, "--calib", "calibration images (ImageFolder): importance and weight recovery")
+    prune.add_argument("--val", type=Path, help="validation images for the bundle's metrics (kept apart from --calib)")
+    prune.add_argument("--recover", action="store_true", help="refit output projections by least squares")
+    prune.add_argument("--onnx", action="store_true", help="also write model.onnx into the bundle")
+    prune.add_argument("--out", type=Path, required=True, help="bundle directory, or a path ending in .zip")
+    prune.set_defaults(run=cmd_prune)
+
+    for name, run, help_text in (
+        ("evaluate", cmd_evaluate, "accuracy, fidelity, params, FLOPs and latency of a model"),
+        ("latency", cmd_latency, "measured latency of a model"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--bundle", type=Path, help="a pruned model bundle (directory or .zip)")
+        _add_dense_options(sub, required=False)
+        _add_config_options(sub)
+        _add_data_options(sub, "--data", "images (ImageFolder, or a flat folder without labels)")
+        sub.add_argument("--threads", type=int, help="torch threads for latency (default: torch's)")
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.set_defaults(run=run)
+    commands.choices["evaluate"].add_argument(
+        "--latency-batch", type=_ints, default=(1,), help="batch sizes to time, e.g. 1,32 ('' to skip)"
+    )
+    commands.choices["latency"].add_argument("--batch", type=_ints, default=(1, 32), help="batch sizes, e.g. 1,32")
+
+    export = commands.add_parser("export", help="export a bundle to ONNX, verified with onnxruntime")
+    export.add_argument("bundle", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    export.add_argument("--batch", type=int, default=1, help="example batch size")
+    export.add_argument("--static", action="store_true", help="fixed batch size instead of a dynamic one")
+    export.add_argument("--opset", type=int, default=18)
+    export.set_defaults(run=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "evaluate" and not args.data:
+        parser.error("evaluate needs --data DIR")
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        print(f"vitprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
