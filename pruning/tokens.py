@@ -150,7 +150,7 @@ def _compact(
     return replace(
         state,
         x=torch.cat(parts, 1),
-        valid=None if bool(valid.all()) and state.compact else valid,
+        valid=None if state.compact and bool(valid.all()) else valid,
         has_package=fuse,
         positions=positions,
         counts=[*state.counts, count],

@@ -87,14 +87,6 @@ def test_static_batch_head_and_mlp_pruned(dense: torch.nn.Module, images: torch.
     assert verify_onnx(pruned, report.path, images[2:4]) <= TOLERANCE
 
 
-# The masked threshold graph exports with the dynamo exporter once pruning/tokens.py (_compact) evaluates
-# `state.compact` before `bool(valid.all())`: today the data-dependent bool() runs first even when the result
-# is discarded, and torch.export refuses to guard on it. Remove this marker when tokens.py is fixed.
-@pytest.mark.xfail(
-    raises=ExportError,
-    strict=True,
-    reason="runtime: tokens._compact calls bool(valid.all()) before checking state.compact (data-dependent)",
-)
 def test_threshold_exports_in_masked_form(dense: torch.nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
     config = PruneConfig.uniform(
         describe(dense), threshold=1.0, at=(3, 6, 9), package_token=True, score="head_weighted"
