@@ -139,7 +139,7 @@ class PruneConfig(_Frozen):
         """A common shape: the same token reduction at blocks `at`, the same head/MLP ratios everywhere."""
         if keep_ratio is not None and threshold is not None:
             raise ConfigError("give keep_ratio (top-k) or threshold, not both")
-        round_to = options.get("round_to", 8)
+        round_to = cls(blocks=(), **options).round_to  # validates the options before they are used
         blocks = []
         for i, b in enumerate(spec.blocks):
             tokens: NoReduction | TopKReduction | ThresholdReduction = NoReduction()
