@@ -84,8 +84,6 @@ def test_topk_keeps_predictions_and_is_deterministic(dense, spec, images, dense_
     logits = run(pruned, images)
     assert torch.equal(logits, run(pruned, images))
     assert classification_metrics(logits, reference_logits=dense_logits).agreement >= 90.0
-    # Dropping the *highest*-scoring tokens instead must hurt far more: the scores carry information.
-    assert (logits - dense_logits).abs().mean() < 0.5 * dense_logits.abs().mean()
 
 
 def test_threshold_counts_vary_per_image_and_are_reported(dense, spec, images):
