@@ -130,7 +130,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.val:
         val = _images(args.val, dense, args)
         result, _ = evaluate(pruned, val, reference_logits=predict(dense, val, batch_size=args.batch_size))
-        metrics |= {"validation": str(args.val), **result.to_dict()}
+        metrics |= {"dataset": str(args.val), **result.to_dict()}
     provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
     path = save_bundle(pruned, args.out, metrics=metrics, provenance=provenance, onnx=args.onnx)
     print(json.dumps({"bundle": str(path), "config_key": pruned.config.key(), **metrics}))

@@ -34,6 +34,7 @@ from pruning.bundle import (
     load_bundle,
     save_bundle,
 )
+from pruning.flops import count_flops, count_params
 from pruning.loading import create_model
 
 TINY = "deit_tiny_patch16_224"
@@ -106,7 +107,7 @@ def test_round_trip_is_exact(topk: PrunedViT, tmp_path: Path, name: str) -> None
     _assert_same_model(load_bundle(path), topk)
 
 
-def test_config_metrics_and_card(saved: Path, topk: PrunedViT) -> None:
+def test_config_metrics_and_card(saved: Path, topk: PrunedViT, dense: torch.nn.Module) -> None:
     config = json.loads((saved / CONFIG_FILE).read_text())
     assert config["format"] == FORMAT and config["format_version"] == FORMAT_VERSION
     assert config["base_model"] == TINY
@@ -124,6 +125,10 @@ def test_config_metrics_and_card(saved: Path, topk: PrunedViT) -> None:
         assert text in card
     assert "imagenet-sample (8 images)" in card  # the accuracy note names the image set
     assert "| fidelity.agreement | 87.5 |" in card
+    # sizes are counted on weightless models; they must match counting the real ones
+    assert f"Parameters: {count_params(topk) / 1e6:.2f} M of {count_params(dense) / 1e6:.2f} M dense" in card
+    flops, dense_flops = (count_flops(m, torch.zeros(1, 3, 224, 224)) / 1e9 for m in (topk, dense))
+    assert f"FLOPs per image: {flops:.2f} G of {dense_flops:.2f} G dense" in card
 
 
 def test_metrics_default_to_empty(topk: PrunedViT, tmp_path: Path) -> None:
@@ -132,7 +137,9 @@ def test_metrics_default_to_empty(topk: PrunedViT, tmp_path: Path) -> None:
     provenance = json.loads((path / CONFIG_FILE).read_text())["provenance"]
     assert provenance["extra"] == {"run": "test"}
     assert provenance["weights_sha256"] == "ab" * 32
-    assert "No metrics" in (path / README_FILE).read_text()
+    card = (path / README_FILE).read_text()
+    assert "No metrics" in card
+    assert "ab" * 32 in card
 
 
 def test_loading_never_touches_the_dense_weights(
