@@ -16,7 +16,6 @@ from timm.data import resolve_data_config
 from pruning import PruneConfig, PrunedViT, describe, prune_model
 from pruning.data import load_image_folder
 from pruning.export import (
-    ExportError,
     ExportReport,
     export_onnx,
     file_uses_external_data,
