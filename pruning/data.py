@@ -159,9 +159,7 @@ def _scan(root: Path) -> tuple[list[tuple[str, str | None]], list[str]]:
         files.extend((p.relative_to(root).as_posix(), subdir.name) for p in found)
     top_level = sorted(p for p in root.iterdir() if _is_image(p))
     if classes and top_level:
-        logger.warning(
-            "ignoring %d images directly in %s: the folder has class subfolders", len(top_level), root
-        )
+        logger.warning("ignoring %d images directly in %s: the folder has class subfolders", len(top_level), root)
     elif not classes:
         files = [(p.name, None) for p in top_level]
     if not files:
@@ -176,9 +174,7 @@ def _read_class_map(path: Path) -> tuple[list[str], str]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise DatasetError(
-            f"cannot read class map {path}: {error}; pass a text file, one class per line"
-        ) from error
+        raise DatasetError(f"cannot read class map {path}: {error}; pass a text file, one class per line") from error
     names = [line.strip() for line in text.splitlines()]
     while names and not names[-1]:
         names.pop()
@@ -259,9 +255,7 @@ def _build(
     if skipped:
         logger.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(skipped), root, skipped[0])
     if not images:
-        raise DatasetError(
-            f"none of the {len(files)} image files in {root} could be read; see the skipped list"
-        )
+        raise DatasetError(f"none of the {len(files)} image files in {root} could be read; see the skipped list")
     sizes = {tuple(t.shape) for t in images}
     if len(sizes) != 1:
         raise DatasetError(f"the transform gave images of different sizes {sorted(sizes)}; use a crop mode")

@@ -194,9 +194,7 @@ def _unsafe_pickle_message(path: Path, err: Exception) -> str:
 
 def _invalid_torch_message(path: Path, err: Exception) -> str:
     reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    return (
-        f"{path} is not a valid PyTorch checkpoint ({reason}); the file may be truncated or in another format"
-    )
+    return f"{path} is not a valid PyTorch checkpoint ({reason}); the file may be truncated or in another format"
 
 
 # -------------------------------------------------------------------------------- state-dict unwrapping
@@ -320,9 +318,7 @@ def _create_pretrained(name: str, model_kwargs: dict[str, Any]) -> torch.nn.Modu
     return _timm_pretrained(name, model_kwargs, offline=False, reason="the download failed")
 
 
-def _timm_pretrained(
-    name: str, model_kwargs: dict[str, Any], *, offline: bool, reason: str
-) -> torch.nn.Module:
+def _timm_pretrained(name: str, model_kwargs: dict[str, Any], *, offline: bool, reason: str) -> torch.nn.Module:
     """Call timm with short hub timeouts; with offline=True only the local cache is consulted."""
     try:
         with _hub_settings(offline=offline):
@@ -332,8 +328,7 @@ def _timm_pretrained(
     except Exception as err:
         cause = _first_sentence(str(err)) or type(err).__name__
         raise WeightsError(
-            f"cannot get pretrained weights for {name}: {reason} ({type(err).__name__}: {cause}); "
-            f"{_LOCAL_FILE_HINT}"
+            f"cannot get pretrained weights for {name}: {reason} ({type(err).__name__}: {cause}); {_LOCAL_FILE_HINT}"
         ) from err
 
 
@@ -347,9 +342,7 @@ def _pretrained_source_url(name: str) -> str:
     """The URL timm will fetch from: the Hugging Face hub when the model has a hub id, else its url."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise WeightsError(
-            f"timm has no pretrained weights for {name}; {_LOCAL_FILE_HINT}, or use random init"
-        )
+        raise WeightsError(f"timm has no pretrained weights for {name}; {_LOCAL_FILE_HINT}, or use random init")
     if cfg.hf_hub_id:
         return _hub_endpoint()
     return cfg.url or ""

@@ -38,9 +38,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def predict(
-    model: torch.nn.Module, images: ImageSet, *, batch_size: int = 64, progress: bool = False
-) -> torch.Tensor:
+def predict(model: torch.nn.Module, images: ImageSet, *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """Float32 CPU logits (N, classes) of `model` in eval mode; the model's previous mode is restored."""
     device = _model_device(model)
     was_training = model.training
