@@ -6,6 +6,7 @@ The timm modules are rebuilt with smaller `nn.Linear`s and their bookkeeping (`n
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,11 +16,13 @@ __all__ = ["slice_heads", "slice_mlp"]
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
+    """An nn.Linear holding copies of the given slices (built on `meta`: no wasted initialisation)."""
+    with warnings.catch_warnings():  # a fully pruned branch (heads=0, mlp_hidden=0) has zero-size weights
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
     return layer
 
 

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from pruning import PruneConfig, describe, prune_model
+from pruning import BlockConfig, PruneConfig, describe, prune_model
 from pruning.data import load_image_folder
 from pruning.loading import create_model
 from pruning.metrics import classification_metrics
@@ -189,3 +189,17 @@ def expected_topk_counts(spec, at, ratio):
         tokens = math.ceil(ratio * tokens)
         counts.append(tokens)
     return counts
+
+
+def test_removing_whole_branches_leaves_only_their_biases():
+    model = timm.create_model("deit_tiny_patch16_224").eval()
+    spec = describe(model)
+    blocks = list(PruneConfig.dense(spec).blocks)
+    blocks[5] = BlockConfig(heads=0, mlp_hidden=0)
+    pruned = prune_model(model, PruneConfig(blocks=tuple(blocks)))
+    assert pruned.blocks[5].attn.qkv.weight.shape == (0, 192) and pruned.blocks[5].mlp.fc1.weight.shape == (0, 192)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        state = pruned.run_blocks(pruned.embed(images), 0, 5)
+        state.x = state.x + model.blocks[5].attn.proj.bias + model.blocks[5].mlp.fc2.bias
+        assert torch.equal(pruned.head(pruned.run_blocks(state, 6)), pruned(images))
