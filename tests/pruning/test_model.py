@@ -159,6 +159,7 @@ def test_recovery_needs_calibration(dense, spec):
         ("deit_tiny_distilled_patch16_224", (3, 6, 9)),
         ("vit_tiny_patch16_224", (3, 6, 9)),
         ("deit_small_patch16_224", (3, 6, 9)),
+        ("deit_base_patch16_224", (3, 6, 9)),
         ("pit_ti_224", (3, 5, 9)),
         ("pit_xs_distilled_224", (1, 4, 10)),
     ],
