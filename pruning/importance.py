@@ -26,8 +26,8 @@ from pruning.spec import ModelSpec
 
 __all__ = [
     "Importance",
+    "calibrated_importance",
     "choose_survivors",
-    "fisher_importance",
     "needs_importance",
     "weight_importance",
 ]
@@ -75,40 +75,41 @@ def weight_importance(blocks: list[nn.Module]) -> Importance:
     return Importance(heads, channels, criterion="weight-norm")
 
 
-def fisher_importance(model: nn.Module, blocks: list[nn.Module], batches: Iterable[torch.Tensor]) -> Importance:
-    """Empirical Fisher of a multiplicative mask on every head and MLP channel of the dense `model`.
+def calibrated_importance(model: nn.Module, blocks: list[nn.Module], batches: Iterable[torch.Tensor]) -> Importance:
+    """Head output contributions and channel Fisher scores of the dense `model` on `batches`.
 
-    A mask of ones multiplies each head's output (before `attn.proj`) and each hidden channel
-    (before `mlp.fc2`); the importance of a unit is the sum over images of the squared gradient of
-    the loss with respect to its mask. The loss is cross-entropy against the dense model's own
-    top-1 prediction, so calibration images need no labels.
+    A mask of ones multiplies each hidden channel (before `mlp.fc2`); a channel's importance is
+    the sum over images of the squared gradient of the loss with respect to its mask. The loss is
+    cross-entropy against the dense model's own top-1 prediction, so images need no labels. The
+    same pass measures each head's contribution norm at the input of `attn.proj`.
     """
     head_sum = [torch.zeros(b.attn.num_heads, dtype=torch.float64) for b in blocks]
+    tokens_seen = [0] * len(blocks)
     chan_sum = [torch.zeros(b.mlp.fc1.out_features, dtype=torch.float64) for b in blocks]
-    masks: dict[tuple[str, int], torch.Tensor] = {}
+    masks: dict[int, torch.Tensor] = {}
 
-    def head_mask(i: int, attn: nn.Module):
+    def head_contribution(i: int, attn: nn.Module):
         def hook(_module, inputs):
-            x = inputs[0]
-            mask = masks[("heads", i)] = x.new_ones(x.shape[0], 1, attn.num_heads, 1).requires_grad_()
-            return ((x.unflatten(-1, (attn.num_heads, attn.head_dim)) * mask).flatten(-2),)
+            heads = inputs[0].detach().unflatten(-1, (attn.num_heads, attn.head_dim))
+            contribution = torch.einsum("bnhd,hcd->bnhc", heads, _head_columns(attn).detach()).norm(dim=-1)
+            head_sum[i] += contribution.flatten(0, 1).sum(0).double()
+            tokens_seen[i] += contribution.shape[0] * contribution.shape[1]
 
         return hook
 
     def channel_mask(i: int):
         def hook(_module, inputs):
             x = inputs[0]
-            mask = masks[("channels", i)] = x.new_ones(x.shape[0], 1, x.shape[-1]).requires_grad_()
+            mask = masks[i] = x.new_ones(x.shape[0], 1, x.shape[-1]).requires_grad_()
             return (x * mask,)
 
         return hook
 
     handles = []
     for i, block in enumerate(blocks):
-        handles.append(block.attn.proj.register_forward_pre_hook(head_mask(i, block.attn)))
+        handles.append(block.attn.proj.register_forward_pre_hook(head_contribution(i, block.attn)))
         handles.append(block.mlp.fc2.register_forward_pre_hook(channel_mask(i)))
     frozen = [(p, p.requires_grad) for p in model.parameters()]
-    seen = 0
     try:
         model.eval()
         for p, _ in frozen:
@@ -117,20 +118,19 @@ def fisher_importance(model: nn.Module, blocks: list[nn.Module], batches: Iterab
             for images in batches:
                 logits = model(images)
                 loss = F.cross_entropy(logits, logits.argmax(dim=1), reduction="sum")
-                keys = [("heads", i) for i in range(len(blocks))] + [("channels", i) for i in range(len(blocks))]
-                grads = torch.autograd.grad(loss, [masks[k] for k in keys])
-                for (kind, i), grad in zip(keys, grads, strict=True):
-                    total = head_sum if kind == "heads" else chan_sum
-                    total[i] += grad.flatten(1).double().square().sum(0)
-                seen += len(images)
+                grads = torch.autograd.grad(loss, [masks[i] for i in range(len(blocks))])
+                for i, grad in enumerate(grads):
+                    chan_sum[i] += grad.flatten(1).double().square().sum(0)
     finally:
         for handle in handles:
             handle.remove()
         for p, requires_grad in frozen:
             p.requires_grad_(requires_grad)
-    if not seen:
+    if not tokens_seen[0]:
         raise ValueError("no calibration images: importance needs at least one batch")
-    return Importance([h.float() for h in head_sum], [c.float() for c in chan_sum], criterion="fisher")
+    heads = [(total / seen).float() for total, seen in zip(head_sum, tokens_seen, strict=True)]
+    channels = [total.float() for total in chan_sum]
+    return Importance(heads, channels, criterion="heads: output contribution; channels: fisher")
 
 
 def choose_survivors(config: PruneConfig, spec: ModelSpec, importance: Importance | None) -> PruneConfig:

@@ -18,8 +18,8 @@ from pruning.config import PruneConfig
 from pruning.families import Family, family_of
 from pruning.importance import (
     Importance,
+    calibrated_importance,
     choose_survivors,
-    fisher_importance,
     needs_importance,
     weight_importance,
 )
@@ -99,7 +99,7 @@ def prune_model(
     """Build the pruned version of a dense timm `model` described by `config`.
 
     The dense model is not modified. Heads and channels that `config` does not pin are chosen by
-    `importance`, else by Fisher importance on `calibration` batches, else by weight norms.
+    `importance`, else by calibrated importance on `calibration` batches, else by weight norms.
     With `recover=True` the output projections of pruned blocks are refitted by least squares on
     `calibration` so that each block's output matches the dense block's (see `pruning.recovery`).
     """
@@ -111,7 +111,7 @@ def prune_model(
         raise ValueError("weight recovery needs calibration images")
     if importance is None and needs_importance(config, spec):
         dense_blocks = family.blocks(model)
-        importance = fisher_importance(model, dense_blocks, batches) if batches else weight_importance(dense_blocks)
+        importance = calibrated_importance(model, dense_blocks, batches) if batches else weight_importance(dense_blocks)
     config = choose_survivors(config, spec, importance)
 
     sliced = copy.deepcopy(model).eval()
