@@ -16,25 +16,18 @@ from pathlib import Path
 import timm
 import torch
 
-from pruning import ConfigError, PruneConfig, PrunedViT, UnsupportedModelError, describe, prune_model
-from pruning.bundle import BundleError, load_bundle, save_bundle
-from pruning.data import DatasetError, ImageSet, load_image_folder
+from pruning import PruneConfig, PrunedViT, describe, prune_model
+from pruning.bundle import load_bundle, save_bundle
+from pruning.data import ImageSet, load_image_folder
 from pruning.export import ExportError, export_onnx
 from pruning.flops import count_flops, count_params
 from pruning.loading import WeightsError, create_model
 from pruning.metrics import evaluate, predict
 from pruning.timing import measure_latency
 
-USER_ERRORS = (
-    BundleError,
-    ConfigError,
-    DatasetError,
-    ExportError,
-    UnsupportedModelError,
-    WeightsError,
-    FileNotFoundError,
-    ValueError,
-)
+# Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
+# unsupported model; pydantic's ValidationError too); export failures are ExportError.
+USER_ERRORS = (ValueError, OSError, ExportError)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -132,7 +125,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         result, _ = evaluate(pruned, val, reference_logits=predict(dense, val, batch_size=args.batch_size))
         metrics |= {"dataset": str(args.val), **result.to_dict()}
     provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
-    path = save_bundle(pruned, args.out, metrics=metrics, provenance=provenance, onnx=args.onnx)
+    path = save_bundle(
+        pruned, args.out, metrics=metrics, provenance=provenance, onnx=args.onnx, overwrite=args.overwrite
+    )
     print(json.dumps({"bundle": str(path), "config_key": pruned.config.key(), **metrics}))
     return 0
 
@@ -196,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--recover", action="store_true", help="refit output projections by least squares")
     prune.add_argument("--onnx", action="store_true", help="also write model.onnx into the bundle")
     prune.add_argument("--out", type=Path, required=True, help="bundle directory, or a path ending in .zip")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     prune.set_defaults(run=cmd_prune)
 
     for name, run, help_text in (
