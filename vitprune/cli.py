@@ -160,7 +160,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         for key, value in report.items():
-            print(f"{key:>15}: {value}")
+            print(f"{key:>15}: {round(value, 4) if isinstance(value, float) else value}")
     return 0
 
 
