@@ -2,9 +2,9 @@
 
 Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript). It exports top-k
 token pruning with a dynamic batch dimension: the kept-token count `ceil(r * N)` is a Python int
-computed from static shapes, so every tensor shape except the batch is fixed. The TorchScript
-exporter (`dynamo=False`) is only a fallback; with torch 2.15 its tracer rejects
-`Tensor.scatter(dim, index, <bool>)` in `pruning/tokens.py`, so it cannot export token pruning.
+computed from static shapes, so every tensor shape except the batch is fixed. The legacy
+TorchScript exporter (`dynamo=False`) is not used: with torch 2.15 its tracer cannot export token
+pruning at all.
 
 Threshold mode (AS-ViT) keeps a different number of tokens per image, a data-dependent shape no
 static graph can hold. It is exported in masked form: dropped tokens stay in place and are masked
@@ -67,7 +67,7 @@ class ExportReport:
     opset: int
     dynamic_batch: bool
     exporter: str
-    """`dynamo` (torch.export) or `torchscript`."""
+    """Always `dynamo` (torch.export + onnxscript)."""
     batch_size: int
     max_abs_diff: float | None = None
     """Largest |onnxruntime - PyTorch| logit difference over `checked_batches`."""
@@ -109,7 +109,7 @@ def export_onnx(
     heads and MLP channels and no token pruning; the report's `notes` say so. Serve threshold
     models from PyTorch where the token-count speedup matters.
 
-    Raises `ExportError`, with each exporter's reason, if no exporter can produce the graph.
+    Raises `ExportError`, with the exporter's reason, if the graph cannot be produced.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: vitprune exports with opset >= {MIN_OPSET}")
@@ -155,53 +155,29 @@ def verify_onnx(pruned: PrunedViT, path: str | Path, images: torch.Tensor) -> fl
 
 
 def _export(pruned: PrunedViT, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool) -> str:
-    """Try the dynamo exporter, then TorchScript; return the name of the one that worked."""
-    errors: list[str] = []
-    for name, run in (("dynamo", _export_dynamo), ("torchscript", _export_torchscript)):
-        try:
-            run(pruned, example, path, opset=opset, dynamic_batch=dynamic_batch)
-        except Exception as err:  # exporters raise many unrelated types; all mean "this one failed"
-            errors.append(f"{name} exporter: {_reason(err)}")
-            path.unlink(missing_ok=True)
-            continue
-        return name
-    mode = "threshold (masked)" if pruned.config.has_threshold else "top-k/no token pruning"
-    raise ExportError(f"cannot export this pruned model ({mode}) to ONNX; " + "; ".join(errors))
-
-
-def _export_dynamo(pruned: PrunedViT, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool) -> None:
+    """Export with the dynamo exporter; return its name for the report."""
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
-    with warnings.catch_warnings():
-        # PrunedViT.forward records per-image token counts for callers; they are not part of the graph.
-        warnings.filterwarnings("ignore", message=r"The tensor attributes self\.last_token_counts")
-        torch.onnx.export(
-            pruned,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[_INPUT_NAME],
-            output_names=[_OUTPUT_NAME],
-            dynamic_shapes=dynamic_shapes,
-            external_data=_needs_external_data(pruned),
-            verbose=False,
-        )
-
-
-def _export_torchscript(
-    pruned: PrunedViT, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool
-) -> None:
-    dynamic_axes = {_INPUT_NAME: {0: "batch"}, _OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(
-        pruned,
-        (example,),
-        str(path),
-        dynamo=False,
-        opset_version=opset,
-        input_names=[_INPUT_NAME],
-        output_names=[_OUTPUT_NAME],
-        dynamic_axes=dynamic_axes,
-    )
+    try:
+        with warnings.catch_warnings():
+            # PrunedViT.forward records per-image token counts for callers; they are not part of the graph.
+            warnings.filterwarnings("ignore", message=r"The tensor attributes self\.last_token_counts")
+            torch.onnx.export(
+                pruned,
+                (example,),
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[_INPUT_NAME],
+                output_names=[_OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes,
+                external_data=_needs_external_data(pruned),
+                verbose=False,
+            )
+    except Exception as err:  # the exporter raises many unrelated types; all mean "it failed"
+        path.unlink(missing_ok=True)
+        mode = "threshold (masked)" if pruned.config.has_threshold else "top-k/no token pruning"
+        raise ExportError(f"cannot export this pruned model ({mode}) to ONNX: {_reason(err)}") from err
+    return "dynamo"
 
 
 def _needs_external_data(pruned: PrunedViT) -> bool:
