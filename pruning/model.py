@@ -77,9 +77,6 @@ class PrunedViT(nn.Module):
         self.last_token_counts = state.counts
         return self.head(state)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
-
 
 def describe(model: nn.Module, name: str | None = None) -> ModelSpec:
     """The ModelSpec of a dense timm model."""

@@ -11,7 +11,6 @@ activations, so later blocks also absorb error accumulated upstream.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -78,4 +77,3 @@ def recover_weights(pruned: nn.Module, dense_model: nn.Module, batches: Sequence
                 fit.add(mlp_hidden(block.mlp, normed), dense.mlp(normed), state.valid)
             fit.solve_into(block.mlp.fc2)
         states = [pruned.family.after_block(pruned.model, mlp_half(block, s), index) for s in states]
-        states = [replace(s, counts=[]) for s in states]
