@@ -1,0 +1,302 @@
+"""Predicted latency of a PruneConfig on a device: the sum of its parts, read from a latency table.
+
+A config runs as: patch embedding; per block the attention half at the tokens entering the block
+(explicit attention with scores where the block reduces tokens, key masks once a threshold has
+padded a batch of several images), the token reduction, the MLP half at the tokens that survive;
+then the classifier. Each part is looked up in the table, interpolated between grid points
+(bilinear in tokens x heads, tokens x channels, tokens in x tokens out; linear between batch
+sizes), and flagged when it lies outside the measured grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from latency_models.interpolate import expand_1d, expand_2d
+from latency_models.schema import LatencyTable
+from pruning.config import PruneConfig, ThresholdReduction
+from pruning.spec import ModelSpec
+
+__all__ = ["CoverageError", "LatencyPredictor", "Prediction"]
+
+
+class CoverageError(ValueError):
+    """The table has no entries for this model shape (embed dim, head dim, ...) at all."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    ms: float
+    extrapolated: bool
+    """True when some part lies outside the table's grid (tokens, widths or batch size)."""
+    parts: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per kind of part (embed, attention, select, mlp, head); filled by `breakdown`."""
+
+
+@dataclass
+class _Lookup:
+    """One (model shape, batch) expanded to dense arrays: value and extrapolation mask per part."""
+
+    embed: float
+    head: np.ndarray
+    chain: np.ndarray  # [tokens]: what a block costs in a chain beyond its two halves timed alone
+    attention: dict[tuple[bool, bool], np.ndarray]  # (scored, masked) -> [tokens, heads]
+    mlp: np.ndarray  # [tokens, hidden]
+    select: dict[tuple[str, bool], np.ndarray]  # (method, package) -> [tokens_in, tokens_out]
+    outside: dict[str, np.ndarray]
+    batch_extrapolated: bool = False
+
+    def blend(self, other: _Lookup, weight: float, extrapolated: bool) -> _Lookup:
+        """(1 - weight) * self + weight * other, part by part (linear interpolation in batch size)."""
+
+        def mix(a, b):
+            return a * (1.0 - weight) + b * weight
+
+        return _Lookup(
+            embed=mix(self.embed, other.embed),
+            head=mix(self.head, other.head),
+            chain=mix(self.chain, other.chain),
+            attention={k: mix(v, other.attention[k]) for k, v in self.attention.items() if k in other.attention},
+            mlp=mix(self.mlp, other.mlp),
+            select={k: mix(v, other.select[k]) for k, v in self.select.items() if k in other.select},
+            outside={k: v | other.outside[k] for k, v in self.outside.items()},
+            batch_extrapolated=extrapolated,
+        )
+
+
+class LatencyPredictor:
+    """Predicts milliseconds per forward pass of pruned configs of one table's device."""
+
+    def __init__(self, table: LatencyTable) -> None:
+        self.table = table
+        self._by_op: dict[str, list] = {}
+        for entry in table.entries:
+            self._by_op.setdefault(entry.op, []).append(entry)
+        self._cache: dict[tuple, _Lookup] = {}
+
+    @property
+    def device(self) -> str:
+        return self.table.device.name
+
+    def predict(
+        self, config: PruneConfig, spec: ModelSpec, batch: int = 1, kept_tokens: Sequence[float] | None = None
+    ) -> Prediction:
+        """Latency of one forward pass of `batch` images.
+
+        `kept_tokens`: patch tokens kept at each token-reducing block, in block order. Needed for
+        threshold reductions, whose counts depend on the images: give the width a batch really
+        runs at (in a batch of several images, the longest image's count). Top-k counts follow
+        from the config.
+        """
+        return self._run(config, spec, batch, kept_tokens, None)
+
+    def breakdown(
+        self, config: PruneConfig, spec: ModelSpec, batch: int = 1, kept_tokens: Sequence[float] | None = None
+    ) -> Prediction:
+        """Like `predict`, with the milliseconds of each kind of part."""
+        parts = {"embed": 0.0, "attention": 0.0, "select": 0.0, "mlp": 0.0, "head": 0.0}
+        return self._run(config, spec, batch, kept_tokens, parts)
+
+    def _run(self, config, spec, batch, kept_tokens, parts) -> Prediction:
+        look = self.lookup(spec, batch)
+        if spec.family != "vit":
+            raise CoverageError(f"{spec.name}: latency tables price plain ViT/DeiT models; {spec.family} is not priced")
+        reducing = sum(b.reduces_tokens for b in config.blocks)
+        if kept_tokens is not None and len(kept_tokens) != reducing:
+            raise ValueError(f"kept_tokens lists {len(kept_tokens)} counts but the config reduces tokens at {reducing}")
+        prefix = spec.num_prefix_tokens
+        n_patch = spec.blocks[0].tokens_in
+        tokens = prefix + n_patch
+        masked = package = False
+        out = look.outside
+        extrapolated = look.batch_extrapolated
+        total = look.embed
+        if parts is not None:
+            parts["embed"] = look.embed
+        reduction = 0
+        for cfg in config.blocks:
+            scored = cfg.reduces_tokens
+            attn = look.attention[(scored, masked)]
+            total += (cost := attn[tokens, cfg.heads] + look.chain[tokens])
+            extrapolated |= bool(out["attention"][tokens, cfg.heads])
+            if parts is not None:
+                parts["attention"] += cost
+            if scored:
+                if kept_tokens is not None:
+                    kept = max(1, min(n_patch, math.ceil(kept_tokens[reduction])))
+                elif isinstance(cfg.tokens, ThresholdReduction):
+                    raise ValueError(
+                        "this config keeps tokens by threshold: pass kept_tokens (the measured token counts)"
+                    )
+                else:
+                    kept = cfg.tokens.kept(n_patch)
+                reduction += 1
+                method = "compact" if masked or isinstance(cfg.tokens, ThresholdReduction) else "gather"
+                fuse = config.package_token and (method == "compact" or kept < n_patch or package)
+                new_tokens = prefix + kept + int(fuse)
+                total += (cost := look.select[(method, fuse)][tokens, new_tokens])
+                extrapolated |= bool(out["select"][tokens, new_tokens])
+                if parts is not None:
+                    parts["select"] += cost
+                masked = masked or (batch > 1 and isinstance(cfg.tokens, ThresholdReduction))
+                tokens, n_patch, package = new_tokens, kept, fuse
+            total += (cost := look.mlp[tokens, cfg.mlp_hidden])
+            extrapolated |= bool(out["mlp"][tokens, cfg.mlp_hidden])
+            if parts is not None:
+                parts["mlp"] += cost
+        total += look.head[tokens]
+        if parts is not None:
+            parts["head"] = float(look.head[tokens])
+        return Prediction(ms=float(total), extrapolated=extrapolated, parts=parts or {})
+
+    def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:
+        """The table's chain entry for `spec`'s dense block at all tokens and `batch` (key, ms), if any:
+        a fixed workload to re-time later and see how much the machine's speed has changed."""
+        block = spec.blocks[0]
+        tokens = spec.num_prefix_tokens + block.tokens_in
+        for e in self._by_op.get("chain", []):
+            if (e.batch, e.embed_dim, e.tokens, e.heads, e.mlp_hidden) == (
+                batch,
+                block.embed_dim,
+                tokens,
+                block.heads,
+                block.mlp_hidden,
+            ):
+                return e.model_dump(exclude={"median_ms", "spread_ms"}), e.median_ms
+        return None
+
+    def lookup(self, spec: ModelSpec, batch: int) -> _Lookup:
+        """The dense lookup arrays for `spec` at `batch`, built once and cached."""
+        if batch < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch}")
+        key = (_shape_key(spec), batch)
+        if key not in self._cache:
+            self._cache[key] = self._build(spec, batch)
+        return self._cache[key]
+
+    def _build(self, spec: ModelSpec, batch: int) -> _Lookup:
+        batches = sorted({e.batch for e in self._by_op.get("attention", []) if e.embed_dim == spec.blocks[0].embed_dim})
+        if not batches:
+            raise CoverageError(self._missing(spec, f"embed_dim={spec.blocks[0].embed_dim}"))
+        if batch in batches:
+            return self._build_at(spec, batch)
+        if len(batches) == 1:
+            # One measured batch size: assume cost proportional to the batch (flagged as extrapolated).
+            only = self._build_at(spec, batches[0])
+            zero = _scaled(only, 0.0)
+            return zero.blend(only, batch / batches[0], True)
+        below = [b for b in batches if b < batch]
+        above = [b for b in batches if b > batch]
+        lo, hi = (below[-1], above[0]) if below and above else (batches[-2], batches[-1]) if below else batches[:2]
+        weight = (batch - lo) / (hi - lo)
+        return self._build_at(spec, lo).blend(self._build_at(spec, hi), weight, not (below and above))
+
+    def _build_at(self, spec: ModelSpec, batch: int) -> _Lookup:
+        block = spec.blocks[0]
+        dim, heads, head_dim, hidden = block.embed_dim, block.heads, block.head_dim, block.mlp_hidden
+        if any((b.embed_dim, b.heads, b.head_dim, b.mlp_hidden) != (dim, heads, head_dim, hidden) for b in spec.blocks):
+            raise CoverageError(f"{spec.name}: blocks of different widths are not priced by the tables yet")
+        prefix = spec.num_prefix_tokens
+        size_n = prefix + block.tokens_in + 1
+        where = f"embed_dim={dim}, batch={batch}"
+
+        def rows(op: str, **match) -> list:
+            found = [
+                e
+                for e in self._by_op.get(op, [])
+                if e.batch == batch and e.embed_dim == dim and all(getattr(e, k) == v for k, v in match.items())
+            ]
+            if not found:
+                detail = "".join(f", {k}={v}" for k, v in match.items())
+                raise CoverageError(self._missing(spec, f"{op} entries with {where}{detail}"))
+            return found
+
+        outside: dict[str, np.ndarray] = {}
+        attention = {}
+        for scored in (False, True):
+            for masked in (False, True):
+                try:
+                    found = rows("attention", head_dim=head_dim, scored=scored, masked=masked)
+                except CoverageError:
+                    if masked and batch == 1:
+                        continue  # batches of one image are never padded
+                    raise
+                attention[(scored, masked)], mask = _grid2(found, "tokens", "heads", size_n, heads + 1)
+                outside["attention"] = mask
+        for scored in (False, True):
+            attention.setdefault((scored, True), attention[(scored, False)])
+        mlp, outside["mlp"] = _grid2(rows("mlp"), "tokens", "mlp_hidden", size_n, hidden + 1)
+        select = {}
+        for method in ("gather", "compact"):
+            for package in (False, True):
+                found = rows("select", prefix=prefix, method=method, package=package)
+                select[(method, package)], outside["select"] = _grid2(found, "tokens_in", "tokens_out", size_n, size_n)
+        head_rows = rows("head", num_classes=spec.num_classes)
+        xs, values = _series(head_rows, "tokens")
+        head, _ = expand_1d(xs, values, size_n)
+        image, patch = spec.image_size[0], _patch_size(spec)
+        embed = rows("embed", image_size=image, patch_size=patch)
+        chain = np.zeros(size_n)
+        chained = [e for e in self._by_op.get("chain", []) if e.batch == batch and e.embed_dim == dim]
+        if chained:  # optional: analytic devices have no such effect
+            xs, values = _series(chained, "tokens")
+            chained_values, _ = expand_1d(xs, values, size_n)
+            alone = attention[(False, False)][:, heads] + mlp[:, hidden]
+            chain = np.maximum(chained_values - alone, 0.0)
+        return _Lookup(embed[0].median_ms, head, chain, attention, mlp, select, outside)
+
+    def _missing(self, spec: ModelSpec, what: str) -> str:
+        return (
+            f"latency table '{self.device}' has no {what} (needed for {spec.name}); "
+            f"profile this model shape at that batch size (vitprune profile --model {spec.name} --batch ...)"
+        )
+
+
+def _shape_key(spec: ModelSpec) -> tuple:
+    return (spec.family, spec.blocks, spec.num_prefix_tokens, spec.image_size, spec.num_classes)
+
+
+def _patch_size(spec: ModelSpec) -> int:
+    side = spec.image_size[0]
+    return side // round(math.sqrt(spec.blocks[0].tokens_in))
+
+
+def _series(entries: list, axis: str) -> tuple[np.ndarray, np.ndarray]:
+    points = sorted({getattr(e, axis): e.median_ms for e in entries}.items())
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def _grid2(entries: list, ax: str, ay: str, size_x: int, size_y: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense (size_x, size_y) array from grid entries; holes in the grid (e.g. tokens_out > tokens_in
+    for a token reduction) take the nearest value below them on the second axis."""
+    xs = np.array(sorted({getattr(e, ax) for e in entries}))
+    ys = np.array(sorted({getattr(e, ay) for e in entries}))
+    values = np.full((len(xs), len(ys)), np.nan)
+    index_x = {x: i for i, x in enumerate(xs)}
+    index_y = {y: j for j, y in enumerate(ys)}
+    for e in entries:
+        values[index_x[getattr(e, ax)], index_y[getattr(e, ay)]] = e.median_ms
+    for row in values:
+        known = np.flatnonzero(~np.isnan(row))
+        if len(known) == 0:
+            raise CoverageError(f"latency table: a row of {ax}/{ay} entries has no values")
+        for j in np.flatnonzero(np.isnan(row)):
+            below = known[known < j]
+            row[j] = row[below[-1]] if len(below) else row[known[0]]
+    return expand_2d(xs, ys, values, size_x, size_y)
+
+
+def _scaled(look: _Lookup, factor: float) -> _Lookup:
+    return _Lookup(
+        embed=look.embed * factor,
+        head=look.head * factor,
+        chain=look.chain * factor,
+        attention={k: v * factor for k, v in look.attention.items()},
+        mlp=look.mlp * factor,
+        select={k: v * factor for k, v in look.select.items()},
+        outside=look.outside,
+    )

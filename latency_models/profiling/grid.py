@@ -1,0 +1,138 @@
+"""Model shapes, and the grid of table entries that a profile times for each."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+SCHEMA = "vitprune.latency-table"
+SCHEMA_VERSION = 1
+CHAIN_BLOCKS = 6
+"""Dense blocks run back to back in a `chain` entry (see `latency_models.schema.ChainEntry`)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What sets the cost of a plain ViT: widths, depth-independent. `tokens` counts prefix tokens."""
+
+    embed_dim: int
+    heads: int
+    head_dim: int
+    mlp_hidden: int
+    tokens: int
+    prefix: int = 1
+    image_size: int = 224
+    patch_size: int = 16
+    num_classes: int = 1000
+    round_to: int = 8
+
+
+def _vit(embed_dim: int, heads: int, prefix: int = 1, patch: int = 16, image: int = 224) -> Shape:
+    tokens = (image // patch) ** 2 + prefix
+    return Shape(embed_dim, heads, embed_dim // heads, 4 * embed_dim, tokens, prefix, image, patch)
+
+
+SHAPES: dict[str, Shape] = {
+    "deit_tiny_patch16_224": _vit(192, 3),
+    "deit_small_patch16_224": _vit(384, 6),
+    "deit_base_patch16_224": _vit(768, 12),
+    "deit_tiny_distilled_patch16_224": _vit(192, 3, prefix=2),
+    "deit_small_distilled_patch16_224": _vit(384, 6, prefix=2),
+    "deit_base_distilled_patch16_224": _vit(768, 12, prefix=2),
+    "vit_tiny_patch16_224": _vit(192, 3),
+    "vit_small_patch16_224": _vit(384, 6),
+    "vit_base_patch16_224": _vit(768, 12),
+    "vit_base_patch32_224": _vit(768, 12, patch=32),
+}
+
+
+def token_grid(max_tokens: int, step: int = 8) -> list[int]:
+    """Sequence lengths to time: dense at the small end (where cost curves bend), every `step` after."""
+    points = {1, 2, 3, 4, 6, 8, 12, 16, max_tokens - 1, max_tokens}
+    points.update(range(step, max_tokens, step))
+    return sorted(p for p in points if 1 <= p <= max_tokens)
+
+
+def width_grid(full: int, round_to: int, points: int = 16) -> list[int]:
+    """MLP widths to time: multiples of `round_to` (the only widths a config may have), zero and full."""
+    step = round_to * max(1, math.ceil(full / round_to / points))
+    return sorted({0, full, *range(step, full, step)})
+
+
+def plan(
+    shape: Shape, batches: list[int], *, token_step: int = 8, width_points: int = 16, select_step: int = 16
+) -> list[dict]:
+    """Every entry key to time for `shape` at `batches`: the table's grid."""
+    keys: list[dict] = []
+    tokens = token_grid(shape.tokens, token_step)
+    select_tokens = token_grid(shape.tokens, select_step)
+    widths = width_grid(shape.mlp_hidden, shape.round_to, width_points)
+    for batch in batches:
+        base = {"batch": batch, "embed_dim": shape.embed_dim}
+        keys.append(
+            {
+                "op": "embed",
+                **base,
+                "tokens": shape.tokens,
+                "image_size": shape.image_size,
+                "patch_size": shape.patch_size,
+            }
+        )
+        # Padding (and so key masks) only exists in batches of more than one image.
+        masks = (False, True) if batch > 1 else (False,)
+        for n in tokens:
+            keys.append({"op": "head", **base, "tokens": n, "num_classes": shape.num_classes})
+            for heads in range(shape.heads + 1):
+                for scored in (False, True):
+                    for masked in masks:
+                        if scored and heads == 0:
+                            continue  # a block without heads has no scores and cannot reduce tokens
+                        keys.append(
+                            {
+                                "op": "attention",
+                                **base,
+                                "tokens": n,
+                                "heads": heads,
+                                "head_dim": shape.head_dim,
+                                "scored": scored,
+                                "masked": masked,
+                            }
+                        )
+            for width in widths:
+                keys.append({"op": "mlp", **base, "tokens": n, "mlp_hidden": width})
+        for n in token_grid(shape.tokens, select_step):
+            keys.append(
+                {
+                    "op": "chain",
+                    **base,
+                    "tokens": n,
+                    "heads": shape.heads,
+                    "head_dim": shape.head_dim,
+                    "mlp_hidden": shape.mlp_hidden,
+                    "blocks": CHAIN_BLOCKS,
+                }
+            )
+        for n_in in select_tokens:
+            if n_in <= shape.prefix:
+                continue
+            for n_out in select_tokens:
+                if shape.prefix < n_out <= n_in:
+                    for method in ("gather", "compact"):
+                        for package in (False, True):
+                            keys.append(
+                                {
+                                    "op": "select",
+                                    **base,
+                                    "tokens_in": n_in,
+                                    "tokens_out": n_out,
+                                    "prefix": shape.prefix,
+                                    "method": method,
+                                    "package": package,
+                                }
+                            )
+    return keys
+
+
+def entry_id(key: dict) -> str:
+    return json.dumps({k: v for k, v in key.items() if k not in ("median_ms", "spread_ms")}, sort_keys=True)

@@ -1,0 +1,184 @@
+"""The work behind each table entry, in plain torch: what the pruned runtime does, op for op."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AttentionHalf(nn.Module):
+    """x + proj(attention(LayerNorm(x))), with class-attention scores when `scored`.
+
+    The identity modules stand for timm's optional q/k norms, output norm and layer scale, which
+    the runtime calls too: at batch 1 their call overhead is a measurable part of a small block.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.scale = heads, head_dim, head_dim**-0.5
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.q_norm, self.k_norm, self.norm, self.ls1 = nn.Identity(), nn.Identity(), nn.Identity(), nn.Identity()
+        self.proj = nn.Linear(heads * head_dim, dim)
+
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor | None, scored: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, N, _ = x.shape
+        if self.heads == 0:
+            return x + self.proj(x.new_zeros(B, N, 0)), None
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        mask = None if valid is None else valid[:, None, None, :]
+        scores = None
+        if scored:
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            probs = logits.softmax(dim=-1)
+            out = probs @ v
+            scores = probs[:, :, 0, :].mean(dim=1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return x + self.ls1(self.proj(self.norm(out.transpose(1, 2).reshape(B, N, -1)))), scores
+
+
+class MlpHalf(nn.Module):
+    """x + fc2(GELU(fc1(LayerNorm(x))))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act, self.norm, self.ls2 = nn.GELU(), nn.Identity(), nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ls2(self.fc2(self.norm(self.act(self.fc1(self.norm2(x))))))
+
+
+def select_tokens(
+    x: torch.Tensor, scores: torch.Tensor, prefix: int, keep: int, method: str, package: bool
+) -> torch.Tensor:
+    """Keep `keep` patch tokens of `x` by score: a static top-k gather, or mask-and-compact as for thresholds."""
+    B, _, C = x.shape
+    patches, patch_scores = x[:, prefix:], scores[:, prefix:]
+    if method == "gather":
+        order = patch_scores.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+        dropped = torch.ones_like(patch_scores, dtype=torch.bool).scatter(1, order, False) if package else None
+    else:
+        # Per-image keep masks (here: scores above the image's mean, at least `keep` tokens wide
+        # after padding), compacted to the front as `pruning.tokens` does for thresholds.
+        mean = patch_scores.mean(1, keepdim=True)
+        keep_mask = patch_scores >= mean
+        keep_mask[:, :keep] = True
+        order = (~keep_mask).to(torch.int8).argsort(dim=1, stable=True)[:, :keep]
+        dropped = ~keep_mask if package else None
+    kept = patches.gather(1, order[..., None].expand(B, keep, C))
+    parts = [x[:, :prefix], kept]
+    if dropped is not None:
+        weights = patch_scores * dropped
+        fused = (weights[..., None] * patches).sum(1) / weights.sum(1).clamp(min=1e-30)[:, None]
+        parts.append(fused[:, None])
+    return torch.cat(parts, 1)
+
+
+class Embed(nn.Module):
+    def __init__(self, dim: int, patch: int, tokens: int, prefix: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+        self.prefix_tokens = nn.Parameter(torch.zeros(1, prefix, dim))
+        self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.proj(images).flatten(2).transpose(1, 2)
+        return torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], 1) + self.pos
+
+
+class Head(nn.Module):
+    def __init__(self, dim: int, classes: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x)[:, 0])
+
+
+def _copies(make: Callable[[], nn.Module], device: torch.device, cold_bytes: int) -> list[nn.Module]:
+    """Enough copies of a module that cycling through them keeps its weights out of cache."""
+    first = make().to(device).eval()
+    size = sum(p.numel() * p.element_size() for p in first.parameters())
+    count = 1 if device.type != "cpu" else max(1, min(16, math.ceil(cold_bytes / max(size, 1))))
+    return [first] + [make().to(device).eval() for _ in range(count - 1)]
+
+
+def kernel(key: dict, device: torch.device, cold_bytes: int = 8 << 20) -> Callable[[], object]:
+    """A zero-argument callable doing the work of table entry `key` once (a `chain` entry: all its blocks)."""
+    B, D, op = key["batch"], key["embed_dim"], key["op"]
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen).to(device)
+
+    cycle = _Cycle()
+    if op == "attention":
+        N = key["tokens"]
+        mods = _copies(lambda: AttentionHalf(D, key["heads"], key["head_dim"]), device, cold_bytes)
+        x = rand(B, N, D)
+        valid = None
+        if key["masked"]:
+            valid = torch.ones(B, N, dtype=torch.bool, device=device)
+            valid[1:, N - N // 4 :] = False  # a padded batch: some images are shorter than the longest
+        return lambda: mods[cycle(len(mods))](x, valid, key["scored"])
+    if op == "mlp":
+        mods = _copies(lambda: MlpHalf(D, key["mlp_hidden"]), device, cold_bytes)
+        x = rand(B, key["tokens"], D)
+        return lambda: mods[cycle(len(mods))](x)
+    if op == "select":
+        x, scores = rand(B, key["tokens_in"], D), rand(B, key["tokens_in"]).softmax(-1)
+        package = key["package"]
+        keep = key["tokens_out"] - key["prefix"] - int(package)
+        if keep < 1:
+            keep, package = 1, False
+        return lambda: select_tokens(x, scores, key["prefix"], keep, key["method"], package)
+    if op == "embed":
+        prefix = key["tokens"] - (key["image_size"] // key["patch_size"]) ** 2
+        mods = _copies(lambda: Embed(D, key["patch_size"], key["tokens"], prefix), device, cold_bytes)
+        images = rand(B, 3, key["image_size"], key["image_size"])
+        return lambda: mods[cycle(len(mods))](images)
+    if op == "chain":
+        blocks = [
+            (
+                AttentionHalf(D, key["heads"], key["head_dim"]).to(device).eval(),
+                MlpHalf(D, key["mlp_hidden"]).to(device).eval(),
+            )
+            for _ in range(key["blocks"])
+        ]
+        x = rand(B, key["tokens"], D)
+
+        def chain() -> torch.Tensor:
+            y = x
+            for attention, mlp in blocks:
+                y = mlp(attention(y, None, False)[0])
+            return y
+
+        return chain
+    if op == "head":
+        mods = _copies(lambda: Head(D, key["num_classes"]), device, cold_bytes)
+        x = rand(B, key["tokens"], D)
+        return lambda: mods[cycle(len(mods))](x)
+    raise ValueError(f"unknown op {op!r}")
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.i = -1
+
+    def __call__(self, n: int) -> int:
+        self.i = (self.i + 1) % n
+        return self.i

@@ -1,0 +1,199 @@
+"""The latency lookup table: a versioned JSON document, validated by pydantic (never pickled).
+
+A table describes one device (how it was made, on what, with which runtime and threads) and lists
+entries keyed by what sets the cost of each part of a ViT: the attention half of a block (tokens,
+heads, head dim, embed dim; fused or with scores; with or without key masks), the MLP half (tokens,
+embed dim, MLP hidden), each token reduction (tokens in and out, gather or compact, package token),
+patch embedding and the classifier head, all per batch size. Every entry keeps its median and its
+spread (p90 - p10) in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from latency_models.profiling import SCHEMA, SCHEMA_VERSION, entry_id
+
+__all__ = [
+    "AttentionEntry",
+    "ChainEntry",
+    "DeviceInfo",
+    "EmbedEntry",
+    "Entry",
+    "HeadEntry",
+    "LatencyTable",
+    "MlpEntry",
+    "SelectEntry",
+    "TableError",
+]
+
+
+class TableError(ValueError):
+    """A latency table that is malformed, foreign or of another schema version."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(gt=0)]
+
+
+class DeviceInfo(_Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["measured", "analytic", "imported"]
+    runtime: str
+    hardware: str
+    machine: str = ""
+    threads: Positive | None = None
+    dtype: str = "float32"
+    batch_sizes: tuple[Positive, ...]
+    created: datetime
+    tool_version: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    """Analytic devices: the model's parameters, each traceable to `sources`."""
+    sources: tuple[str, ...] = ()
+    notes: str = ""
+
+
+class _Entry(_Strict):
+    batch: Positive
+    embed_dim: Positive
+    median_ms: float = Field(ge=0, allow_inf_nan=False)
+    spread_ms: float = Field(ge=0, allow_inf_nan=False)
+
+
+class AttentionEntry(_Entry):
+    op: Literal["attention"] = "attention"
+    tokens: Positive
+    heads: Count
+    head_dim: Positive
+    scored: bool
+    """Explicit attention returning class-attention scores (blocks that reduce tokens) vs fused SDPA."""
+    masked: bool
+    """Key masks for a padded batch (after a threshold reduction in a batch of several images)."""
+
+
+class ChainEntry(_Entry):
+    """A dense block (attention + MLP at `tokens`) timed inside a chain of `blocks` distinct blocks,
+    per block. On a CPU, blocks run back to back cost more than their halves timed alone (each
+    op's input was just written by the previous op, the GEMM shapes alternate); the predictor adds
+    that difference to every block, interpolated over tokens."""
+
+    op: Literal["chain"] = "chain"
+    tokens: Positive
+    heads: Positive
+    head_dim: Positive
+    mlp_hidden: Positive
+    blocks: Positive
+
+
+class MlpEntry(_Entry):
+    op: Literal["mlp"] = "mlp"
+    tokens: Positive
+    mlp_hidden: Count
+
+
+class SelectEntry(_Entry):
+    op: Literal["select"] = "select"
+    tokens_in: Positive
+    tokens_out: Positive
+    prefix: Count
+    method: Literal["gather", "compact"]
+    """`gather`: static top-k on an unpadded batch. `compact`: keep masks compacted with padding."""
+    package: bool
+
+
+class EmbedEntry(_Entry):
+    op: Literal["embed"] = "embed"
+    tokens: Positive
+    image_size: Positive
+    patch_size: Positive
+
+
+class HeadEntry(_Entry):
+    op: Literal["head"] = "head"
+    tokens: Positive
+    num_classes: Positive
+
+
+Entry = Annotated[
+    AttentionEntry | ChainEntry | MlpEntry | SelectEntry | EmbedEntry | HeadEntry, Field(discriminator="op")
+]
+
+
+class LatencyTable(_Strict):
+    schema_name: Literal["vitprune.latency-table"] = Field(SCHEMA, alias="schema")
+    version: Literal[1] = SCHEMA_VERSION
+    device: DeviceInfo
+    entries: tuple[Entry, ...]
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "table") -> LatencyTable:
+        """Validate a decoded JSON document; TableError names the first offending fields."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise TableError(
+                f"{source}: not a vitprune latency table (field 'schema' is {found!r}, expected {SCHEMA!r}); "
+                "make one with `vitprune profile` or `python -m latency_models.profiler`"
+            )
+        if data.get("version") != SCHEMA_VERSION:
+            raise TableError(
+                f"{source}: field 'version' is {data.get('version')!r}; this vitprune reads version {SCHEMA_VERSION}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise TableError(f"{source}: {_describe(error, data)}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise TableError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+        return cls.parse(data, str(path))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.model_dump_json(by_alias=True, indent=1))
+        tmp.replace(path)
+
+    def merged(self, other: LatencyTable) -> LatencyTable:
+        """This table plus `other`'s entries (other wins on equal keys), for growing a cached table."""
+        entries = {entry_id(e.model_dump()): e for e in (*self.entries, *other.entries)}
+        batches = tuple(sorted({*self.device.batch_sizes, *other.device.batch_sizes}))
+        device = other.device.model_copy(update={"batch_sizes": batches})
+        return LatencyTable(device=device, entries=tuple(entries.values()))
+
+    def keys(self) -> set[str]:
+        return {entry_id(e.model_dump()) for e in self.entries}
+
+
+def _describe(error: ValidationError, data: dict) -> str:
+    """'entries[3] (attention).heads: Input should be ...' for the first three errors."""
+    parts = []
+    for item in error.errors()[:3]:
+        loc = list(item["loc"])
+        text = ""
+        if loc and loc[0] == "entries" and len(loc) > 1 and isinstance(loc[1], int):
+            op = loc[2] if len(loc) > 2 and isinstance(loc[2], str) else None
+            text = f"entries[{loc[1]}]" + (f" ({op})" if op else "")
+            loc = loc[3:] if op else loc[2:]
+        field = ".".join(str(x) for x in loc)
+        text = ".".join(x for x in (text, field) if x) or "table"
+        parts.append(f"{text}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

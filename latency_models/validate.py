@@ -1,0 +1,280 @@
+"""The proof of a latency table: random pruned models, measured here, against the table's prediction.
+
+`validate` draws random configs (token keep-ratios at random blocks, with and without a package
+token, some thresholds, head and MLP pruning), builds each as a real physically pruned model,
+times its forward pass on this machine and compares with the predictor. The report gives the
+share of configs within +-10%, the mean absolute percentage error, the worst case and how well the
+table ranks configs (Spearman's rank correlation), and can be written as JSON, Markdown and an
+interactive scatter plot. On a shared machine whose speed wanders, a probe timed both in the table
+and during the check measures that drift, and errors are given with and without it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from latency_models.predictor import LatencyPredictor
+from latency_models.profiling import Timing, kernel, summarise, time_round
+from pruning.config import BlockConfig, NoReduction, PruneConfig, ThresholdReduction, TopKReduction
+from pruning.model import describe, prune_model
+from pruning.spec import ModelSpec
+from pruning.timing import torch_threads
+
+__all__ = ["ValidationReport", "ValidationRow", "random_config", "validate"]
+
+VALIDATION_TIMING = Timing(passes=5, warmup=1, min_round_s=0.1)
+"""Rounds of at least 0.1 s (whole models are slower to time than table entries), five passes."""
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    config: str
+    summary: str
+    predicted_ms: float
+    measured_ms: float
+    spread_ms: float
+    extrapolated: bool
+
+    def error(self, drift: float = 1.0) -> float:
+        """Signed relative error of the prediction scaled by `drift`: (predicted * drift - measured) / measured."""
+        return (self.predicted_ms * drift - self.measured_ms) / self.measured_ms
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    device: str
+    model: str
+    batch: int
+    threads: int
+    rows: tuple[ValidationRow, ...]
+    drift: float = 1.0
+    """How much slower (> 1) this machine ran during the check than when the table was measured:
+    the same probe (the table's chain entry for the dense model) timed then and now. A shared
+    machine's speed wanders by tens of percent over minutes; the headline errors compare
+    predictions scaled by this factor, and `raw` ones compare them as they are."""
+
+    def errors(self, raw: bool = False) -> np.ndarray:
+        return np.array([r.error(1.0 if raw else self.drift) for r in self.rows])
+
+    @property
+    def within_10(self) -> float:
+        return float(np.mean(np.abs(self.errors()) <= 0.10))
+
+    @property
+    def mape(self) -> float:
+        return float(np.mean(np.abs(self.errors())))
+
+    @property
+    def worst(self) -> ValidationRow:
+        return self.rows[int(np.argmax(np.abs(self.errors())))]
+
+    @property
+    def spearman(self) -> float:
+        predicted = np.array([r.predicted_ms for r in self.rows])
+        measured = np.array([r.measured_ms for r in self.rows])
+        if len(self.rows) < 2:
+            return float("nan")
+        return float(np.corrcoef(_ranks(predicted), _ranks(measured))[0, 1])
+
+    def summary(self) -> dict:
+        worst, raw = self.worst, self.errors(raw=True)
+        return {
+            "device": self.device,
+            "model": self.model,
+            "batch": self.batch,
+            "threads": self.threads,
+            "configs": len(self.rows),
+            "within_10pct": round(self.within_10, 4),
+            "mape": round(self.mape, 4),
+            "worst_error": round(worst.error(self.drift), 4),
+            "worst_config": worst.summary,
+            "spearman": round(self.spearman, 4),
+            "drift": round(self.drift, 4),
+            "raw_within_10pct": round(float(np.mean(np.abs(raw) <= 0.10)), 4),
+            "raw_mape": round(float(np.mean(np.abs(raw))), 4),
+            "extrapolated": sum(r.extrapolated for r in self.rows),
+        }
+
+    def to_markdown(self) -> str:
+        s = self.summary()
+        lines = [
+            f"{self.model} at batch {self.batch} on '{self.device}' ({self.threads} threads): {s['configs']} random "
+            f"configs, {100 * s['within_10pct']:.0f}% within +-10%, MAPE {100 * s['mape']:.1f}%, worst "
+            f"{100 * s['worst_error']:+.1f}%, Spearman {s['spearman']:.3f}",
+            "",
+            f"Machine speed drift since the table was measured: x{s['drift']:.3f} (errors above are after "
+            f"scaling predictions by it; without: {100 * s['raw_within_10pct']:.0f}% within +-10%, "
+            f"MAPE {100 * s['raw_mape']:.1f}%).",
+            "",
+            "| config | predicted ms | measured ms | error |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in sorted(self.rows, key=lambda r: r.measured_ms):
+            flag = " (extrapolated)" if r.extrapolated else ""
+            error = 100 * r.error(self.drift)
+            lines.append(f"| {r.summary}{flag} | {r.predicted_ms:.2f} | {r.measured_ms:.2f} | {error:+.1f}% |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, stem: Path, plot: bool = True) -> list[Path]:
+        """Write `<stem>.json`, `<stem>.md` and (with `plot`) the scatter plot `<stem>.html`."""
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+        data = {"summary": self.summary(), "rows": [asdict(r) | {"error": r.error(self.drift)} for r in self.rows]}
+        written[0].write_text(json.dumps(data, indent=1))
+        written[1].write_text(self.to_markdown())
+        if plot:
+            written.append(self.scatter_plot(stem.with_suffix(".html")))
+        return written
+
+    def scatter_plot(self, path: Path) -> Path:
+        """Predicted vs measured, with the +-10% band; a self-contained HTML file (plotly, no CDN)."""
+        import plotly.graph_objects as go
+
+        measured = [r.measured_ms for r in self.rows]
+        top = max(max(measured), max(r.predicted_ms * self.drift for r in self.rows)) * 1.05
+        figure = go.Figure()
+        for factor, name in ((1.0, "exact"), (1.1, "+10%"), (0.9, "-10%")):
+            figure.add_trace(
+                go.Scatter(
+                    x=[0, top],
+                    y=[0, top * factor],
+                    mode="lines",
+                    name=name,
+                    line={"dash": "solid" if factor == 1.0 else "dot", "color": "grey"},
+                )
+            )
+        figure.add_trace(
+            go.Scatter(
+                x=measured,
+                y=[r.predicted_ms for r in self.rows],
+                mode="markers",
+                name="configs",
+                text=[f"{r.summary}<br>error {100 * r.error(self.drift):+.1f}%" for r in self.rows],
+                hoverinfo="text+x+y",
+            )
+        )
+        s = self.summary()
+        figure.update_layout(
+            title=f"{self.model}, batch {self.batch}, {self.device}: {100 * s['within_10pct']:.0f}% within +-10%, "
+            f"Spearman {s['spearman']:.3f}",
+            xaxis_title="measured ms",
+            yaxis_title="predicted ms",
+            width=800,
+            height=700,
+        )
+        figure.write_html(path, include_plotlyjs=True)
+        return path
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values)).astype(np.float64)
+
+
+def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = True) -> PruneConfig:
+    """A random pruned structure of the kinds a search visits: token reductions at up to three blocks
+    (top-k, or thresholds), some blocks with fewer heads or MLP channels, a package token or not."""
+    depth = len(spec.blocks)
+    reduce_at = set(rng.sample(range(1, depth), k=rng.randint(0, min(3, depth - 1))))
+    use_threshold = thresholds and rng.random() < 0.2
+    prune_heads, prune_mlp = rng.random() < 0.6, rng.random() < 0.7
+    blocks = []
+    for i, dense in enumerate(spec.blocks):
+        heads = rng.randint(1, dense.heads) if prune_heads and rng.random() < 0.5 else dense.heads
+        hidden = dense.mlp_hidden
+        if prune_mlp and rng.random() < 0.6:
+            hidden = 8 * rng.randint(1, dense.mlp_hidden // 8)
+        tokens = NoReduction()
+        if i in reduce_at:
+            tokens = (
+                ThresholdReduction(threshold=round(rng.uniform(0.3, 1.2), 2))
+                if use_threshold
+                else TopKReduction(keep_ratio=round(rng.uniform(0.3, 0.95), 2))
+            )
+        blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=tokens))
+    return PruneConfig(blocks=tuple(blocks), package_token=rng.random() < 0.5)
+
+
+def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
+    """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner."""
+    tokens = [
+        (f"keep {b.tokens.keep_ratio}@{i}" if isinstance(b.tokens, TopKReduction) else f"thr {b.tokens.threshold}@{i}")
+        for i, b in enumerate(config.blocks)
+        if b.reduces_tokens
+    ]
+    heads = sum(b.heads for b in config.blocks), sum(b.heads for b in spec.blocks)
+    mlp = sum(b.mlp_hidden for b in config.blocks) / sum(b.mlp_hidden for b in spec.blocks)
+    text = ", ".join(tokens) or "all tokens"
+    return f"{text}{' +pkg' if config.package_token and tokens else ''}, heads {heads[0]}/{heads[1]}, mlp {mlp:.2f}"
+
+
+def validate(
+    predictor: LatencyPredictor,
+    dense: nn.Module,
+    *,
+    configs: int = 50,
+    batch: int = 1,
+    seed: int = 0,
+    threads: int | None = None,
+    images: torch.Tensor | None = None,
+    timing: Timing = VALIDATION_TIMING,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ValidationReport:
+    """Measure `configs` random pruned versions of `dense` at `batch` and compare with `predictor`.
+
+    The dense model itself is the first config. Every model is built first, then timed in
+    `timing.passes` passes over all of them (one round each), keeping the median of each model's
+    round medians: a slow period of a shared machine then hits a few rounds of many models instead of
+    every round of a few. This is the profiler's own timing method, so table and check agree on
+    what "the latency" means. `images` (at least `batch`) feed the threshold configs, whose token
+    counts depend on the images; random inputs are used otherwise.
+    """
+    spec = describe(dense, name)
+    rng = random.Random(seed)
+    if images is None:
+        images = torch.randn(batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(seed))
+    if images.shape[0] < batch:
+        raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
+    images = images[:batch]
+    candidates = [PruneConfig.dense(spec)] + [random_config(spec, rng) for _ in range(configs - 1)]
+    models, predictions = [], []
+    for config in candidates:
+        pruned = prune_model(dense, config, name=spec.name).eval()
+        kept = None
+        if config.has_threshold:
+            with torch.inference_mode():
+                pruned(images)
+            kept = [int(c.max()) for c in pruned.last_token_counts]
+        models.append(pruned)
+        predictions.append(predictor.predict(config, spec, batch, kept_tokens=kept))
+    rounds: list[list[list[float]]] = [[] for _ in candidates]
+    cpu = torch.device("cpu")
+    probe = predictor.probe(spec, batch)
+    probe_rounds: list[list[float]] = []
+    with torch_threads(threads) as used_threads:
+        for n in range(timing.passes):
+            if probe is not None:
+                blocks = probe[0]["blocks"]
+                probe_rounds.append([t / blocks for t in time_round(kernel(probe[0], cpu), cpu, timing)])
+            for index, pruned in enumerate(models):
+                rounds[index].append(time_round(lambda m=pruned: m(images), cpu, timing))
+                if progress is not None:
+                    progress(n * len(models) + index + 1, timing.passes * len(models))
+    rows = []
+    for config, prediction, timed in zip(candidates, predictions, rounds, strict=True):
+        measured, spread = summarise(timed)
+        rows.append(
+            ValidationRow(
+                config.key(), summarise_config(config, spec), prediction.ms, measured, spread, prediction.extrapolated
+            )
+        )
+    drift = summarise(probe_rounds)[0] / probe[1] if probe is not None else 1.0
+    return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift)
