@@ -201,7 +201,7 @@ class LatencyPredictor:
         if any((b.embed_dim, b.heads, b.head_dim, b.mlp_hidden) != (dim, heads, head_dim, hidden) for b in spec.blocks):
             raise CoverageError(f"{spec.name}: blocks of different widths are not priced by the tables yet")
         prefix = spec.num_prefix_tokens
-        size_n = prefix + block.tokens_in + 1
+        size_n = prefix + block.tokens_in + 2  # + a package token after keeping every patch
         where = f"embed_dim={dim}, batch={batch}"
 
         def rows(op: str, **match) -> list:

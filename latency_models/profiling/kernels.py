@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -111,10 +112,13 @@ class Head(nn.Module):
 
 def _copies(make: Callable[[], nn.Module], device: torch.device, cold_bytes: int) -> list[nn.Module]:
     """Enough copies of a module that cycling through them keeps its weights out of cache."""
-    first = make().to(device).eval()
-    size = sum(p.numel() * p.element_size() for p in first.parameters())
-    count = 1 if device.type != "cpu" else max(1, min(16, math.ceil(cold_bytes / max(size, 1))))
-    return [first] + [make().to(device).eval() for _ in range(count - 1)]
+    with warnings.catch_warnings():
+        # A block without heads or MLP channels has zero-element weights; torch warns on their init.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        first = make().to(device).eval()
+        size = sum(p.numel() * p.element_size() for p in first.parameters())
+        count = 1 if device.type != "cpu" else max(1, min(16, math.ceil(cold_bytes / max(size, 1))))
+        return [first] + [make().to(device).eval() for _ in range(count - 1)]
 
 
 def kernel(key: dict, device: torch.device, cold_bytes: int = 8 << 20) -> Callable[[], object]:

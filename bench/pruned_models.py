@@ -2,7 +2,7 @@
 
 Run by hand (never from the tests):
 
-    python bench/pruning.py --data DIR [--out bench/results] [--threads N] [--quick]
+    python bench/pruned_models.py --data DIR [--out bench/results] [--threads N] [--quick]
 
 DIR (default: $VITPRUNE_DATA_DIR) holds `deit_tiny_patch16_224/model.safetensors`,
 `imagenet-sample/<wnid>/*.JPEG` and `imagenet_wnids.txt`. The images are split once with
@@ -33,21 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# This file is called pruning.py and Python puts its folder first on sys.path when it runs as a
-# script, which would shadow the `pruning` package; drop that entry before importing the package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+import timm
+import torch
+from timm.data import resolve_data_config
 
-import timm  # noqa: E402
-import torch  # noqa: E402
-from timm.data import resolve_data_config  # noqa: E402
-
-from pruning import PruneConfig, describe, prune_model  # noqa: E402
-from pruning.data import ImageSet, load_image_folder  # noqa: E402
-from pruning.flops import count_flops, count_params  # noqa: E402
-from pruning.metrics import classification_metrics  # noqa: E402
-from pruning.spec import ModelSpec  # noqa: E402
-from pruning.timing import LatencyStats, measure_latency, time_callable  # noqa: E402
+from pruning import PruneConfig, describe, prune_model
+from pruning.data import ImageSet, load_image_folder
+from pruning.flops import count_flops, count_params
+from pruning.metrics import classification_metrics
+from pruning.spec import ModelSpec
+from pruning.timing import LatencyStats, measure_latency, time_callable
 
 MODEL_NAME = "deit_tiny_patch16_224"
 DATA_ENV = "VITPRUNE_DATA_DIR"
@@ -224,7 +219,7 @@ def _machine(threads: int) -> dict[str, Any]:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command as run, without any path of this machine (the data dir is shown as the env var)."""
-    parts = ["python", "bench/pruning.py", "--data", f"${DATA_ENV}"]
+    parts = ["python", "bench/pruned_models.py", "--data", f"${DATA_ENV}"]
     out = Path(args.out)
     if out.is_absolute():
         try:

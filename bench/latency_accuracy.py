@@ -1,0 +1,114 @@
+"""How well a measured latency table predicts real pruned models on this machine.
+
+For DeiT-Tiny and DeiT-Small at batch 1 and batch 32: measure the table (`latency_models.profiling`),
+then time >= 50 random pruned configs (top-k and threshold token reductions, head and MLP pruning)
+as real physically pruned models and compare with the predictor. Also times the predictor itself.
+
+    python bench/latency_accuracy.py --out bench/results --work runs/latency_bench
+
+Tables already in `--work` are reused (delete them to re-measure). Writes
+`<out>/latency_accuracy.{json,md}` and one report per model and batch (the interactive
+scatter plots `*.html` go to `--work` with the tables, which are large and machine-specific).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latency_models.predictor import LatencyPredictor
+from latency_models.profiling import Timing, plan, profile
+from latency_models.registry import shape_of
+from latency_models.schema import LatencyTable
+from latency_models.validate import VALIDATION_TIMING, random_config, validate
+from pruning import describe
+from pruning.loading import create_model
+
+MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224")
+
+
+def predictions_per_second(predictor: LatencyPredictor, model: torch.nn.Module, name: str, batch: int) -> float:
+    spec = describe(model, name)
+    rng = random.Random(1)
+    configs = [random_config(spec, rng, thresholds=False) for _ in range(200)]
+    predictor.predict(configs[0], spec, batch)  # builds the lookup arrays once, as a search does
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < 2.0:
+        for config in configs:
+            predictor.predict(config, spec, batch)
+        count += len(configs)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--work", type=Path, default=Path("runs/latency_bench"))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--configs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    results = []
+    for name in args.models.split(","):
+        model = create_model(name)
+        spec = describe(model, name)
+        for batch in (int(b) for b in args.batches.split(",")):
+            # Big batches take long to time; fewer passes there keep the run under an hour.
+            passes = 5 if batch == 1 else 3
+            table_path = args.work / f"{name}_b{batch}.json"
+            start = time.monotonic()
+            keys = plan(shape_of(spec), [batch])
+            if not table_path.exists():  # a table from an earlier run is reused: delete it to re-measure
+                profile(keys, name="host-cpu", out=table_path, threads=args.threads, timing=Timing(passes=passes))
+            profile_s = time.monotonic() - start
+            predictor = LatencyPredictor(LatencyTable.load(table_path))
+            start = time.monotonic()
+            timing = Timing(passes=passes, warmup=VALIDATION_TIMING.warmup, min_round_s=VALIDATION_TIMING.min_round_s)
+            report = validate(
+                predictor, model, configs=args.configs, batch=batch, threads=args.threads, timing=timing, name=name
+            )
+            stem = f"latency_accuracy_{name}_b{batch}"
+            report.save(args.out / stem, plot=False)
+            report.scatter_plot(args.work / f"{stem}.html")
+            row = report.summary() | {
+                "grid_entries": len(keys),
+                "profile_s": round(profile_s, 1),
+                "validate_s": round(time.monotonic() - start, 1),
+                "predictions_per_s": round(predictions_per_second(predictor, model, name, batch)),
+            }
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    (args.out / "latency_accuracy.json").write_text(json.dumps(results, indent=1))
+    (args.out / "latency_accuracy.md").write_text(_markdown(results))
+    print(_markdown(results))
+    return 0
+
+
+def _markdown(results: list[dict]) -> str:
+    lines = [
+        "| model | batch | configs | within +-10% | MAPE | worst | Spearman | drift | within +-10% raw | grid | "
+        "profile s | predictions/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['configs']} | {100 * r['within_10pct']:.0f}% | "
+            f"{100 * r['mape']:.1f}% | {100 * r['worst_error']:+.1f}% | {r['spearman']:.3f} | x{r['drift']:.3f} | "
+            f"{100 * r['raw_within_10pct']:.0f}% | {r['grid_entries']} | {r['profile_s']:.0f} | "
+            f"{r['predictions_per_s']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

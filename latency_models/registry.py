@@ -1,0 +1,210 @@
+"""Device profiles by name: where a search gets the latency table of its target device.
+
+- `host-cpu`: this machine's CPU, measured on first use for each model shape and batch size and
+  cached, keyed by the machine (CPU model, core count, torch version) and the thread count.
+- `cuda`: this machine's GPU, the same way, when torch sees one.
+- `mobile-cpu:*`, `fpga:*`: the analytic presets (`latency_models.analytic`); they rank configs.
+- any other name: a table imported with `vitprune lut import` (e.g. measured on a user's device
+  with `python -m latency_models.profiling`).
+
+Tables live in the profiles directory: `$VITPRUNE_PROFILES_DIR`, else `~/.cache/vitprune/profiles`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from latency_models.predictor import CoverageError, LatencyPredictor
+from latency_models.profiling import Shape, Timing, entry_id, plan, profile
+from latency_models.profiling.run import hardware_name
+from latency_models.schema import LatencyTable
+from pruning.spec import ModelSpec
+
+__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "shape_of"]
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MEASURED = ("host-cpu", "cuda")
+
+
+class UnknownDeviceError(ValueError):
+    """A device name that is neither built in nor imported."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    kind: str
+    description: str
+    available: bool
+    coverage: str
+    """What the table holds now, e.g. 'embed 192 at batch 1, 32' or 'measured on first use'."""
+
+
+def shape_of(spec: ModelSpec) -> Shape:
+    """The profiler's view of a dense model: one shape for every block (plain ViT/DeiT)."""
+    block = spec.blocks[0]
+    if spec.family != "vit" or any(b != block for b in spec.blocks):
+        raise CoverageError(f"{spec.name}: latency tables price plain ViT/DeiT models with uniform blocks")
+    side = round(block.tokens_in**0.5)
+    return Shape(
+        embed_dim=block.embed_dim,
+        heads=block.heads,
+        head_dim=block.head_dim,
+        mlp_hidden=block.mlp_hidden,
+        tokens=spec.num_prefix_tokens + block.tokens_in,
+        prefix=spec.num_prefix_tokens,
+        image_size=spec.image_size[0],
+        patch_size=spec.image_size[0] // side,
+        num_classes=spec.num_classes,
+    )
+
+
+def default_profiles_dir() -> Path:
+    configured = os.environ.get("VITPRUNE_PROFILES_DIR")
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "vitprune" / "profiles"
+
+
+class Registry:
+    """Named device profiles over one profiles directory."""
+
+    def __init__(self, root: Path | None = None, threads: int | None = None, timing: Timing | None = None) -> None:
+        self.root = Path(root) if root is not None else default_profiles_dir()
+        self.threads = threads or torch.get_num_threads()
+        self.timing = timing or Timing()
+        self._analytic: dict[tuple, LatencyTable] = {}
+
+    # -- naming ---------------------------------------------------------------------------------
+
+    def measured_path(self, device: str) -> Path:
+        """The cache file of a measured device: one per machine, runtime and thread count."""
+        threads = self.threads if device == "host-cpu" else 0
+        gpu = torch.cuda.get_device_name() if device == "cuda" else ""
+        machine = f"{hardware_name()}|{gpu}|{os.cpu_count()}|{platform.machine()}|torch {torch.__version__}"
+        digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
+        suffix = f"-t{threads}" if threads else ""
+        return self.root / "measured" / f"{device}-{digest}{suffix}.json"
+
+    def imported_path(self, name: str) -> Path:
+        if not NAME.match(name) or name in MEASURED or ":" in name:
+            raise ValueError(
+                f"device name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-' (and not a built-in name)"
+            )
+        return self.root / "imported" / f"{name}.json"
+
+    # -- listing --------------------------------------------------------------------------------
+
+    def devices(self) -> list[DeviceProfile]:
+        from latency_models.analytic import PRESETS
+
+        found = []
+        for device in MEASURED:
+            available = device == "host-cpu" or torch.cuda.is_available()
+            path = self.measured_path(device) if available else None
+            coverage = _coverage(LatencyTable.load(path)) if path and path.exists() else "measured on first use"
+            what = f"this machine's CPU, {self.threads} threads" if device == "host-cpu" else "this machine's GPU"
+            found.append(DeviceProfile(device, "measured", what, available, coverage))
+        for name, params in sorted(PRESETS.items()):
+            kind = name.split(":", 1)[0]
+            found.append(
+                DeviceProfile(name, "analytic", f"analytic {kind} model: {params.name}", True, "any ViT shape")
+            )
+        for path in sorted((self.root / "imported").glob("*.json")):
+            try:
+                table = LatencyTable.load(path)
+                found.append(
+                    DeviceProfile(
+                        path.stem,
+                        "imported",
+                        f"{table.device.hardware} ({table.device.runtime})",
+                        True,
+                        _coverage(table),
+                    )
+                )
+            except ValueError as error:
+                found.append(DeviceProfile(path.stem, "imported", f"unreadable: {error}", False, ""))
+        return found
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    def table(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyTable:
+        """The table of `device`, covering `spec` at `batches` (measured now if it is a measured device)."""
+        if device in MEASURED:
+            return self._measured(device, spec, batches, progress)
+        if ":" in device:
+            return self._analytic_table(device, spec, batches)
+        path = self.imported_path(device)
+        if not path.exists():
+            names = ", ".join(d.name for d in self.devices())
+            raise UnknownDeviceError(f"unknown device {device!r}; known devices: {names} (see `vitprune devices`)")
+        return LatencyTable.load(path)
+
+    def predictor(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyPredictor:
+        predictor = LatencyPredictor(self.table(device, spec, batches, progress))
+        for batch in batches:
+            predictor.lookup(spec, batch)  # fails now, with a clear message, if the table lacks this shape
+        return predictor
+
+    def import_table(self, path: Path, name: str) -> LatencyTable:
+        """Validate a table file and store it as device `name`."""
+        table = LatencyTable.load(path)
+        info = table.device
+        note = f"imported from a {info.kind} table named {info.name!r}"
+        device = info.model_copy(
+            update={"name": name, "kind": "imported", "notes": " ".join((info.notes, note)).strip()}
+        )
+        imported = LatencyTable(device=device, entries=table.entries)
+        imported.save(self.imported_path(name))
+        return imported
+
+    def _measured(self, device: str, spec: ModelSpec, batches: list[int], progress: bool) -> LatencyTable:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UnknownDeviceError("device 'cuda': torch sees no CUDA GPU on this machine")
+        path = self.measured_path(device)
+        cached = LatencyTable.load(path) if path.exists() else None
+        keys = plan(shape_of(spec), sorted(set(batches)))
+        have = cached.keys() if cached else set()
+        missing = [k for k in keys if entry_id(k) not in have]
+        if not missing:
+            return cached
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = profile(
+            missing,
+            name=device,
+            out=path.with_suffix(".new.json"),
+            device="cuda" if device == "cuda" else "cpu",
+            threads=None if device == "cuda" else self.threads,
+            timing=self.timing,
+            progress=progress,
+        )
+        table = LatencyTable.parse(fresh, device)
+        if cached is not None:
+            table = cached.merged(table)
+        table.save(path)
+        path.with_suffix(".new.json").unlink(missing_ok=True)
+        return table
+
+    def _analytic_table(self, device: str, spec: ModelSpec, batches: list[int]) -> LatencyTable:
+        from latency_models.analytic import PRESETS, analytic_table
+
+        if device not in PRESETS:
+            raise UnknownDeviceError(f"unknown analytic device {device!r}; presets: {', '.join(sorted(PRESETS))}")
+        key = (device, shape_of(spec), tuple(sorted(set(batches))))
+        if key not in self._analytic:
+            self._analytic[key] = analytic_table(PRESETS[device], [shape_of(spec)], sorted(set(batches)))
+        return self._analytic[key]
+
+
+def _coverage(table: LatencyTable) -> str:
+    dims = sorted({e.embed_dim for e in table.entries})
+    batches = ", ".join(str(b) for b in table.device.batch_sizes)
+    return f"embed dim {', '.join(map(str, dims))} at batch {batches} ({len(table.entries)} entries)"

@@ -1,0 +1,163 @@
+"""The profiler: its kernels do the runtime's work, its grid, its runs (resume, table), torch-only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from latency_models.profiling import SHAPES, Timing, entry_id, plan, profile, token_grid, width_grid
+from latency_models.profiling import run as run_module
+from latency_models.profiling.kernels import AttentionHalf, MlpHalf, select_tokens
+from latency_models.schema import LatencyTable
+from pruning.block import attention_heads, mlp_half
+from pruning.config import TopKReduction
+from pruning.tokens import TokenState, reduce_tokens
+
+FAST = Timing(passes=2, warmup=1, min_round_s=0.0005)
+
+
+@pytest.fixture(scope="module")
+def block():
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_patch16_224", depth=1).eval().blocks[0]
+
+
+def test_attention_kernel_computes_what_the_runtime_computes(block):
+    kernel = AttentionHalf(192, 3, 64).eval()
+    kernel.load_state_dict(
+        {
+            "norm1.weight": block.norm1.weight,
+            "norm1.bias": block.norm1.bias,
+            "qkv.weight": block.attn.qkv.weight,
+            "qkv.bias": block.attn.qkv.bias,
+            "proj.weight": block.attn.proj.weight,
+            "proj.bias": block.attn.proj.bias,
+        }
+    )
+    x = torch.randn(2, 50, 192)
+    valid = torch.ones(2, 50, dtype=torch.bool)
+    valid[1, 40:] = False
+    with torch.inference_mode():
+        for mask in (None, valid):
+            for scored in (False, True):
+                heads, scores = attention_heads(block.attn, block.norm1(x), mask, "cls_attn" if scored else None)
+                expected = x + block.attn.proj(heads)
+                got, got_scores = kernel(x, mask, scored)
+                assert torch.allclose(got, expected, atol=1e-5)
+                assert (scores is None) == (got_scores is None)
+                if scores is not None:
+                    assert torch.allclose(got_scores, scores, atol=1e-6)
+
+
+def test_mlp_kernel_computes_what_the_runtime_computes(block):
+    kernel = MlpHalf(192, 768).eval()
+    kernel.load_state_dict(
+        {
+            "norm2.weight": block.norm2.weight,
+            "norm2.bias": block.norm2.bias,
+            "fc1.weight": block.mlp.fc1.weight,
+            "fc1.bias": block.mlp.fc1.bias,
+            "fc2.weight": block.mlp.fc2.weight,
+            "fc2.bias": block.mlp.fc2.bias,
+        }
+    )
+    x = torch.randn(2, 30, 192)
+    with torch.inference_mode():
+        assert torch.allclose(kernel(x), mlp_half(block, TokenState(x=x, n_prefix=1)).x, atol=1e-5)
+
+
+@pytest.mark.parametrize("package", [False, True])
+def test_gather_selection_matches_the_runtime_top_k(package):
+    x, scores = torch.randn(3, 41, 16), torch.rand(3, 41)
+    state = TokenState(x=x, n_prefix=1)
+    expected = reduce_tokens(state, scores, TopKReduction(keep_ratio=0.5), package).x
+    got = select_tokens(x, scores, prefix=1, keep=20, method="gather", package=package)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_grid_covers_every_head_count_and_only_allowed_widths():
+    shape = SHAPES["deit_small_patch16_224"]
+    keys = plan(shape, [1, 8])
+    attention = [k for k in keys if k["op"] == "attention"]
+    assert {k["heads"] for k in attention} == set(range(shape.heads + 1))
+    assert {k["masked"] for k in attention if k["batch"] == 1} == {False}  # one image is never padded
+    assert {k["masked"] for k in attention if k["batch"] == 8} == {False, True}
+    widths = {k["mlp_hidden"] for k in keys if k["op"] == "mlp"}
+    assert all(w % shape.round_to == 0 for w in widths) and {0, shape.mlp_hidden} <= widths
+    tokens = {k["tokens"] for k in attention}
+    assert {1, shape.tokens} <= tokens and tokens == set(token_grid(shape.tokens))
+    assert len({entry_id(k) for k in keys}) == len(keys)
+    for k in keys:
+        if k["op"] == "select":
+            assert shape.prefix < k["tokens_out"] <= k["tokens_in"]
+    assert width_grid(768, 8) == sorted(set(width_grid(768, 8)))
+
+
+def _small_keys() -> list[dict]:
+    shape = replace(SHAPES["deit_tiny_patch16_224"], tokens=17, image_size=64, num_classes=10)
+    keys = plan(shape, [2], token_step=8, width_points=2, select_step=8)
+    keys = [k for k in keys if k["op"] != "attention" or k["heads"] in (0, 3)]
+    return keys[::6]  # every kind of entry, few of each: building weight copies is what takes time
+
+
+def test_profile_writes_a_valid_table_and_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    keys = _small_keys()
+    out = tmp_path / "table.json"
+    calls, crash = [], [True]
+    real_kernel = run_module.kernel
+
+    def counting_kernel(key, device):
+        calls.append(entry_id(key))
+        if len(calls) == 5 and crash and crash.pop():
+            raise RuntimeError("killed")  # the run dies after four timed rounds
+        return real_kernel(key, device)
+
+    monkeypatch.setattr(run_module, "kernel", counting_kernel)
+    with pytest.raises(RuntimeError, match="killed"):
+        profile(keys, name="test-box", out=out, timing=FAST, progress=False)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    assert len(partial.read_text().splitlines()) == 4 and not out.exists()
+
+    calls.clear()
+    table = LatencyTable.parse(profile(keys, name="test-box", out=out, timing=FAST, progress=False))
+    assert len(calls) == 2 * len(keys) - 4  # the four rounds already timed were not timed again
+    assert not partial.exists()
+    assert LatencyTable.load(out) == table
+    assert table.device.kind == "measured" and table.device.batch_sizes == (2,)
+    assert len(table.entries) == len(keys)
+    assert all(e.median_ms > 0 for e in table.entries if e.op != "select" or e.tokens_out < e.tokens_in)
+
+
+def test_the_profiler_runs_with_torch_alone(tmp_path):
+    """Copied out of the project, with vitprune's other packages, pydantic and timm unimportable."""
+    shutil.copytree(Path(__file__).parents[2] / "latency_models" / "profiling", tmp_path / "profiling")
+    keys = _small_keys()[:6]
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"pruning", "latency_models", "vitprune", "pydantic", "timm", "tqdm"}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import json, pathlib
+from profiling import Timing, profile
+keys = json.loads(pathlib.Path("keys.json").read_text())
+profile(keys, name="phone", out=pathlib.Path("t.json"), timing=Timing(passes=1, min_round_s=0.0005))
+from profiling.__main__ import main
+sys.exit(main(["--shape", "deit_tiny_patch16_224", "--batch", "1", "--out", "unused.json", "--dry-run"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "grid:" in done.stderr
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert table.device.name == "phone" and len(table.entries) == 6

@@ -1,0 +1,156 @@
+"""Latency-table commands of the `vitprune` command line.
+
+vitprune profile        measure this machine's latency table for a model shape (cached as host-cpu / cuda)
+vitprune devices        list the device profiles a search can target
+vitprune lut validate   random pruned configs, measured here vs predicted by a table
+vitprune lut import     store a table measured elsewhere (python -m latency_models.profiling) as a device
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from timm.data import resolve_data_config
+
+from latency_models.predictor import LatencyPredictor
+from latency_models.profiling import Timing, plan, profile
+from latency_models.registry import Registry, shape_of
+from latency_models.schema import LatencyTable
+from latency_models.validate import VALIDATION_TIMING, validate
+from pruning import describe
+from pruning.data import load_image_folder
+from pruning.loading import create_model
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    """The dense model: with --weights if given; latency does not depend on weight values."""
+    return create_model(args.model, weights=getattr(args, "weights", None))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    spec = describe(_model(args), args.model)
+    keys = plan(shape_of(spec), args.batch)
+    print(f"grid for {args.model} at batch {args.batch}: {len(keys)} entries x {args.passes} passes", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    timing = Timing(passes=args.passes)
+    if args.out:
+        table = profile(
+            keys, name=args.name or "host-cpu", out=args.out, device=args.device, threads=args.threads, timing=timing
+        )
+        LatencyTable.parse(table, str(args.out))
+        print(f"wrote {args.out}")
+        return 0
+    device = "cuda" if args.device == "cuda" else "host-cpu"
+    registry = Registry(threads=args.threads, timing=timing)
+    registry.table(device, spec, args.batch)
+    print(f"{device}: table cached at {registry.measured_path(device)}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    devices = Registry(threads=args.threads).devices()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in devices]))
+        return 0
+    width = max(len(d.name) for d in devices)
+    for d in devices:
+        state = "" if d.available else " [not available here]"
+        print(f"{d.name:<{width}}  {d.kind:<8}  {d.description}{state}; {d.coverage}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    dense = _model(args)
+    spec = describe(dense, args.model)
+    if args.table:
+        predictor = LatencyPredictor(LatencyTable.load(args.table))
+    else:
+        predictor = Registry(threads=args.threads).predictor(args.device, spec, [args.batch])
+    images = None
+    if args.data:
+        found = load_image_folder(args.data, resolve_data_config({}, model=dense), max_images=args.batch)
+        images = next(found.batches(args.batch))[0]
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rtimed {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    timing = Timing(passes=args.passes, warmup=VALIDATION_TIMING.warmup, min_round_s=VALIDATION_TIMING.min_round_s)
+    report = validate(
+        predictor,
+        dense,
+        configs=args.configs,
+        batch=args.batch,
+        seed=args.seed,
+        threads=args.threads,
+        images=images,
+        timing=timing,
+        name=args.model,
+        progress=progress,
+    )
+    written = report.save(args.out) if args.out else []
+    print(json.dumps(report.summary()) if args.json else report.to_markdown())
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    registry = Registry()
+    table = registry.import_table(args.table, args.name)
+    print(f"imported {len(table.entries)} entries as device '{args.name}' ({registry.imported_path(args.name)})")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    prof = commands.add_parser("profile", help="measure this machine's latency table for a model shape")
+    prof.add_argument("--model", required=True, help="timm model name, e.g. deit_tiny_patch16_224 (no weights needed)")
+    prof.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,32")
+    prof.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    prof.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    prof.add_argument("--passes", type=int, default=5, help="timed rounds per entry, one per pass over the grid")
+    prof.add_argument("--out", type=Path, help="write a standalone table file instead of the host-cpu/cuda cache")
+    prof.add_argument("--name", help="device name stored in a --out table")
+    prof.add_argument("--dry-run", action="store_true", help="print the grid size and exit")
+    prof.set_defaults(run=cmd_profile)
+
+    devices = commands.add_parser("devices", help="list the device profiles (measured, analytic, imported)")
+    devices.add_argument("--threads", type=int, help="thread count of the host-cpu profile (default: torch's)")
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(run=cmd_devices)
+
+    lut = commands.add_parser("lut", help="latency tables: validate, import").add_subparsers(dest="lut", required=True)
+    check = lut.add_parser("validate", help="random pruned configs measured here vs the table's predictions")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--device", default="host-cpu", help="device profile (see `vitprune devices`)")
+    source.add_argument("--table", type=Path, help="a latency table file")
+    check.add_argument("--model", required=True, help="timm model name, e.g. deit_tiny_patch16_224")
+    check.add_argument("--weights", type=Path, help="dense weights (only threshold configs' token counts use them)")
+    check.add_argument("--data", type=Path, help="images for threshold configs (default: random inputs)")
+    check.add_argument("--batch", type=int, default=1)
+    check.add_argument("--configs", type=int, default=50, help="random configs, the dense model included")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    check.add_argument("--passes", type=int, default=VALIDATION_TIMING.passes)
+    check.add_argument("--out", type=Path, help="write <out>.json, <out>.md and the scatter plot <out>.html")
+    check.add_argument("--json", action="store_true", help="print the summary as JSON")
+    check.set_defaults(run=cmd_validate)
+
+    imp = lut.add_parser("import", help="store a table file (e.g. measured on a user's device) as a named device")
+    imp.add_argument("table", type=Path)
+    imp.add_argument("--name", required=True, help="device name, e.g. pixel-8 (lowercase letters, digits, . _ -)")
+    imp.set_defaults(run=cmd_import)
