@@ -144,7 +144,7 @@ class LatencyTable(_Strict):
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise TableError(
                 f"{source}: not a vitprune latency table (field 'schema' is {found!r}, expected {SCHEMA!r}); "
-                "make one with `vitprune profile` or `python -m latency_models.profiler`"
+                "make one with `vitprune profile` or `python -m latency_models.profiling`"
             )
         if data.get("version") != SCHEMA_VERSION:
             raise TableError(
@@ -159,9 +159,11 @@ class LatencyTable(_Strict):
     def load(cls, path: str | Path) -> LatencyTable:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_bytes())
         except json.JSONDecodeError as error:
             raise TableError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+        except UnicodeDecodeError:
+            raise TableError(f"{path}: not JSON (binary data; tables are JSON, never pickles)") from None
         return cls.parse(data, str(path))
 
     def save(self, path: str | Path) -> None:
