@@ -58,7 +58,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    results = []
+    summary = args.out / "latency_accuracy.json"
+    # Rows of earlier runs (other models or batch sizes) are kept, so the benchmark can run in parts.
+    results = json.loads(summary.read_text()) if summary.exists() else []
     for name in args.models.split(","):
         model = create_model(name)
         spec = describe(model, name)
@@ -86,12 +88,12 @@ def main() -> int:
                 "validate_s": round(time.monotonic() - start, 1),
                 "predictions_per_s": round(predictions_per_second(predictor, model, name, batch)),
             }
-            results.append(row)
+            results = [r for r in results if (r["model"], r["batch"]) != (name, batch)] + [row]
             print(json.dumps(row), file=sys.stderr, flush=True)
-    (args.out / "latency_accuracy.json").write_text(json.dumps(results, indent=1))
-    (args.out / "latency_accuracy.md").write_text(_markdown(results))
+            summary.write_text(json.dumps(results, indent=1))
+            (args.out / "latency_accuracy.md").write_text(_markdown(results))
     print(_markdown(results))
-    return 0
+    return 0  # nothing else may run on the machine meanwhile: it would be timed too
 
 
 def _markdown(results: list[dict]) -> str:

@@ -43,7 +43,7 @@ class _Lookup:
 
     embed: float
     head: np.ndarray
-    chain: np.ndarray  # [tokens]: what a block costs in a chain beyond its two halves timed alone
+    chain: np.ndarray  # [tokens]: what a block costs in a chain beyond (or below) its halves timed alone
     attention: dict[tuple[bool, bool], np.ndarray]  # (scored, masked) -> [tokens, heads]
     mlp: np.ndarray  # [tokens, hidden]
     select: dict[tuple[str, bool], np.ndarray]  # (method, package) -> [tokens_in, tokens_out]
@@ -245,8 +245,9 @@ class LatencyPredictor:
         if chained:  # optional: analytic devices have no such effect
             xs, values = _series(chained, "tokens")
             chained_values, _ = expand_1d(xs, values, size_n)
-            alone = attention[(False, False)][:, heads] + mlp[:, hidden]
-            chain = np.maximum(chained_values - alone, 0.0)
+            # Signed: at large batches blocks run back to back can cost less than their halves
+            # timed alone (the cold-weight copies of the halves overstate memory traffic there).
+            chain = chained_values - attention[(False, False)][:, heads] - mlp[:, hidden]
         return _Lookup(embed[0].median_ms, head, chain, attention, mlp, select, outside)
 
     def _missing(self, spec: ModelSpec, what: str) -> str:

@@ -84,8 +84,9 @@ class AttentionEntry(_Entry):
 class ChainEntry(_Entry):
     """A dense block (attention + MLP at `tokens`) timed inside a chain of `blocks` distinct blocks,
     per block. On a CPU, blocks run back to back cost more than their halves timed alone (each
-    op's input was just written by the previous op, the GEMM shapes alternate); the predictor adds
-    that difference to every block, interpolated over tokens."""
+    op's input was just written by the previous op, the GEMM shapes alternate), and at large batches
+    sometimes less; the predictor adds that signed difference to every block, interpolated over
+    tokens."""
 
     op: Literal["chain"] = "chain"
     tokens: Positive

@@ -5,14 +5,18 @@ token, some thresholds, head and MLP pruning), builds each as a real physically 
 times its forward pass on this machine and compares with the predictor. The report gives the
 share of configs within +-10%, the mean absolute percentage error, the worst case and how well the
 table ranks configs (Spearman's rank correlation), and can be written as JSON, Markdown and an
-interactive scatter plot. On a shared machine whose speed wanders, a probe timed both in the table
-and during the check measures that drift, and errors are given with and without it.
+interactive scatter plot. A shared machine's speed wanders by tens of percent over minutes, so a
+fixed probe from the table (its dense chain entry) is re-timed right before every timed round and
+each round is normalised by the probe's ratio (a ratio measured in one moment); errors are given
+against normalised and raw measurements.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,12 +44,17 @@ class ValidationRow:
     summary: str
     predicted_ms: float
     measured_ms: float
+    """Median over passes of this model's round medians, as timed."""
+    normalised_ms: float
+    """The same, each round first scaled by the probe's speed in the table over its speed just
+    before that round: the model's latency with the machine as fast as when the table was made."""
     spread_ms: float
     extrapolated: bool
 
-    def error(self, drift: float = 1.0) -> float:
-        """Signed relative error of the prediction scaled by `drift`: (predicted * drift - measured) / measured."""
-        return (self.predicted_ms * drift - self.measured_ms) / self.measured_ms
+    def error(self, raw: bool = False) -> float:
+        """Signed relative error of the prediction against the normalised (or the raw) measurement."""
+        measured = self.measured_ms if raw else self.normalised_ms
+        return (self.predicted_ms - measured) / measured
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,13 @@ class ValidationReport:
     threads: int
     rows: tuple[ValidationRow, ...]
     drift: float = 1.0
-    """How much slower (> 1) this machine ran during the check than when the table was measured:
-    the same probe (the table's chain entry for the dense model) timed then and now. A shared
-    machine's speed wanders by tens of percent over minutes; the headline errors compare
-    predictions scaled by this factor, and `raw` ones compare them as they are."""
+    """How much slower (> 1) this machine ran during the check than when the table was measured,
+    by the probe (the table's chain entry for the dense model) timed then and now. A shared
+    machine's speed wanders by tens of percent over minutes; the headline errors use the
+    normalised measurements, `raw` ones the measurements as they are."""
 
     def errors(self, raw: bool = False) -> np.ndarray:
-        return np.array([r.error(1.0 if raw else self.drift) for r in self.rows])
+        return np.array([r.error(raw) for r in self.rows])
 
     @property
     def within_10(self) -> float:
@@ -94,7 +103,7 @@ class ValidationReport:
             "configs": len(self.rows),
             "within_10pct": round(self.within_10, 4),
             "mape": round(self.mape, 4),
-            "worst_error": round(worst.error(self.drift), 4),
+            "worst_error": round(worst.error(), 4),
             "worst_config": worst.summary,
             "spearman": round(self.spearman, 4),
             "drift": round(self.drift, 4),
@@ -110,24 +119,26 @@ class ValidationReport:
             f"configs, {100 * s['within_10pct']:.0f}% within +-10%, MAPE {100 * s['mape']:.1f}%, worst "
             f"{100 * s['worst_error']:+.1f}%, Spearman {s['spearman']:.3f}",
             "",
-            f"Machine speed drift since the table was measured: x{s['drift']:.3f} (errors above are after "
-            f"scaling predictions by it; without: {100 * s['raw_within_10pct']:.0f}% within +-10%, "
-            f"MAPE {100 * s['raw_mape']:.1f}%).",
+            f"Machine speed since the table was measured: x{s['drift']:.3f} slower (by the probe timed before "
+            f"every round; errors above compare with measurements normalised by it, raw ones give "
+            f"{100 * s['raw_within_10pct']:.0f}% within +-10%, MAPE {100 * s['raw_mape']:.1f}%).",
             "",
-            "| config | predicted ms | measured ms | error |",
-            "|---|---:|---:|---:|",
+            "| config | predicted ms | measured ms | normalised ms | error |",
+            "|---|---:|---:|---:|---:|",
         ]
-        for r in sorted(self.rows, key=lambda r: r.measured_ms):
+        for r in sorted(self.rows, key=lambda r: r.normalised_ms):
             flag = " (extrapolated)" if r.extrapolated else ""
-            error = 100 * r.error(self.drift)
-            lines.append(f"| {r.summary}{flag} | {r.predicted_ms:.2f} | {r.measured_ms:.2f} | {error:+.1f}% |")
+            lines.append(
+                f"| {r.summary}{flag} | {r.predicted_ms:.2f} | {r.measured_ms:.2f} | {r.normalised_ms:.2f} | "
+                f"{100 * r.error():+.1f}% |"
+            )
         return "\n".join(lines) + "\n"
 
     def save(self, stem: Path, plot: bool = True) -> list[Path]:
         """Write `<stem>.json`, `<stem>.md` and (with `plot`) the scatter plot `<stem>.html`."""
         stem.parent.mkdir(parents=True, exist_ok=True)
         written = [stem.with_suffix(".json"), stem.with_suffix(".md")]
-        data = {"summary": self.summary(), "rows": [asdict(r) | {"error": r.error(self.drift)} for r in self.rows]}
+        data = {"summary": self.summary(), "rows": [asdict(r) | {"error": r.error()} for r in self.rows]}
         written[0].write_text(json.dumps(data, indent=1))
         written[1].write_text(self.to_markdown())
         if plot:
@@ -138,8 +149,8 @@ class ValidationReport:
         """Predicted vs measured, with the +-10% band; a self-contained HTML file (plotly, no CDN)."""
         import plotly.graph_objects as go
 
-        measured = [r.measured_ms for r in self.rows]
-        top = max(max(measured), max(r.predicted_ms * self.drift for r in self.rows)) * 1.05
+        measured = [r.normalised_ms for r in self.rows]
+        top = max(max(measured), max(r.predicted_ms for r in self.rows)) * 1.05
         figure = go.Figure()
         for factor, name in ((1.0, "exact"), (1.1, "+10%"), (0.9, "-10%")):
             figure.add_trace(
@@ -157,7 +168,7 @@ class ValidationReport:
                 y=[r.predicted_ms for r in self.rows],
                 mode="markers",
                 name="configs",
-                text=[f"{r.summary}<br>error {100 * r.error(self.drift):+.1f}%" for r in self.rows],
+                text=[f"{r.summary}<br>error {100 * r.error():+.1f}%" for r in self.rows],
                 hoverinfo="text+x+y",
             )
         )
@@ -165,7 +176,7 @@ class ValidationReport:
         figure.update_layout(
             title=f"{self.model}, batch {self.batch}, {self.device}: {100 * s['within_10pct']:.0f}% within +-10%, "
             f"Spearman {s['spearman']:.3f}",
-            xaxis_title="measured ms",
+            xaxis_title="measured ms (normalised to the table's machine speed)",
             yaxis_title="predicted ms",
             width=800,
             height=700,
@@ -202,6 +213,18 @@ def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = Tru
     return PruneConfig(blocks=tuple(blocks), package_token=rng.random() < 0.5)
 
 
+def _probe_ms(fn: Callable[[], object]) -> float:
+    """One warm-up call, then the faster of two timed calls: a quick reading of the machine's speed."""
+    with torch.inference_mode():
+        fn()
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
 def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
     """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner."""
     tokens = [
@@ -234,7 +257,8 @@ def validate(
     `timing.passes` passes over all of them (one round each), keeping the median of each model's
     round medians: a slow period of a shared machine then hits a few rounds of many models instead of
     every round of a few. This is the profiler's own timing method, so table and check agree on
-    what "the latency" means. `images` (at least `batch`) feed the threshold configs, whose token
+    what "the latency" means. Before each round the table's probe is re-timed (see `ValidationRow`).
+    `images` (at least `batch`) feed the threshold configs, whose token
     counts depend on the images; random inputs are used otherwise.
     """
     spec = describe(dense, name)
@@ -256,25 +280,34 @@ def validate(
         models.append(pruned)
         predictions.append(predictor.predict(config, spec, batch, kept_tokens=kept))
     rounds: list[list[list[float]]] = [[] for _ in candidates]
+    speed: list[list[float]] = [[] for _ in candidates]  # probe now / probe in the table, per round
     cpu = torch.device("cpu")
     probe = predictor.probe(spec, batch)
-    probe_rounds: list[list[float]] = []
     with torch_threads(threads) as used_threads:
+        probe_fn = kernel(probe[0], cpu) if probe is not None else None
         for n in range(timing.passes):
-            if probe is not None:
-                blocks = probe[0]["blocks"]
-                probe_rounds.append([t / blocks for t in time_round(kernel(probe[0], cpu), cpu, timing)])
             for index, pruned in enumerate(models):
+                if probe_fn is not None:
+                    speed[index].append(_probe_ms(probe_fn) / probe[0]["blocks"] / probe[1])
                 rounds[index].append(time_round(lambda m=pruned: m(images), cpu, timing))
                 if progress is not None:
                     progress(n * len(models) + index + 1, timing.passes * len(models))
     rows = []
-    for config, prediction, timed in zip(candidates, predictions, rounds, strict=True):
+    for config, prediction, timed, factors in zip(candidates, predictions, rounds, speed, strict=True):
         measured, spread = summarise(timed)
+        normalised = (
+            summarise([[t / f for t in r] for r, f in zip(timed, factors, strict=True)])[0] if factors else measured
+        )
         rows.append(
             ValidationRow(
-                config.key(), summarise_config(config, spec), prediction.ms, measured, spread, prediction.extrapolated
+                config.key(),
+                summarise_config(config, spec),
+                prediction.ms,
+                measured,
+                normalised,
+                spread,
+                prediction.extrapolated,
             )
         )
-    drift = summarise(probe_rounds)[0] / probe[1] if probe is not None else 1.0
+    drift = statistics.median(f for factors in speed for f in factors) if probe is not None else 1.0
     return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift)
