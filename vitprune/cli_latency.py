@@ -9,6 +9,7 @@ vitprune lut import     store a table measured elsewhere (python -m latency_mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,8 +44,11 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     spec = describe(_model(args), args.model)
-    keys = plan(shape_of(spec), args.batch)
+    shape = shape_of(spec)
+    keys = plan(shape, args.batch)
     print(f"grid for {args.model} at batch {args.batch}: {len(keys)} entries x {args.passes} passes", file=sys.stderr)
+    # What to pass as --shape to the torch-only profiler on another device.
+    print(f"shape: {json.dumps(dataclasses.asdict(shape))}", file=sys.stderr)
     if args.dry_run:
         return 0
     timing = Timing(passes=args.passes)

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-from .grid import SHAPES, entry_id, plan
+from .grid import SHAPES, Shape, entry_id, plan
 from .run import Timing, profile
 
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _shape(text: str) -> Shape:
+    """A known model name, or a JSON object of Shape fields (as `vitprune profile --dry-run` prints)."""
+    if text in SHAPES:
+        return SHAPES[text]
+    try:
+        return Shape(**json.loads(text))
+    except (ValueError, TypeError) as error:
+        known = ", ".join(sorted(SHAPES))
+        raise argparse.ArgumentTypeError(f"{text!r}: not a known shape ({known}) nor a Shape JSON ({error})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Measure a vitprune latency table on this machine (needs only torch).",
     )
     parser.add_argument(
-        "--shape", action="append", required=True, choices=sorted(SHAPES), help="model shape to cover (repeatable)"
+        "--shape",
+        action="append",
+        required=True,
+        type=_shape,
+        help=f"model shape to cover (repeatable): one of {', '.join(sorted(SHAPES))}, or a JSON object of Shape fields",
     )
     parser.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,32")
     parser.add_argument("--out", type=Path, required=True, help="table file to write (JSON)")
@@ -32,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=5, help="timed rounds per entry, one per pass over the grid")
     parser.add_argument("--dry-run", action="store_true", help="print the grid size and exit")
     args = parser.parse_args(argv)
-    keys = [k for s in args.shape for k in plan(SHAPES[s], args.batch)]
+    keys = [k for shape in args.shape for k in plan(shape, args.batch)]
     keys = list({entry_id(k): k for k in keys}.values())
     counts: dict[str, int] = {}
     for k in keys:
