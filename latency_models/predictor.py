@@ -154,18 +154,15 @@ class LatencyPredictor:
         return Prediction(ms=float(total), extrapolated=extrapolated, parts=parts or {})
 
     def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:
-        """The table's chain entry for `spec`'s dense block at all tokens and `batch` (key, ms), if any:
-        a fixed workload to re-time later and see how much the machine's speed has changed."""
+        """The table's entry for `spec`'s dense MLP half at all tokens and `batch` (key, ms), if the
+        table was measured: a fixed workload to re-time later, the same way, to see how much faster
+        or slower the machine runs now than when the table was made."""
+        if self.table.device.kind == "analytic":
+            return None
         block = spec.blocks[0]
-        tokens = spec.num_prefix_tokens + block.tokens_in
-        for e in self._by_op.get("chain", []):
-            if (e.batch, e.embed_dim, e.tokens, e.heads, e.mlp_hidden) == (
-                batch,
-                block.embed_dim,
-                tokens,
-                block.heads,
-                block.mlp_hidden,
-            ):
+        wanted = (batch, block.embed_dim, spec.num_prefix_tokens + block.tokens_in, block.mlp_hidden)
+        for e in self._by_op.get("mlp", []):
+            if (e.batch, e.embed_dim, e.tokens, e.mlp_hidden) == wanted:
                 return e.model_dump(exclude={"median_ms", "spread_ms"}), e.median_ms
         return None
 

@@ -6,7 +6,7 @@ times its forward pass on this machine and compares with the predictor. The repo
 share of configs within +-10%, the mean absolute percentage error, the worst case and how well the
 table ranks configs (Spearman's rank correlation), and can be written as JSON, Markdown and an
 interactive scatter plot. A shared machine's speed wanders by tens of percent over minutes, so a
-fixed probe from the table (its dense chain entry) is re-timed right before every timed round and
+fixed probe from the table (its dense MLP entry) is re-timed right before every timed round and
 each round is normalised by the probe's ratio (a ratio measured in one moment); errors are given
 against normalised and raw measurements.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pruning.timing import torch_threads
 
 __all__ = ["ValidationReport", "ValidationRow", "random_config", "validate"]
 
+PROBE_TIMING = Timing()
 VALIDATION_TIMING = Timing(passes=5, warmup=1, min_round_s=0.1)
 """Rounds of at least 0.1 s (whole models are slower to time than table entries), five passes."""
 
@@ -66,7 +66,7 @@ class ValidationReport:
     rows: tuple[ValidationRow, ...]
     drift: float = 1.0
     """How much slower (> 1) this machine ran during the check than when the table was measured,
-    by the probe (the table's chain entry for the dense model) timed then and now. A shared
+    by the probe (the table's entry for the dense MLP half) timed then and now, the same way. A shared
     machine's speed wanders by tens of percent over minutes; the headline errors use the
     normalised measurements, `raw` ones the measurements as they are."""
 
@@ -213,18 +213,6 @@ def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = Tru
     return PruneConfig(blocks=tuple(blocks), package_token=rng.random() < 0.5)
 
 
-def _probe_ms(fn: Callable[[], object]) -> float:
-    """One warm-up call, then the faster of two timed calls: a quick reading of the machine's speed."""
-    with torch.inference_mode():
-        fn()
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return min(times) * 1e3
-
-
 def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
     """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner."""
     tokens = [
@@ -288,7 +276,8 @@ def validate(
         for n in range(timing.passes):
             for index, pruned in enumerate(models):
                 if probe_fn is not None:
-                    speed[index].append(_probe_ms(probe_fn) / probe[0]["blocks"] / probe[1])
+                    # Timed exactly as the profiler timed it, so the ratio is the machine's speed alone.
+                    speed[index].append(statistics.median(time_round(probe_fn, cpu, PROBE_TIMING)) / probe[1])
                 rounds[index].append(time_round(lambda m=pruned: m(images), cpu, timing))
                 if progress is not None:
                     progress(n * len(models) + index + 1, timing.passes * len(models))

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 SCHEMA = "vitprune.latency-table"
 SCHEMA_VERSION = 1
-CHAIN_BLOCKS = 6
-"""Dense blocks run back to back in a `chain` entry (see `latency_models.schema.ChainEntry`)."""
+CHAIN_BLOCKS = 12
+"""Dense blocks run back to back in a `chain` entry (see `latency_models.schema.ChainEntry`): the
+depth of DeiT/ViT Tiny, Small and Base, so the chain moves as many weights through the caches as
+the real model does."""
 
 
 @dataclass(frozen=True)
