@@ -156,6 +156,7 @@ class Registry:
 
     def import_table(self, path: Path, name: str) -> LatencyTable:
         """Validate a table file and store it as device `name`."""
+        target = self.imported_path(name)  # a bad name is refused before the file is read
         table = LatencyTable.load(path)
         info = table.device
         note = f"imported from a {info.kind} table named {info.name!r}"
@@ -163,7 +164,7 @@ class Registry:
             update={"name": name, "kind": "imported", "notes": " ".join((info.notes, note)).strip()}
         )
         imported = LatencyTable(device=device, entries=table.entries)
-        imported.save(self.imported_path(name))
+        imported.save(target)
         return imported
 
     def _measured(self, device: str, spec: ModelSpec, batches: list[int], progress: bool) -> LatencyTable:

@@ -55,7 +55,7 @@ def test_validate_prices_an_analytic_device_and_reports(capsys, tmp_path):
         (["lut", "import", "{bad}", "--name", "../up"], "device name"),
         (["lut", "validate", "--device", "nowhere", "--model", "deit_tiny_patch16_224"], "unknown device"),
         (["lut", "validate", "--device", "mobile-cpu:nope", "--model", "deit_tiny_patch16_224"], "presets"),
-        (["lut", "validate", "--device", "fpga:zcu102", "--model", "resnet50"], "resnet50"),
+        (["lut", "validate", "--device", "fpga:zcu102", "--model", "resnet50"], "ResNet is not supported"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path, argv, message):
