@@ -115,9 +115,7 @@ class Registry:
             found.append(DeviceProfile(device, "measured", what, available, coverage))
         for name, params in sorted(PRESETS.items()):
             kind = name.split(":", 1)[0]
-            found.append(
-                DeviceProfile(name, "analytic", f"analytic {kind} model: {params.name}", True, "any ViT shape")
-            )
+            found.append(DeviceProfile(name, "analytic", f"analytic {kind} model, {params.hardware}", True, "any ViT"))
         for path in sorted((self.root / "imported").glob("*.json")):
             try:
                 table = LatencyTable.load(path)
