@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from latency_models.predictor import LatencyPredictor
+from latency_models.predictor import LatencyPredictor, shape_of
 from latency_models.profiling import Timing, plan, profile
-from latency_models.registry import shape_of
 from latency_models.schema import LatencyTable
 from latency_models.validate import VALIDATION_TIMING, random_config, validate
 from pruning import describe

@@ -17,15 +17,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from latency_models.interpolate import expand_1d, expand_2d
+from latency_models.profiling import Shape
 from latency_models.schema import LatencyTable
 from pruning.config import PruneConfig, ThresholdReduction
 from pruning.spec import ModelSpec
 
-__all__ = ["CoverageError", "LatencyPredictor", "Prediction"]
+__all__ = ["CoverageError", "LatencyPredictor", "Prediction", "shape_of"]
 
 
 class CoverageError(ValueError):
     """The table has no entries for this model shape (embed dim, head dim, ...) at all."""
+
+
+def shape_of(spec: ModelSpec) -> Shape:
+    """The profiler's view of a dense model: one shape for every block (plain ViT/DeiT)."""
+    block = spec.blocks[0]
+    if spec.family != "vit" or any(b != block for b in spec.blocks):
+        raise CoverageError(f"{spec.name}: latency tables price plain ViT/DeiT models with uniform blocks")
+    side = round(block.tokens_in**0.5)
+    return Shape(
+        embed_dim=block.embed_dim,
+        heads=block.heads,
+        head_dim=block.head_dim,
+        mlp_hidden=block.mlp_hidden,
+        tokens=spec.num_prefix_tokens + block.tokens_in,
+        prefix=spec.num_prefix_tokens,
+        image_size=spec.image_size[0],
+        patch_size=spec.image_size[0] // side,
+        num_classes=spec.num_classes,
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +123,6 @@ class LatencyPredictor:
 
     def _run(self, config, spec, batch, kept_tokens, parts) -> Prediction:
         look = self.lookup(spec, batch)
-        if spec.family != "vit":
-            raise CoverageError(f"{spec.name}: latency tables price plain ViT/DeiT models; {spec.family} is not priced")
         reducing = sum(b.reduces_tokens for b in config.blocks)
         if kept_tokens is not None and len(kept_tokens) != reducing:
             raise ValueError(f"kept_tokens lists {len(kept_tokens)} counts but the config reduces tokens at {reducing}")
@@ -176,6 +194,7 @@ class LatencyPredictor:
         return self._cache[key]
 
     def _build(self, spec: ModelSpec, batch: int) -> _Lookup:
+        shape_of(spec)  # refuses, with the reason, models the tables cannot price
         batches = sorted({e.batch for e in self._by_op.get("attention", []) if e.embed_dim == spec.blocks[0].embed_dim})
         if not batches:
             raise CoverageError(self._missing(spec, f"embed_dim={spec.blocks[0].embed_dim}"))
@@ -183,9 +202,7 @@ class LatencyPredictor:
             return self._build_at(spec, batch)
         if len(batches) == 1:
             # One measured batch size: assume cost proportional to the batch (flagged as extrapolated).
-            only = self._build_at(spec, batches[0])
-            zero = _scaled(only, 0.0)
-            return zero.blend(only, batch / batches[0], True)
+            return _scaled(self._build_at(spec, batches[0]), batch / batches[0])
         below = [b for b in batches if b < batch]
         above = [b for b in batches if b > batch]
         lo, hi = (below[-1], above[0]) if below and above else (batches[-2], batches[-1]) if below else batches[:2]
@@ -193,12 +210,10 @@ class LatencyPredictor:
         return self._build_at(spec, lo).blend(self._build_at(spec, hi), weight, not (below and above))
 
     def _build_at(self, spec: ModelSpec, batch: int) -> _Lookup:
-        block = spec.blocks[0]
-        dim, heads, head_dim, hidden = block.embed_dim, block.heads, block.head_dim, block.mlp_hidden
-        if any((b.embed_dim, b.heads, b.head_dim, b.mlp_hidden) != (dim, heads, head_dim, hidden) for b in spec.blocks):
-            raise CoverageError(f"{spec.name}: blocks of different widths are not priced by the tables yet")
-        prefix = spec.num_prefix_tokens
-        size_n = prefix + block.tokens_in + 2  # + a package token after keeping every patch
+        shape = shape_of(spec)
+        dim, heads, head_dim, hidden = shape.embed_dim, shape.heads, shape.head_dim, shape.mlp_hidden
+        prefix = shape.prefix
+        size_n = shape.tokens + 2  # + a package token after keeping every patch, + index 0
         where = f"embed_dim={dim}, batch={batch}"
 
         def rows(op: str, **match) -> list:
@@ -235,8 +250,7 @@ class LatencyPredictor:
         head_rows = rows("head", num_classes=spec.num_classes)
         xs, values = _series(head_rows, "tokens")
         head, _ = expand_1d(xs, values, size_n)
-        image, patch = spec.image_size[0], _patch_size(spec)
-        embed = rows("embed", image_size=image, patch_size=patch)
+        embed = rows("embed", image_size=shape.image_size, patch_size=shape.patch_size)
         chain = np.zeros(size_n)
         chained = [e for e in self._by_op.get("chain", []) if e.batch == batch and e.embed_dim == dim]
         if chained:  # optional: analytic devices have no such effect
@@ -256,11 +270,6 @@ class LatencyPredictor:
 
 def _shape_key(spec: ModelSpec) -> tuple:
     return (spec.family, spec.blocks, spec.num_prefix_tokens, spec.image_size, spec.num_classes)
-
-
-def _patch_size(spec: ModelSpec) -> int:
-    side = spec.image_size[0]
-    return side // round(math.sqrt(spec.blocks[0].tokens_in))
 
 
 def _series(entries: list, axis: str) -> tuple[np.ndarray, np.ndarray]:
@@ -297,4 +306,5 @@ def _scaled(look: _Lookup, factor: float) -> _Lookup:
         mlp=look.mlp * factor,
         select={k: v * factor for k, v in look.select.items()},
         outside=look.outside,
+        batch_extrapolated=True,
     )

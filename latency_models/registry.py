@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from latency_models.predictor import CoverageError, LatencyPredictor
-from latency_models.profiling import Shape, Timing, entry_id, plan, profile
+from latency_models.analytic import PRESETS, analytic_table
+from latency_models.predictor import LatencyPredictor, shape_of
+from latency_models.profiling import Timing, entry_id, plan, profile
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "shape_of"]
+__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MEASURED = ("host-cpu", "cuda")
@@ -45,25 +46,6 @@ class DeviceProfile:
     available: bool
     coverage: str
     """What the table holds now, e.g. 'embed 192 at batch 1, 32' or 'measured on first use'."""
-
-
-def shape_of(spec: ModelSpec) -> Shape:
-    """The profiler's view of a dense model: one shape for every block (plain ViT/DeiT)."""
-    block = spec.blocks[0]
-    if spec.family != "vit" or any(b != block for b in spec.blocks):
-        raise CoverageError(f"{spec.name}: latency tables price plain ViT/DeiT models with uniform blocks")
-    side = round(block.tokens_in**0.5)
-    return Shape(
-        embed_dim=block.embed_dim,
-        heads=block.heads,
-        head_dim=block.head_dim,
-        mlp_hidden=block.mlp_hidden,
-        tokens=spec.num_prefix_tokens + block.tokens_in,
-        prefix=spec.num_prefix_tokens,
-        image_size=spec.image_size[0],
-        patch_size=spec.image_size[0] // side,
-        num_classes=spec.num_classes,
-    )
 
 
 def default_profiles_dir() -> Path:
@@ -104,8 +86,6 @@ class Registry:
     # -- listing --------------------------------------------------------------------------------
 
     def devices(self) -> list[DeviceProfile]:
-        from latency_models.analytic import PRESETS
-
         found = []
         for device in MEASURED:
             available = device == "host-cpu" or torch.cuda.is_available()
@@ -193,8 +173,6 @@ class Registry:
         return table
 
     def _analytic_table(self, device: str, spec: ModelSpec, batches: list[int]) -> LatencyTable:
-        from latency_models.analytic import PRESETS, analytic_table
-
         if device not in PRESETS:
             raise UnknownDeviceError(f"unknown analytic device {device!r}; presets: {', '.join(sorted(PRESETS))}")
         key = (device, shape_of(spec), tuple(sorted(set(batches))))

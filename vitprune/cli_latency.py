@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from timm.data import resolve_data_config
 
-from latency_models.predictor import LatencyPredictor
+from latency_models.predictor import LatencyPredictor, shape_of
 from latency_models.profiling import Timing, plan, profile
-from latency_models.registry import Registry, shape_of
+from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
 from latency_models.validate import VALIDATION_TIMING, validate
 from pruning import describe

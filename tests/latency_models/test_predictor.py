@@ -10,9 +10,8 @@ import pytest
 import timm
 
 from latency_models.interpolate import expand_1d, expand_2d
-from latency_models.predictor import CoverageError, LatencyPredictor
+from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import plan
-from latency_models.registry import shape_of
 from latency_models.schema import LatencyTable
 from pruning import BlockConfig, PruneConfig, ThresholdReduction, TopKReduction, describe
 
