@@ -32,6 +32,8 @@ __all__ = ["DeviceProfile", "Registry", "UnknownDeviceError"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MEASURED = ("host-cpu", "cuda")
+KIND_DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"}
+"""A bare analytic kind names its default preset."""
 
 
 class UnknownDeviceError(ValueError):
@@ -77,7 +79,7 @@ class Registry:
         return self.root / "measured" / f"{device}-{digest}{suffix}.json"
 
     def imported_path(self, name: str) -> Path:
-        if not NAME.match(name) or name in MEASURED or ":" in name:
+        if not NAME.match(name) or name in MEASURED or name in KIND_DEFAULTS or ":" in name:
             raise ValueError(
                 f"device name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-' (and not a built-in name)"
             )
@@ -118,7 +120,7 @@ class Registry:
         """The table of `device`, covering `spec` at `batches` (measured now if it is a measured device)."""
         if device in MEASURED:
             return self._measured(device, spec, batches, progress)
-        if ":" in device:
+        if ":" in device or device in KIND_DEFAULTS:
             return self._analytic_table(device, spec, batches)
         path = self.imported_path(device)
         if not path.exists():
@@ -173,6 +175,7 @@ class Registry:
         return table
 
     def _analytic_table(self, device: str, spec: ModelSpec, batches: list[int]) -> LatencyTable:
+        device = KIND_DEFAULTS.get(device, device)
         if device not in PRESETS:
             raise UnknownDeviceError(f"unknown analytic device {device!r}; presets: {', '.join(sorted(PRESETS))}")
         key = (device, shape_of(spec), tuple(sorted(set(batches))))

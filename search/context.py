@@ -1,0 +1,184 @@
+"""Everything a process needs to run trials of a job: model, images, latency table, budget.
+
+The process that creates a job (`prepare`) resolves the device's table, the budget in
+milliseconds and head / channel importance once and stores them on the study; a worker that
+joins later (`from_study`) reads them back, so all workers price and prune identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import timm
+import torch
+from torch import nn
+
+from latency_models.predictor import LatencyPredictor
+from latency_models.registry import Registry
+from latency_models.schema import LatencyTable
+from pruning import PruneConfig, describe
+from pruning.data import IMAGE_EXTENSIONS, ImageSet, load_image_folder
+from pruning.families import family_of
+from pruning.importance import Importance, calibrated_importance
+from pruning.loading import create_model
+from pruning.spec import ModelSpec
+from search.evaluator import TrialEvaluator
+from search.job import JobSpec
+from search.space import TrialSpace
+
+__all__ = ["InfeasibleJobError", "JobContext", "JobInputError"]
+
+logger = logging.getLogger(__name__)
+
+IMPORTANCE_IMAGES = 256
+"""Calibration images used for Fisher importance (one backward pass each); more changes little."""
+
+
+class JobInputError(ValueError):
+    """A job whose inputs cannot be used; the message says which and how to fix it."""
+
+
+class InfeasibleJobError(JobInputError):
+    """No config of the search space fits the latency budget."""
+
+
+@dataclass
+class JobContext:
+    job: JobSpec
+    dense: nn.Module
+    spec: ModelSpec
+    space: TrialSpace
+    predictor: LatencyPredictor
+    budget_ms: float
+    dense_ms: float
+    calib: ImageSet
+    importance: Importance | None
+    cache_dir: Path | None = None
+    _evaluator: TrialEvaluator | None = None
+
+    @property
+    def evaluator(self) -> TrialEvaluator:
+        """Built on first use: it runs the dense model over the calibration set once."""
+        if self._evaluator is None:
+            self._evaluator = TrialEvaluator(self.dense, self.spec, self.calib, self.importance, seed=self.job.seed)
+        return self._evaluator
+
+    def images(self, which: str) -> ImageSet:
+        root, limit = (
+            (self.job.calib, self.job.calib_images) if which == "calib" else (self.job.val, self.job.val_images)
+        )
+        return _load_images(root, self.dense, self.job, limit, self.cache_dir)
+
+    # -- building ---------------------------------------------------------------------------------
+
+    @classmethod
+    def prepare(cls, job: JobSpec, registry: Registry | None = None, cache_dir: Path | None = None) -> JobContext:
+        """Resolve a new job: check its inputs, price the dense model, check the budget can be met."""
+        _check_apart(job.calib, job.val)
+        dense, spec = _dense(job)
+        space = TrialSpace(job.space, spec)
+        table = (
+            LatencyTable.load(job.table) if job.table else (registry or Registry()).table(job.device, spec, [job.batch])
+        )
+        predictor = LatencyPredictor(table)
+        dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
+        budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
+        _check_feasible(space, predictor, job, budget_ms)
+        calib = _load_images(job.calib, dense, job, job.calib_images, cache_dir)
+        importance = None
+        if job.space.heads or job.space.mlp:
+            batches = [x for x, _ in calib.subset(range(min(len(calib), IMPORTANCE_IMAGES))).batches(32)]
+            importance = calibrated_importance(dense, family_of(dense).blocks(dense), batches)
+        return cls(job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, cache_dir)
+
+    def save_to(self, study: optuna.Study) -> None:
+        """Store on the study what a joining worker must share with this process."""
+        study.set_user_attr("job", self.job.model_dump_json())
+        study.set_user_attr("budget_ms", self.budget_ms)
+        study.set_user_attr("dense_ms", self.dense_ms)
+        study.set_user_attr("table", self.predictor.table.model_dump(mode="json"))
+        if self.importance is not None:
+            study.set_user_attr(
+                "importance",
+                {
+                    "heads": [t.tolist() for t in self.importance.heads],
+                    "channels": [t.tolist() for t in self.importance.channels],
+                    "criterion": self.importance.criterion,
+                },
+            )
+
+    @classmethod
+    def from_study(cls, study: optuna.Study, cache_dir: Path | None = None) -> JobContext:
+        """The context of a job some other process created (a joining worker)."""
+        attrs = study.user_attrs
+        job = JobSpec.model_validate_json(attrs["job"])
+        dense, spec = _dense(job)
+        raw = attrs.get("importance")
+        importance = None
+        if raw:
+            importance = Importance(
+                heads=[torch.tensor(v) for v in raw["heads"]],
+                channels=[torch.tensor(v) for v in raw["channels"]],
+                criterion=raw["criterion"],
+            )
+        table = LatencyTable.parse(attrs["table"], source=f"study {study.study_name}")
+        calib = _load_images(job.calib, dense, job, job.calib_images, cache_dir)
+        space = TrialSpace(job.space, spec)
+        return cls(
+            job,
+            dense,
+            spec,
+            space,
+            LatencyPredictor(table),
+            attrs["budget_ms"],
+            attrs["dense_ms"],
+            calib,
+            importance,
+            cache_dir,
+        )
+
+
+def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:
+    dense = create_model(
+        job.model, weights=job.weights, pretrained=job.pretrained and not job.weights, **job.model_kwargs
+    )
+    return dense, describe(dense, job.model)
+
+
+def _load_images(root: Path, dense: nn.Module, job: JobSpec, limit: int | None, cache_dir: Path | None) -> ImageSet:
+    data_config = timm.data.resolve_data_config({}, model=dense)
+    # timm's data config reads the pretrained config; a model built with another img_size needs that size.
+    data_config["input_size"] = (data_config["input_size"][0], *describe(dense).image_size)
+    return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
+
+
+def _image_files(root: Path) -> set[Path]:
+    if not root.is_dir():
+        raise JobInputError(f"image folder {root} does not exist or is not a directory")
+    return {p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+
+
+def _check_apart(calib: Path, val: Path) -> None:
+    """Validation figures are only honest on images the search never saw."""
+    shared = _image_files(calib) & _image_files(val)
+    if shared:
+        example = sorted(shared)[0].name
+        raise JobInputError(
+            f"calibration ({calib}) and validation ({val}) share {len(shared)} images (e.g. {example}); "
+            "validation must be held out: give two disjoint folders"
+        )
+
+
+def _check_feasible(space: TrialSpace, predictor: LatencyPredictor, job: JobSpec, budget_ms: float) -> None:
+    cheapest = space.config(space.cheapest_params())
+    kept = [1.0] * sum(b.reduces_tokens for b in cheapest.blocks) if cheapest.has_threshold else None
+    floor = predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms
+    if floor > budget_ms:
+        raise InfeasibleJobError(
+            f"no config can meet the budget: the cheapest config of the search space is predicted at "
+            f"{floor:.2f} ms on {job.device} at batch {job.batch}, over the budget of {budget_ms:.2f} ms; "
+            "raise the budget, or widen the space (lower keep_min, more token_blocks, search heads or mlp)"
+        )

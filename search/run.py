@@ -1,0 +1,156 @@
+"""Running a job: create or resume its study, run trials beside any other workers, materialise the front.
+
+`run_search` is what `vitprune search` does: it is itself a worker, waits for trials that other
+workers hold, then materialises the Pareto models. `run_worker` is what `vitprune worker` does:
+it joins any job in the storage that has trials left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from latency_models.registry import Registry
+from search.context import JobContext
+from search.job import JobSpec
+from search.pareto import SearchResult, materialise
+from search.study import add_slots, fail_stale, make_sampler, open_storage, progress, retry_callback, study_job
+from search.trials import SLOT_ATTR, TrialObjective
+
+__all__ = ["run_search", "run_trials", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("maximize", "minimize")
+"""Calibration accuracy up, predicted latency down."""
+POLL_S = 2.0
+
+
+def run_trials(study: optuna.Study, context: JobContext, on_trial: Callable[[], None] | None = None) -> int:
+    """Run this job's waiting trials in this process until none is left; returns how many it ran."""
+    job = context.job
+    objective = TrialObjective(
+        context.space,
+        context.predictor,
+        context.evaluator,
+        batch=job.batch,
+        budget_ms=context.budget_ms,
+        cheap_images=job.cheap_first,
+    )
+    ran = 0
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        if on_trial is not None:
+            on_trial()
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.stop()
+
+    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # catch: a trial that raises is recorded as failed and the search goes on.
+        study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+    return ran
+
+
+def run_search(
+    job: JobSpec,
+    storage_url: str,
+    out: Path,
+    *,
+    registry: Registry | None = None,
+    show_progress: bool = True,
+) -> SearchResult:
+    """Run (or resume) `job` to the end and materialise its Pareto models under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    storage = open_storage(storage_url)
+    sampler = make_sampler(job.sampler, job.seed)
+    study = optuna.create_study(
+        study_name=job.study_name(), storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
+    )
+    cache_dir = out / "cache"
+    if study_job(study) is None:
+        context = JobContext.prepare(job, registry, cache_dir=cache_dir)
+        context.save_to(study)
+    else:
+        context = JobContext.from_study(study, cache_dir=cache_dir)
+        retry_interrupted(study)
+    add_slots(study, job, context.space.warm_starts())
+
+    bar = tqdm(total=job.trials, desc="trials", unit="trial", disable=not show_progress)
+
+    def show() -> None:
+        state = progress(study)
+        bar.n = state.done
+        best = "-" if state.best_accuracy is None else f"{state.best_accuracy:.1f}%"
+        bar.set_postfix(feasible=state.feasible, best_under_budget=best, running=state.running, refresh=False)
+        bar.refresh()
+
+    show()
+    while True:
+        fail_stale(study)  # a dead worker's trial is failed and re-enqueued here
+        run_trials(study, context, on_trial=show)
+        state = progress(study)
+        show()
+        if state.finished:
+            break
+        time.sleep(POLL_S)  # other workers still hold trials
+    bar.close()
+    search_s = time.perf_counter() - started
+    return materialise(study, context, out, search_s=search_s, show_progress=show_progress)
+
+
+def retry_interrupted(study: optuna.Study) -> None:
+    """Give failed slots (an interrupted run, a crash) another go when a job is resumed."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retry = retry_callback()
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(SLOT_ATTR) and trial.number not in retried:
+            retry(study, trial)
+
+
+def run_worker(
+    storage_url: str,
+    *,
+    cache_dir: Path | None = None,
+    idle_exit_s: float | None = None,
+    poll_s: float = POLL_S,
+) -> int:
+    """Join every vitprune job in the storage that has trials left, until idle for `idle_exit_s`.
+
+    Returns the number of trials this worker ran.
+    """
+    storage = open_storage(storage_url)
+    contexts: dict[str, JobContext] = {}
+    ran, idle_since = 0, time.monotonic()
+    seed = os.getpid()  # workers of one job must not propose the same configs in lockstep
+    while idle_exit_s is None or time.monotonic() - idle_since < idle_exit_s:
+        worked = False
+        for name in optuna.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            job = study_job(study)
+            if job is None:
+                continue
+            fail_stale(study)
+            if progress(study).waiting == 0:
+                continue
+            study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(job.sampler, seed))
+            if name not in contexts:
+                logger.info("joining %s", name)
+                contexts[name] = JobContext.from_study(study, cache_dir=cache_dir)
+            ran += run_trials(study, contexts[name])
+            worked = True
+        if worked:
+            idle_since = time.monotonic()
+        else:
+            time.sleep(poll_s)
+    return ran

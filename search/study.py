@@ -1,0 +1,144 @@
+"""The Optuna study of a job, in the storage every worker shares.
+
+A job's study is named after the job (`JobSpec.study_name`), so running the same job again finds
+it and continues. The study carries what a worker on another machine needs (the job, the budget
+in milliseconds, the device's latency table, head / channel importance) as study attributes,
+and holds exactly `job.trials` enqueued slots: workers only run enqueued trials, so the number
+of trials never exceeds what was asked however many workers join. A worker that dies stops
+sending heartbeats; its trial is then failed and re-enqueued (same parameters) by whichever
+process next checks for stale trials.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import TrialState
+
+from search.job import JobSpec
+from search.trials import SLOT_ATTR, is_pareto_candidate
+
+__all__ = [
+    "Progress",
+    "add_slots",
+    "fail_stale",
+    "make_sampler",
+    "open_storage",
+    "progress",
+    "retry_callback",
+    "study_job",
+]
+
+HEARTBEAT_S = 10
+GRACE_S = 45
+"""A running trial without a heartbeat for this long belongs to a dead worker."""
+RETRIES = 3
+
+
+def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
+    """Optuna's RDB storage at `url` (sqlite:///file.db or postgresql+psycopg://...), with heartbeats."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    with _stable_enough():
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_s,
+            grace_period=grace_s,
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Re-enqueues a failed slot with the same parameters, at most RETRIES times."""
+    with _stable_enough():
+        return RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and so re-enqueue) the running trials of workers whose heartbeat stopped."""
+    with _stable_enough():
+        fail_stale_trials(study)
+
+
+@contextmanager
+def _stable_enough() -> Iterator[None]:
+    # Heartbeats and their retry callback have been in Optuna since 2.8 and are what we rely on;
+    # their "experimental" label is noise for our users.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The job's sampler. Constraints (the budget) reach every sampler through `trial.set_constraint`."""
+    if name == "tpe":
+        # constant_liar: parallel workers see each other's running trials and spread out.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    raise ValueError(f"unknown sampler {name!r}: choose tpe, nsga2 or gp")
+
+
+def study_job(study: optuna.Study) -> JobSpec | None:
+    """The job a study belongs to, or None for a study vitprune did not create."""
+    raw = study.user_attrs.get("job")
+    return JobSpec.model_validate_json(raw) if raw else None
+
+
+def add_slots(study: optuna.Study, job: JobSpec, warm_starts: list[dict]) -> int:
+    """Enqueue trials until the job holds `job.trials` slots; warm starts fill the first ones.
+
+    Returns how many slots were added (0 when the study already has them all, e.g. on a rerun).
+    """
+    existing = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(SLOT_ATTR) and not t.system_attrs.get("retry_history")
+    ]
+    missing = job.trials - len(existing)
+    already = {json.dumps(t.params, sort_keys=True) for t in existing}
+    starts = [p for p in warm_starts if json.dumps(p, sort_keys=True) not in already]
+    for index in range(max(0, missing)):
+        params = starts[index] if index < len(starts) else {}
+        study.enqueue_trial(params, user_attrs={SLOT_ATTR: True})
+    return max(0, missing)
+
+
+@dataclass
+class Progress:
+    done: int
+    running: int
+    waiting: int
+    feasible: int
+    evaluated: int
+    best_accuracy: float | None
+    """Best calibration accuracy among evaluated trials within budget."""
+
+    @property
+    def finished(self) -> bool:
+        return self.running == 0 and self.waiting == 0
+
+
+def progress(study: optuna.Study) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    slots = [t for t in trials if t.user_attrs.get(SLOT_ATTR) and t.number not in retried]
+    done = [t for t in slots if t.state.is_finished()]
+    complete = [t for t in done if t.state == TrialState.COMPLETE]
+    return Progress(
+        done=len(done),
+        running=sum(t.state == TrialState.RUNNING for t in slots),
+        waiting=sum(t.state == TrialState.WAITING for t in slots),
+        feasible=sum(all(v <= 0 for v in t.constraints.values()) for t in complete),
+        evaluated=sum(bool(t.user_attrs.get("evaluated")) for t in complete),
+        best_accuracy=max((t.values[0] for t in complete if is_pareto_candidate(t)), default=None),
+    )

@@ -1,0 +1,130 @@
+"""One trial: a config from the sampler, priced from the device table, scored on real images.
+
+Order of work, cheapest first: a config already evaluated (by any worker of the job) reuses its
+result; a top-k config whose predicted latency is over budget costs no forward pass (its
+accuracy is recorded as 0 and the budget constraint marks it infeasible, so every sampler ranks
+it behind all feasible trials); with cheap-first evaluation a config clearly dominated on a
+sample of the images stops there; everything else is scored on the whole calibration set.
+Threshold configs are priced after their forward pass, from the token counts they really kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from latency_models.predictor import LatencyPredictor
+from search.evaluator import Evaluation, TrialEvaluator, padded_widths
+from search.space import TrialSpace
+
+__all__ = ["BUDGET_CONSTRAINT", "SLOT_ATTR", "TrialObjective", "is_pareto_candidate"]
+
+BUDGET_CONSTRAINT = "over_budget_ms"
+"""Optuna constraint: predicted latency minus the budget (feasible when <= 0)."""
+
+SLOT_ATTR = "slot"
+"""User attribute of the trials a job enqueues up front: only those run, so the total is exact."""
+
+
+class TrialObjective:
+    """The callable given to `study.optimize`: returns (calibration accuracy %, predicted ms)."""
+
+    def __init__(
+        self,
+        space: TrialSpace,
+        predictor: LatencyPredictor,
+        evaluator: TrialEvaluator,
+        *,
+        batch: int,
+        budget_ms: float,
+        cheap_images: int | None = None,
+    ) -> None:
+        self.space = space
+        self.predictor = predictor
+        self.evaluator = evaluator
+        self.batch = batch
+        self.budget_ms = budget_ms
+        self.cheap_images = cheap_images
+        self.evaluated: dict[str, FrozenTrial] = {}
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        if not trial.user_attrs.get(SLOT_ATTR):
+            # Another worker took the job's last slot between our check and this trial's creation.
+            raise optuna.TrialPruned("every trial of this job is already taken")
+        config = self.space.suggest(trial)
+        key = config.key()
+        trial.set_user_attr("config", config.model_dump(mode="json"))
+        trial.set_user_attr("config_key", key)
+
+        earlier = self._earlier(trial.study, key)
+        if earlier is not None:
+            for name, value in earlier.user_attrs.items():
+                if name not in ("config", "config_key"):
+                    trial.set_user_attr(name, value)
+            trial.set_user_attr("duplicate_of", earlier.number)
+            trial.set_constraint(BUDGET_CONSTRAINT, earlier.constraints[BUDGET_CONSTRAINT])
+            return tuple(earlier.values)
+
+        spec = self.space.spec
+        if not config.has_threshold:
+            predicted = self.predictor.predict(config, spec, self.batch).ms
+            if predicted > self.budget_ms:
+                return self._result(trial, 0.0, predicted, evaluated=False)
+
+        evaluation = self._evaluate(config)
+        if config.has_threshold:
+            widths = padded_widths(evaluation.counts, self.batch)
+            predicted = self.predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
+            trial.set_user_attr("kept_tokens", [round(w, 2) for w in widths])
+        elif evaluation.counts is not None:
+            trial.set_user_attr("kept_tokens", evaluation.counts[0].tolist())
+        for name, value in evaluation.metrics.to_dict().items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("eval_images", evaluation.images)
+        trial.set_user_attr("first_pruned_block", evaluation.first_block)
+        trial.set_user_attr("eval_s", round(evaluation.seconds, 3))
+        return self._result(trial, evaluation.accuracy, predicted, evaluated=True)
+
+    def _evaluate(self, config) -> Evaluation:
+        if not self.cheap_images or self.cheap_images >= len(self.evaluator):
+            return self.evaluator.evaluate(config)
+        sample = self.evaluator.evaluate(config, max_images=self.cheap_images)
+        if not config.has_threshold:
+            predicted = self.predictor.predict(config, self.space.spec, self.batch).ms
+            if self._clearly_dominated(sample, predicted):
+                return sample
+        return self.evaluator.evaluate(config)
+
+    def _clearly_dominated(self, sample: Evaluation, predicted: float) -> bool:
+        """Some full evaluation is at least as fast and better by two standard errors of the sample."""
+        p = max(min(sample.accuracy / 100, 0.99), 0.01)
+        margin = 200 * math.sqrt(p * (1 - p) / sample.images)
+        return any(
+            t.values[1] <= predicted and t.values[0] >= sample.accuracy + margin
+            for t in self.evaluated.values()
+            if t.user_attrs.get("eval_images", 0) >= len(self.evaluator)
+        )
+
+    def _result(self, trial: optuna.Trial, accuracy: float, predicted: float, evaluated: bool) -> tuple[float, float]:
+        trial.set_user_attr("predicted_ms", round(predicted, 4))
+        trial.set_user_attr("evaluated", evaluated)
+        trial.set_constraint(BUDGET_CONSTRAINT, predicted - self.budget_ms)
+        return accuracy, predicted
+
+    def _earlier(self, study: optuna.Study, key: str) -> FrozenTrial | None:
+        """A finished trial of this job (from any worker) with the same config."""
+        if key not in self.evaluated:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                self.evaluated.setdefault(t.user_attrs.get("config_key", ""), t)
+        return self.evaluated.get(key)
+
+
+def is_pareto_candidate(trial: FrozenTrial) -> bool:
+    """A completed, fully evaluated trial within budget."""
+    return (
+        trial.state == TrialState.COMPLETE
+        and trial.user_attrs.get("evaluated", False)
+        and all(v <= 0 for v in trial.constraints.values())
+    )
