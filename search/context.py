@@ -99,7 +99,7 @@ class JobContext:
         study.set_user_attr("job", self.job.model_dump_json())
         study.set_user_attr("budget_ms", self.budget_ms)
         study.set_user_attr("dense_ms", self.dense_ms)
-        study.set_user_attr("table", self.predictor.table.model_dump(mode="json"))
+        study.set_user_attr("table", self.predictor.table.model_dump(mode="json", by_alias=True))
         if self.importance is not None:
             study.set_user_attr(
                 "importance",

@@ -21,6 +21,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from latency_models.profiling.run import hardware_name
+from latency_models.schema import DeviceInfo
 from pruning import PruneConfig, PrunedViT, prune_model
 from pruning.bundle import METRICS_FILE, save_bundle
 from pruning.flops import count_flops, count_params
@@ -37,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 MISMATCH = 0.10
 """Measured and predicted latency further apart than this are flagged."""
-TIMED_DEVICES = ("host-cpu",)
-"""Devices that are this machine: their Pareto models are timed here."""
 
 
 @dataclass
@@ -76,7 +76,7 @@ def materialise(
     job = context.job
     val = context.images("val")
     calib_batches = [x for x, _ in context.calib.subset(range(min(len(context.calib), 256))).batches(32)]
-    timed = job.device in TIMED_DEVICES and job.table is None
+    timed = is_this_machine(context.predictor.table.device)
     dense = context.dense
     dense_row, dense_logits = _score(_as_pruned(context), val, None, context, timed)
     rows = []
@@ -126,6 +126,11 @@ def materialise(
     return result
 
 
+def is_this_machine(device: DeviceInfo) -> bool:
+    """A table measured on this machine's CPU: its Pareto models can be timed here, with its threads."""
+    return device.kind == "measured" and device.runtime.endswith("(cpu)") and device.hardware == hardware_name()
+
+
 def _as_pruned(context: JobContext) -> PrunedViT:
     return prune_model(context.dense, PruneConfig.dense(context.spec), name=context.spec.name)
 
@@ -155,7 +160,10 @@ def _score(
     }
     if timed:
         inputs = next(val.batches(job.batch))[0] if model.config.has_threshold else None
-        stats = measure_latency(model, batch_size=job.batch, inputs=inputs, rounds=5, iters=max(1, 8 // job.batch))
+        threads = context.predictor.table.device.threads
+        stats = measure_latency(
+            model, batch_size=job.batch, inputs=inputs, threads=threads, rounds=5, iters=max(1, 8 // job.batch)
+        )
         row["measured_ms"] = round(stats.ms, 4)
         row["latency_mismatch"] = abs(stats.ms / predicted - 1) > MISMATCH
     return row, logits_all

@@ -1,0 +1,248 @@
+"""Search quality on the real DeiT-Tiny: the best Pareto model against dense and the EViT-style baseline.
+
+Calibration = one half of the ImageNet sample, validation = the other half (seeded split, never
+seen by the search). Device = this machine's measured table at batch 32. For each budget (a share
+of the dense model's predicted latency) a full search runs; its best Pareto model (validation
+top-1) is compared with the uniform top-k baseline at blocks 3/6/9 whose keep ratio gives the same
+predicted latency. Dense, best and baseline are then timed paired (interleaved rounds), so their
+latencies are measured in the same conditions. With --samplers, each sampler also runs a shorter
+search at the first budget (hypervolume and best calibration accuracy under budget).
+
+    python bench/search_quality.py --table runs/latency_bench/deit_tiny_patch16_224_b32.json
+
+Writes `<out>/search_quality.{json,md}`; studies and Pareto bundles go to `--work`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+from latency_models.predictor import LatencyPredictor
+from latency_models.registry import Registry
+from latency_models.schema import LatencyTable
+from pruning import PruneConfig, describe, prune_model
+from pruning.bundle import load_bundle
+from pruning.loading import create_model
+from pruning.metrics import evaluate
+from pruning.timing import measure_latency
+from search import JobSpec, SearchSpace, run_search
+from search.context import JobContext
+
+MODEL = "deit_tiny_patch16_224"
+BASELINE_BLOCKS = (3, 6, 9)
+
+
+def split_sample(data: Path, work: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Two disjoint folders of symlinks: a seeded half of the sample each."""
+    files = sorted((data / "imagenet-sample").glob("*/*.JPEG"))
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    half = len(files) // 2
+    for name, indices in (("calib", order[:half]), ("val", order[half:])):
+        for i in indices:
+            link = work / name / files[i].parent.name / files[i].name
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(files[i].resolve())
+    return work / "calib", work / "val"
+
+
+def baseline_config(predictor: LatencyPredictor, spec, target_ms: float, batch: int) -> PruneConfig:
+    """Uniform top-k at blocks 3/6/9 with the largest keep ratio (0.01 steps) predicted within target_ms."""
+    for keep in [k / 100 for k in range(100, 9, -1)]:
+        config = PruneConfig.uniform(spec, keep_ratio=keep, at=BASELINE_BLOCKS)
+        if predictor.predict(config, spec, batch).ms <= target_ms:
+            return config
+    raise RuntimeError(f"no uniform keep ratio reaches {target_ms:.1f} ms")
+
+
+def paired_latency(models: dict[str, torch.nn.Module], batch: int, threads: int, rounds: int = 7) -> dict:
+    """Median over interleaved rounds, so a drift of the shared machine hits every model alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(measure_latency(model, batch_size=batch, threads=threads, rounds=1, iters=2).ms)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def hypervolume(front: list[tuple[float, float]], budget: float, floor: float) -> float:
+    """Area (ms x points) dominated by (latency, accuracy) points within budget, above `floor` accuracy."""
+    area, best = 0.0, floor
+    points = sorted(p for p in front if p[0] <= budget)
+    for (ms, acc), nxt in zip(points, [*points[1:], (budget, None)], strict=True):
+        best = max(best, acc)
+        area += (nxt[0] - ms) * (best - floor)
+    return area
+
+
+def run_budget(
+    args, ratio: float, calib: Path, val: Path, sampler: str, trials: int, cheap_first: int | None = None, seed: int = 0
+) -> tuple[JobSpec, dict]:
+    job = JobSpec(
+        model=MODEL,
+        weights=args.data / MODEL / "model.safetensors",
+        device="host-cpu",
+        table=args.table,
+        batch=args.batch,
+        budget_ratio=ratio,
+        calib=calib,
+        val=val,
+        class_map=args.data / "imagenet_wnids.txt",
+        trials=trials,
+        sampler=sampler,
+        space=SearchSpace(
+            token_blocks=tuple(int(b) for b in args.token_blocks.split(",")),
+            score=("cls_attn", "head_weighted"),
+        ),
+        seed=seed,
+        cheap_first=cheap_first,
+    )
+    out = args.work / (f"{sampler}-budget-{ratio}-seed{seed}" + (f"-cheap{cheap_first}" if cheap_first else ""))
+    result = run_search(job, f"sqlite:///{args.work / 'search.db'}", out, show_progress=True)
+    return job, result.to_dict() | {"out": str(out)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=os.environ.get("VITPRUNE_DATA_DIR"))
+    parser.add_argument("--table", type=Path, help="this machine's measured table (default: measure it now)")
+    parser.add_argument("--budgets", default="0.7,0.6")
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--sampler", default="tpe")
+    parser.add_argument("--samplers", default="", help="also compare these samplers, e.g. tpe,nsga2,gp")
+    parser.add_argument("--sampler-trials", type=int, default=80)
+    parser.add_argument("--cheap-first", type=int, help="also run --sampler with cheap-first on this many images")
+    parser.add_argument("--token-blocks", default="1,2,3,4,5,6,7,8,9,10")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--work", type=Path, default=Path("runs/search_quality"))
+    args = parser.parse_args()
+    if args.data is None:
+        parser.error("give --data or set VITPRUNE_DATA_DIR")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    calib, val_dir = split_sample(args.data, args.work)
+
+    dense = create_model(MODEL, weights=args.data / MODEL / "model.safetensors")
+    spec = describe(dense, MODEL)
+    if args.table is None:
+        args.table = args.work / "host-table.json"
+        Registry(args.work / "profiles").table("host-cpu", spec, [args.batch]).save(args.table)
+    table = LatencyTable.load(args.table)
+    predictor = LatencyPredictor(table)
+    threads = table.device.threads
+    rows = []
+    for ratio in [float(r) for r in args.budgets.split(",")]:
+        started = time.perf_counter()
+        job, result = run_budget(args, ratio, calib, val_dir, args.sampler, args.trials, seed=args.seed)
+        context = JobContext.from_study(
+            optuna.load_study(study_name=job.study_name(), storage=f"sqlite:///{args.work / 'search.db'}")
+        )
+        val = context.images("val")
+        best_row = max(result["models"], key=lambda m: m["val"]["top1"])
+        best = load_bundle(Path(result["out"]) / best_row["bundle"])
+        base_cfg = baseline_config(predictor, spec, best_row["predicted_ms"], args.batch)
+        baseline = prune_model(dense, base_cfg, name=MODEL)
+        base_metrics, _ = evaluate(baseline, val)
+        measured = paired_latency({"dense": dense, "best": best, "baseline": baseline}, args.batch, threads)
+        rows.append(
+            {
+                "budget_ratio": ratio,
+                "budget_ms": result["budget_ms"],
+                "dense": {"top1": result["dense"]["val"]["top1"], "measured_ms": measured["dense"]},
+                "best": {
+                    "top1": best_row["val"]["top1"],
+                    "predicted_ms": best_row["predicted_ms"],
+                    "measured_ms": measured["best"],
+                    "config": best_row["config"],
+                },
+                "baseline": {
+                    "keep": base_cfg.blocks[BASELINE_BLOCKS[0]].tokens.keep_ratio,
+                    "top1": base_metrics.top1,
+                    "predicted_ms": predictor.predict(base_cfg, spec, args.batch).ms,
+                    "measured_ms": measured["baseline"],
+                },
+                "pareto_models": len(result["models"]),
+                "trials": result["trials"],
+                "search_s": result["search_s"],
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
+        )
+        print(json.dumps(rows[-1], indent=1))
+    samplers = []
+    variants = [(name, None) for name in args.samplers.split(",") if name]
+    if args.cheap_first:
+        variants.append((args.sampler, args.cheap_first))
+    for name, cheap in variants:
+        ratio = float(args.budgets.split(",")[0])
+        # Another seed than the main runs: a separate study (the seed is part of a job's identity).
+        job, result = run_budget(args, ratio, calib, val_dir, name, args.sampler_trials, cheap, seed=args.seed + 1)
+        study = optuna.load_study(study_name=job.study_name(), storage=f"sqlite:///{args.work / 'search.db'}")
+        feasible = [
+            (t.values[1], t.values[0])
+            for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("evaluated") and t.values[1] <= result["budget_ms"]
+        ]
+        samplers.append(
+            {
+                "sampler": name + (f" + cheap-first {cheap}" if cheap else ""),
+                "trials": args.sampler_trials,
+                "best_calib_top1": max(acc for _, acc in feasible),
+                "hypervolume": round(hypervolume(feasible, result["budget_ms"], floor=50.0), 1),
+                "search_s": result["search_s"],
+                "trials_per_min": result["trials"]["trials_per_min"],
+            }
+        )
+        print(json.dumps(samplers[-1]))
+    report = {"model": MODEL, "batch": args.batch, "table": table.device.model_dump(mode="json"), "rows": rows}
+    report["samplers"] = samplers
+    report["command"] = "python bench/search_quality.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("data", "out", "work") and v
+    )
+    (args.out / "search_quality.json").write_text(json.dumps(report, indent=2, default=str))
+    (args.out / "search_quality.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    return 0
+
+
+def to_markdown(report: dict) -> str:
+    lines = [
+        "| budget | dense top-1 / ms | best Pareto top-1 / ms (pred.) | loss vs dense | baseline keep | "
+        "baseline top-1 / ms | gain vs baseline | trials/min | search min |",
+        "|---|---|---|--:|--:|---|--:|--:|--:|",
+    ]
+    for r in report["rows"]:
+        d, b, base = r["dense"], r["best"], r["baseline"]
+        lines.append(
+            f"| {r['budget_ratio']:.1f}x ({r['budget_ms']:.0f} ms) | {d['top1']:.1f} / {d['measured_ms']:.0f} "
+            f"| {b['top1']:.1f} / {b['measured_ms']:.0f} ({b['predicted_ms']:.0f}) | {b['top1'] - d['top1']:+.1f} "
+            f"| {base['keep']:.2f} | {base['top1']:.1f} / {base['measured_ms']:.0f} | {b['top1'] - base['top1']:+.1f} "
+            f"| {r['trials']['trials_per_min']} | {r['search_s'] / 60:.1f} |"
+        )
+    if report.get("samplers"):
+        lines += [
+            "",
+            "| sampler | trials | best calib top-1 under budget | hypervolume | search s |",
+            "|---|--:|--:|--:|--:|",
+        ]
+        for s in report["samplers"]:
+            lines.append(
+                f"| {s['sampler']} | {s['trials']} | {s['best_calib_top1']:.1f} | {s['hypervolume']} "
+                f"| {s['search_s']} | {s['trials_per_min']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
