@@ -6,7 +6,7 @@ It knows nothing of HTTP: a search runs the same from the command line, a worker
 from search.context import InfeasibleJobError, JobContext, JobInputError
 from search.job import JobSpec, SearchSpace
 from search.pareto import SearchResult, pareto_trials
-from search.run import run_search, run_trials, run_worker
+from search.run import run_search, run_trials, run_worker, submit
 
 __all__ = [
     "InfeasibleJobError",
@@ -19,4 +19,5 @@ __all__ = [
     "run_search",
     "run_trials",
     "run_worker",
+    "submit",
 ]

@@ -21,10 +21,20 @@ from latency_models.registry import Registry
 from search.context import JobContext
 from search.job import JobSpec
 from search.pareto import SearchResult, materialise
-from search.study import add_slots, fail_stale, make_sampler, open_storage, progress, retry_callback, study_job
+from search.study import (
+    GRACE_S,
+    HEARTBEAT_S,
+    add_slots,
+    fail_stale,
+    make_sampler,
+    open_storage,
+    progress,
+    retry_callback,
+    study_job,
+)
 from search.trials import SLOT_ATTR, TrialObjective
 
-__all__ = ["run_search", "run_trials", "run_worker"]
+__all__ = ["run_search", "run_trials", "run_worker", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,20 +81,7 @@ def run_search(
     """Run (or resume) `job` to the end and materialise its Pareto models under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    storage = open_storage(storage_url)
-    sampler = make_sampler(job.sampler, job.seed)
-    study = optuna.create_study(
-        study_name=job.study_name(), storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
-    )
-    cache_dir = out / "cache"
-    if study_job(study) is None:
-        context = JobContext.prepare(job, registry, cache_dir=cache_dir)
-        context.save_to(study)
-    else:
-        context = JobContext.from_study(study, cache_dir=cache_dir)
-        retry_interrupted(study)
-    add_slots(study, job, context.space.warm_starts())
-
+    study, context = submit(job, open_storage(storage_url), registry=registry, cache_dir=out / "cache")
     bar = tqdm(total=job.trials, desc="trials", unit="trial", disable=not show_progress)
 
     def show() -> None:
@@ -108,6 +105,34 @@ def run_search(
     return materialise(study, context, out, search_s=search_s, show_progress=show_progress)
 
 
+def submit(
+    job: JobSpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    registry: Registry | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[optuna.Study, JobContext]:
+    """Create the job's study with all its trial slots (or find it again), ready for any worker.
+
+    A new job is checked here (images apart, budget reachable); InfeasibleJobError and
+    JobInputError leave no study behind.
+    """
+    name = job.study_name()
+    existing = name in optuna.get_all_study_names(storage)
+    context = None if existing else JobContext.prepare(job, registry, cache_dir=cache_dir)
+    sampler = make_sampler(job.sampler, job.seed)
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
+    )
+    if context is None:
+        context = JobContext.from_study(study, cache_dir=cache_dir)
+        retry_interrupted(study)
+    else:
+        context.save_to(study)
+    add_slots(study, job, context.space.warm_starts())
+    return study, context
+
+
 def retry_interrupted(study: optuna.Study) -> None:
     """Give failed slots (an interrupted run, a crash) another go when a job is resumed."""
     trials = study.get_trials(deepcopy=False)
@@ -121,6 +146,8 @@ def retry_interrupted(study: optuna.Study) -> None:
 def run_worker(
     storage_url: str,
     *,
+    heartbeat_s: int = HEARTBEAT_S,
+    grace_s: int = GRACE_S,
     cache_dir: Path | None = None,
     idle_exit_s: float | None = None,
     poll_s: float = POLL_S,
@@ -129,7 +156,7 @@ def run_worker(
 
     Returns the number of trials this worker ran.
     """
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeat_s, grace_s)
     contexts: dict[str, JobContext] = {}
     ran, idle_since = 0, time.monotonic()
     seed = os.getpid()  # workers of one job must not propose the same configs in lockstep

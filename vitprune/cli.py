@@ -4,7 +4,8 @@ vitprune prune     build a pruned model from a timm model + weights + config, sa
 vitprune evaluate  accuracy, fidelity to the dense model, params, FLOPs, latency (--json)
 vitprune export    ONNX file from a bundle, checked against PyTorch with onnxruntime
 vitprune latency   measured latency of a bundle or a dense model at several batch sizes
-(and the latency-table commands of `vitprune.cli_latency`: profile, devices, lut)
+(and the latency-table commands of `vitprune.cli_latency`: profile, devices, lut;
+the search commands of `vitprune.cli_search`: search, worker)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pruning.loading import WeightsError, create_model
 from pruning.metrics import evaluate, predict
 from pruning.timing import measure_latency
 from vitprune.cli_latency import add_commands as add_latency_commands
+from vitprune.cli_search import add_commands as add_search_commands
 
 # Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
 # unsupported model; pydantic's ValidationError too); export failures are ExportError.
@@ -221,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=18)
     export.set_defaults(run=cmd_export)
     add_latency_commands(commands)
+    add_search_commands(commands)
     return parser
 
 

@@ -1,0 +1,183 @@
+"""`vitprune search` and `vitprune worker`: the command-line face of the `search` package.
+
+vitprune search   run (or resume) a pruning search to its Pareto front, written under --out
+vitprune worker   join the searches in a database and run their trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import optuna
+import torch
+
+from search import JobSpec, SearchSpace, run_search, run_worker
+from search.job import SAMPLERS
+from search.study import GRACE_S, HEARTBEAT_S
+
+DB_ENV = "VITPRUNE_DB_URL"
+"""The database shared with the service and other workers; default: a SQLite file in --out."""
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def job_from_args(args: argparse.Namespace) -> JobSpec:
+    """A JobSpec from --job FILE, or from the command-line options."""
+    if args.job:
+        return JobSpec.model_validate_json(args.job.read_text())
+    needed = (("--model", args.model), ("--calib", args.calib), ("--val", args.val))
+    missing = [flag for flag, value in needed if not value]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)} (or a --job file)")
+    device, table = args.device, None
+    if device.endswith(".json"):
+        table = Path(device)
+        if not table.is_file():
+            raise ValueError(f"--device {device}: no such latency table file")
+        device = table.stem
+    space = SearchSpace(
+        tokens=args.tokens,
+        token_blocks=args.token_blocks,
+        keep_min=args.keep_min,
+        threshold_max=args.threshold_max,
+        heads=args.heads,
+        mlp=args.mlp,
+        group=args.group,
+        score=args.score,
+        package_token=args.package_token,
+        round_to=args.round_to,
+    )
+    return JobSpec(
+        model=args.model,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        device=device,
+        table=table,
+        batch=args.batch,
+        budget_ms=args.budget_ms,
+        budget_ratio=args.budget_ratio,
+        calib=args.calib,
+        val=args.val,
+        class_map=args.class_map,
+        calib_images=args.calib_images,
+        val_images=args.val_images,
+        trials=args.trials,
+        sampler=args.sampler,
+        space=space,
+        recover=not args.no_recover,
+        onnx=args.onnx,
+        seed=args.seed,
+        cheap_first=args.cheap_first,
+    )
+
+
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    job = job_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _quiet_optuna()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "job.json").write_text(job.model_dump_json(indent=2))
+    url = args.db or os.environ.get(DB_ENV) or f"sqlite:///{args.out / 'search.db'}"
+    result = run_search(job, url, args.out, show_progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"study {result.study}: {result.trials['complete']} trials, budget {result.budget_ms:.2f} ms")
+    print(f"dense: top-1 {result.dense['val']['top1']}  predicted {result.dense['predicted_ms']:.2f} ms")
+    for model in result.models:
+        measured = f"  measured {model['measured_ms']:.2f} ms" if "measured_ms" in model else ""
+        flag = "  (measured and predicted differ by >10%)" if model.get("latency_mismatch") else ""
+        print(
+            f"{model['bundle']}: top-1 {model['val']['top1']}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}"
+        )
+    print(f"front: {args.out / 'pareto.json'}, plot: {args.out / 'pareto.html'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    url = args.db or os.environ.get(DB_ENV)
+    if not url:
+        raise ValueError(f"give --db URL (or set {DB_ENV}), the database of the searches to join")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _quiet_optuna()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ran = run_worker(
+        url, cache_dir=args.cache_dir, idle_exit_s=args.idle_exit, heartbeat_s=args.heartbeat, grace_s=args.grace
+    )
+    print(json.dumps({"trials_run": ran}))
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="search pruned models under a latency budget")
+    search.add_argument("--job", type=Path, help="a JobSpec JSON file (instead of the options below)")
+    group = search.add_argument_group("model and device")
+    group.add_argument("--model", help="timm model name, e.g. deit_tiny_patch16_224")
+    group.add_argument("--weights", type=Path, help="local .safetensors or .pth file of the dense model")
+    group.add_argument("--pretrained", action="store_true", help="download timm's pretrained weights")
+    group.add_argument(
+        "--device", default="host-cpu", help="host-cpu, cuda, mobile-cpu, fpga, a preset, an import or TABLE.json"
+    )
+    group.add_argument("--batch", type=int, default=1, help="batch size the latency budget is for")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument("--budget-ms", type=float, help="latency budget in milliseconds per batch")
+    budget.add_argument("--budget-ratio", type=float, help="latency budget as a share of the dense model's")
+    data = search.add_argument_group("images")
+    data.add_argument("--calib", type=Path, help="calibration images (ImageFolder): the search scores trials here")
+    data.add_argument("--val", type=Path, help="validation images, disjoint from --calib: Pareto models")
+    data.add_argument("--class-map", type=Path, help="one class name per line (line number = class index)")
+    data.add_argument("--calib-images", type=int, help="use at most this many calibration images")
+    data.add_argument("--val-images", type=int, help="use at most this many validation images")
+    space = search.add_argument_group("search space")
+    space.add_argument("--tokens", choices=["topk", "threshold", "none"], default="topk")
+    space.add_argument("--token-blocks", type=_ints, default=(3, 6, 9), help="blocks that may reduce tokens")
+    space.add_argument("--keep-min", type=float, default=0.4, help="smallest top-k keep ratio")
+    space.add_argument("--threshold-max", type=float, default=1.5, help="largest threshold (x mean score)")
+    space.add_argument("--heads", action="store_true", help="search attention head counts")
+    space.add_argument("--mlp", action="store_true", help="search MLP widths")
+    space.add_argument("--group", type=int, default=3, help="blocks sharing one head / MLP choice")
+    space.add_argument("--score", type=_csv, default=("cls_attn",), help="token scores: cls_attn,head_weighted")
+    space.add_argument("--package-token", choices=["off", "on", "search"], default="search")
+    space.add_argument("--round-to", type=int, default=8, help="MLP widths are multiples of this")
+    run = search.add_argument_group("run")
+    run.add_argument("--trials", type=int, default=100)
+    run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    run.add_argument("--cheap-first", type=int, help="score trials on this many images first")
+    run.add_argument("--no-recover", action="store_true", help="no least-squares refit of the Pareto models")
+    run.add_argument("--onnx", action="store_true", help="add model.onnx to every Pareto bundle")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    run.add_argument("--db", help=f"storage URL shared with workers (default: ${DB_ENV}, else OUT/search.db)")
+    run.add_argument("--out", type=Path, required=True, help="directory for pareto.json, pareto.html and bundles")
+    run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress bar")
+    search.set_defaults(run=cmd_search)
+
+    worker = commands.add_parser("worker", help="run trials of the searches in a shared database")
+    worker.add_argument("--db", help=f"storage URL, e.g. postgresql+psycopg://user@host/db (default: ${DB_ENV})")
+    worker.add_argument("--idle-exit", type=float, help="exit after this many seconds without work")
+    worker.add_argument("--cache-dir", type=Path, help="where decoded images are cached")
+    worker.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    worker.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help="seconds between heartbeats of a trial")
+    worker.add_argument(
+        "--grace", type=int, default=GRACE_S, help="seconds without heartbeat after which a trial is retried"
+    )
+    worker.set_defaults(run=cmd_worker)
