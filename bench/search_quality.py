@@ -34,8 +34,9 @@ from pruning.bundle import load_bundle
 from pruning.loading import create_model
 from pruning.metrics import evaluate
 from pruning.timing import measure_latency
-from search import JobSpec, SearchSpace, run_search
+from search import JobSpec, SearchSpace, run_search, run_trials, submit
 from search.context import JobContext
+from search.study import open_storage
 
 MODEL = "deit_tiny_patch16_224"
 BASELINE_BLOCKS = (3, 6, 9)
@@ -84,10 +85,10 @@ def hypervolume(front: list[tuple[float, float]], budget: float, floor: float) -
     return area
 
 
-def run_budget(
+def make_job(
     args, ratio: float, calib: Path, val: Path, sampler: str, trials: int, cheap_first: int | None = None, seed: int = 0
-) -> tuple[JobSpec, dict]:
-    job = JobSpec(
+) -> JobSpec:
+    return JobSpec(
         model=MODEL,
         weights=args.data / MODEL / "model.safetensors",
         device="host-cpu",
@@ -106,7 +107,11 @@ def run_budget(
         seed=seed,
         cheap_first=cheap_first,
     )
-    out = args.work / (f"{sampler}-budget-{ratio}-seed{seed}" + (f"-cheap{cheap_first}" if cheap_first else ""))
+
+
+def run_budget(args, ratio: float, calib: Path, val: Path) -> tuple[JobSpec, dict]:
+    job = make_job(args, ratio, calib, val, args.sampler, args.trials, seed=args.seed)
+    out = args.work / f"{job.sampler}-budget-{ratio}-seed{job.seed}"
     result = run_search(job, f"sqlite:///{args.work / 'search.db'}", out, show_progress=True)
     return job, result.to_dict() | {"out": str(out)}
 
@@ -145,7 +150,7 @@ def main() -> int:
     rows = []
     for ratio in [float(r) for r in args.budgets.split(",")]:
         started = time.perf_counter()
-        job, result = run_budget(args, ratio, calib, val_dir, args.sampler, args.trials, seed=args.seed)
+        job, result = run_budget(args, ratio, calib, val_dir)
         context = JobContext.from_study(
             optuna.load_study(study_name=job.study_name(), storage=f"sqlite:///{args.work / 'search.db'}")
         )
@@ -187,8 +192,12 @@ def main() -> int:
     for name, cheap in variants:
         ratio = float(args.budgets.split(",")[0])
         # Another seed than the main runs: a separate study (the seed is part of a job's identity).
-        job, result = run_budget(args, ratio, calib, val_dir, name, args.sampler_trials, cheap, seed=args.seed + 1)
-        study = optuna.load_study(study_name=job.study_name(), storage=f"sqlite:///{args.work / 'search.db'}")
+        job = make_job(args, ratio, calib, val_dir, name, args.sampler_trials, cheap, seed=args.seed + 1)
+        started = time.perf_counter()
+        study, context = submit(job, open_storage(f"sqlite:///{args.work / 'search.db'}"))
+        run_trials(study, context)  # the trials only: comparing samplers needs no Pareto bundles
+        result = {"budget_ms": context.budget_ms, "search_s": round(time.perf_counter() - started, 1)}
+        result["trials"] = {"trials_per_min": round(60 * job.trials / result["search_s"], 2)}
         feasible = [
             (t.values[1], t.values[0])
             for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

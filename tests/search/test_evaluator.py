@@ -1,0 +1,94 @@
+"""Trial evaluation: the prefix cache changes nothing but the work done."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from pruning import PruneConfig, describe, prune_model
+from pruning.data import load_image_folder
+from pruning.importance import weight_importance
+from search.evaluator import TrialEvaluator, first_change, padded_widths
+from tests.search.tiny import MODEL, tiny_model, write_images
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model = tiny_model()
+    spec = describe(model, MODEL)
+    config = timm.data.resolve_data_config({}, model=model) | {"input_size": (3, 32, 32)}
+    images = load_image_folder(write_images(tmp_path_factory.mktemp("calib"), 5, seed=3), config)
+    importance = weight_importance(list(model.blocks))
+    evaluator = TrialEvaluator(model, spec, images, importance, batch_size=16)
+    return model, spec, images, importance, evaluator
+
+
+def reference_logits(model, spec, images, importance, evaluator, config):
+    """What a plain forward of the pruned model gives, in the evaluator's (shuffled) image order."""
+    pruned = prune_model(model, config, name=MODEL, importance=importance)
+    with torch.inference_mode():
+        return torch.cat([pruned(x) for x in evaluator.inputs])
+
+
+def test_dense_config_scores_full_agreement(setup):
+    model, spec, images, _, evaluator = setup
+    result = evaluator.evaluate(PruneConfig.dense(spec))
+    assert result.metrics.agreement == 100.0 and result.metrics.kl == pytest.approx(0.0, abs=1e-9)
+    assert result.images == len(images) == len(evaluator)
+    assert result.accuracy == result.metrics.top1
+    with torch.inference_mode():
+        plain = torch.cat([model(x) for x in evaluator.inputs])
+    torch.testing.assert_close(evaluator.dense_logits, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "config_of",
+    [
+        lambda spec: PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,), package_token=True),
+        lambda spec: PruneConfig.uniform(spec, threshold=0.8, at=(1, 3), package_token=True),
+        lambda spec: PruneConfig(
+            blocks=(*PruneConfig.dense(spec).blocks[:3], PruneConfig.uniform(spec, head_ratio=0.34).blocks[3])
+        ),
+    ],
+)
+def test_cached_prefix_gives_the_same_logits_as_a_full_forward(setup, config_of):
+    model, spec, images, importance, evaluator = setup
+    config = config_of(spec)
+    result = evaluator.evaluate(config)
+    assert result.first_block == first_change(config, spec) > 0
+    expected = reference_logits(model, spec, images, importance, evaluator, config)
+    full = PruneConfig.model_validate(config.model_dump())
+    again = evaluator.evaluate(full)
+    assert again.metrics == result.metrics
+    logits_agree = (expected.argmax(1) == evaluator.dense_logits.argmax(1)).double().mean() * 100
+    assert result.metrics.agreement == pytest.approx(float(logits_agree))
+    if config.has_threshold:
+        assert result.counts.shape == (len(images), 2)
+
+
+def test_blocks_before_the_first_change_run_once_per_job(setup):
+    _, spec, _, _, evaluator = setup
+    calls = []
+    hook = evaluator.reference.blocks[0].attn.qkv.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        evaluator._states.clear()
+        evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.6, at=(2,)))
+        first = len(calls)
+        evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.4, at=(2,)))
+        evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.5, at=(3,)))
+    finally:
+        hook.remove()
+    assert first == len(evaluator.inputs) and len(calls) == first
+
+
+def test_cheap_first_reads_whole_batches_from_the_front(setup):
+    _, spec, _, _, evaluator = setup
+    sample = evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.6, at=(2,)), max_images=20)
+    assert sample.images == 32  # two batches of 16
+
+
+def test_padded_widths_are_the_longest_image_of_each_batch():
+    counts = torch.tensor([[5, 2], [7, 1], [3, 3]])
+    assert padded_widths(counts, 1) == pytest.approx([5.0, 2.0])
+    assert padded_widths(counts, 2) == pytest.approx([(7 * 2 + 3) / 3, (2 * 2 + 3) / 3])

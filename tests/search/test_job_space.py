@@ -1,0 +1,113 @@
+"""Job specs are validated; a search space maps to PruneConfigs and warm starts correctly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+from pydantic import ValidationError
+
+from pruning import PruneConfig, describe
+from search import JobSpec, SearchSpace
+from search.space import SpaceError, TrialSpace
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return describe(timm.create_model("deit_tiny_patch16_224"), "deit_tiny_patch16_224")
+
+
+def job(**changes) -> JobSpec:
+    fields = {
+        "model": "deit_tiny_patch16_224",
+        "weights": Path("w.safetensors"),
+        "device": "host-cpu",
+        "budget_ratio": 0.7,
+        "calib": Path("calib"),
+        "val": Path("val"),
+    }
+    return JobSpec(**(fields | changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"budget_ms": 10.0}, "exactly one budget"),
+        ({"budget_ratio": None}, "exactly one budget"),
+        ({"weights": None}, "no weights"),
+        ({"space": {"token_blocks": [6, 3]}}, "increasing order"),
+        ({"space": {"keep_min": 0.33}}, "multiple of 0.05"),
+        ({"space": {"tokens": "none"}}, "searches nothing"),
+        ({"sampler": "random"}, "sampler"),
+        ({"batch": 0}, "batch"),
+    ],
+)
+def test_bad_jobs_are_refused_with_a_message_naming_the_problem(changes, message):
+    with pytest.raises(ValidationError, match=message):
+        job(**changes)
+
+
+def test_the_study_name_ignores_the_trial_count_but_not_the_budget():
+    assert job(trials=10).study_name() == job(trials=50).study_name()
+    assert job(budget_ratio=0.6).study_name() != job().study_name()
+    assert JobSpec.model_validate_json(job().model_dump_json()) == job()
+
+
+def test_dense_and_cheapest_params_span_the_space(spec):
+    space = TrialSpace(SearchSpace(heads=True, mlp=True, score=("cls_attn", "head_weighted")), spec)
+    assert set(space.distributions) == {
+        "keep_3",
+        "keep_6",
+        "keep_9",
+        "heads_0-2",
+        "heads_3-5",
+        "heads_6-8",
+        "heads_9-11",
+        "mlp_0-2",
+        "mlp_3-5",
+        "mlp_6-8",
+        "mlp_9-11",
+        "score",
+        "package_token",
+    }
+    assert space.config(space.dense_params()).is_dense_for(spec)
+    cheapest = space.config(space.cheapest_params())
+    assert [b.tokens.keep_ratio for b in cheapest.blocks if b.reduces_tokens] == [0.4, 0.4, 0.4]
+    assert {b.heads for b in cheapest.blocks} == {2} and {b.mlp_hidden for b in cheapest.blocks} == {384}
+    cheapest.check(spec)
+
+
+def test_grouped_params_set_every_block_of_their_group(spec):
+    space = TrialSpace(SearchSpace(tokens="none", heads=True, mlp=True, group=3), spec)
+    params = space.dense_params() | {"heads_3-5": 2, "mlp_9-11": 512}
+    config = space.config(params)
+    assert [b.heads for b in config.blocks] == [3, 3, 3, 2, 2, 2, 3, 3, 3, 3, 3, 3]
+    assert [b.mlp_hidden for b in config.blocks][8:] == [768, 512, 512, 512]
+    assert not config.reduces_tokens and not config.package_token
+
+
+def test_threshold_space_keeps_tokens_at_zero_and_thresholds_above(spec):
+    space = TrialSpace(SearchSpace(tokens="threshold", token_blocks=(4,), package_token="on"), spec)
+    assert not space.config({"threshold_4": 0.0}).reduces_tokens
+    config = space.config({"threshold_4": 0.75})
+    assert config.blocks[4].tokens.threshold == 0.75 and config.package_token
+
+
+def test_warm_starts_are_dense_then_the_uniform_baselines(spec):
+    space = TrialSpace(SearchSpace(token_blocks=(2, 3, 6, 9), mlp=True), spec)
+    starts = [space.config(p) for p in space.warm_starts()]
+    assert starts[0].is_dense_for(spec)
+    keeps = {
+        (c.blocks[3].tokens.keep_ratio, c.blocks[2].reduces_tokens) for c in starts[1:] if c.blocks[3].reduces_tokens
+    }
+    assert keeps == {(k, False) for k in (0.5, 0.6, 0.7, 0.8, 0.9)}
+    baseline = PruneConfig.uniform(spec, keep_ratio=0.7, at=(3, 6, 9))
+    assert baseline in starts
+    assert PruneConfig.uniform(spec, mlp_ratio=0.5) in starts
+    assert len({c.key() for c in starts}) == len(starts)
+
+
+def test_token_blocks_outside_the_model_are_refused(spec):
+    with pytest.raises(SpaceError, match="token_blocks \\[12\\]"):
+        TrialSpace(SearchSpace(token_blocks=(3, 12)), spec)
