@@ -29,7 +29,7 @@ from search.evaluator import TrialEvaluator
 from search.job import JobSpec
 from search.space import TrialSpace
 
-__all__ = ["InfeasibleJobError", "JobContext", "JobInputError"]
+__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "job_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,16 @@ class JobContext:
         return self._evaluator
 
     def images(self, which: str) -> ImageSet:
-        root, limit = (
-            (self.job.calib, self.job.calib_images) if which == "calib" else (self.job.val, self.job.val_images)
-        )
-        return _load_images(root, self.dense, self.job, limit, self.cache_dir)
+        """The calibration ("calib") or validation ("val") images of the job."""
+        return job_images(self.job, self.dense, which, self.cache_dir)
 
     # -- building ---------------------------------------------------------------------------------
 
     @classmethod
     def prepare(cls, job: JobSpec, registry: Registry | None = None, cache_dir: Path | None = None) -> JobContext:
         """Resolve a new job: check its inputs, price the dense model, check the budget can be met."""
-        _check_apart(job.calib, job.val)
+        if job.val is not None:
+            _check_apart(job.calib, job.val)
         dense, spec = _dense(job)
         space = TrialSpace(job.space, spec)
         table = (
@@ -87,7 +86,7 @@ class JobContext:
         dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
         budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
         _check_feasible(space, predictor, job, budget_ms)
-        calib = _load_images(job.calib, dense, job, job.calib_images, cache_dir)
+        calib = job_images(job, dense, "calib", cache_dir)
         importance = None
         if job.space.heads or job.space.mlp:
             batches = [x for x, _ in calib.subset(range(min(len(calib), IMPORTANCE_IMAGES))).batches(32)]
@@ -125,7 +124,7 @@ class JobContext:
                 criterion=raw["criterion"],
             )
         table = LatencyTable.parse(attrs["table"], source=f"study {study.study_name}")
-        calib = _load_images(job.calib, dense, job, job.calib_images, cache_dir)
+        calib = job_images(job, dense, "calib", cache_dir)
         space = TrialSpace(job.space, spec)
         return cls(
             job,
@@ -148,11 +147,25 @@ def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:
     return dense, describe(dense, job.model)
 
 
-def _load_images(root: Path, dense: nn.Module, job: JobSpec, limit: int | None, cache_dir: Path | None) -> ImageSet:
+def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | None = None) -> ImageSet:
+    """The job's calibration or validation images, decoded for `dense`.
+
+    Without a validation folder, a seeded `holdout` share of the calibration folder is set aside
+    for validation; the search never sees it.
+    """
+    limit = job.calib_images if which == "calib" else job.val_images
     data_config = timm.data.resolve_data_config({}, model=dense)
     # timm's data config reads the pretrained config; a model built with another img_size needs that size.
     data_config["input_size"] = (data_config["input_size"][0], *describe(dense).image_size)
-    return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
+    if job.val is not None:
+        root = job.calib if which == "calib" else job.val
+        return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
+    everything = load_image_folder(job.calib, data_config, class_map=job.class_map, cache_dir=cache_dir)
+    calib, val = everything.split(1.0 - job.holdout, seed=job.seed)
+    part = calib if which == "calib" else val
+    if limit is None or limit >= len(part):
+        return part
+    return part.subset(torch.linspace(0, len(part) - 1, limit).round().long().unique())  # spread over classes
 
 
 def _image_files(root: Path) -> set[Path]:

@@ -81,7 +81,11 @@ class SearchSpace(_Strict):
 
 
 class JobSpec(_Strict):
-    """One search job. Exactly one of `budget_ms` and `budget_ratio` (of the dense model's latency)."""
+    """One search job. Exactly one of `budget_ms` and `budget_ratio` (of the dense model's latency).
+
+    Validation images come from `val`, or, without it, from a seeded `holdout` share of `calib`
+    that the search never sees.
+    """
 
     model: str = Field(min_length=1, description="timm model name, e.g. deit_tiny_patch16_224")
     weights: Path | None = Field(default=None, description="local .safetensors/.pth of the dense model")
@@ -94,8 +98,11 @@ class JobSpec(_Strict):
     batch: int = Field(default=1, ge=1, le=4096)
     budget_ms: float | None = Field(default=None, gt=0)
     budget_ratio: float | None = Field(default=None, gt=0, le=1.0)
-    calib: Path
-    val: Path
+    calib: Path = Field(description="calibration images (ImageFolder): the search scores trials on them")
+    val: Path | None = Field(default=None, description="validation images, disjoint from calib")
+    holdout: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="without val: the share of calib held out for validation"
+    )
     class_map: Path | None = None
     calib_images: int | None = Field(default=None, ge=8, description="use at most this many calibration images")
     val_images: int | None = Field(default=None, ge=1)

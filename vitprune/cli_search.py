@@ -38,7 +38,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
     """A JobSpec from --job FILE, or from the command-line options."""
     if args.job:
         return JobSpec.model_validate_json(args.job.read_text())
-    needed = (("--model", args.model), ("--calib", args.calib), ("--val", args.val))
+    needed = (("--model", args.model), ("--calib", args.calib))
     missing = [flag for flag, value in needed if not value]
     if missing:
         raise ValueError(f"give {', '.join(missing)} (or a --job file)")
@@ -71,6 +71,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         budget_ratio=args.budget_ratio,
         calib=args.calib,
         val=args.val,
+        holdout=args.holdout,
         class_map=args.class_map,
         calib_images=args.calib_images,
         val_images=args.val_images,
@@ -143,7 +144,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     budget.add_argument("--budget-ratio", type=float, help="latency budget as a share of the dense model's")
     data = search.add_argument_group("images")
     data.add_argument("--calib", type=Path, help="calibration images (ImageFolder): the search scores trials here")
-    data.add_argument("--val", type=Path, help="validation images, disjoint from --calib: Pareto models")
+    data.add_argument("--val", type=Path, help="validation images for the Pareto models, disjoint from --calib")
+    data.add_argument(
+        "--holdout", type=float, default=0.5, help="without --val: share of --calib held out for validation"
+    )
     data.add_argument("--class-map", type=Path, help="one class name per line (line number = class index)")
     data.add_argument("--calib-images", type=int, help="use at most this many calibration images")
     data.add_argument("--val-images", type=int, help="use at most this many validation images")

@@ -147,3 +147,13 @@ def test_threshold_trials_are_priced_from_the_tokens_they_kept(tmp_path):
 def test_images_load_at_the_models_own_size(finished):
     images = JobContext.from_study(finished[4]).images("calib")
     assert tuple(images.images.shape[-2:]) == (32, 32)
+
+
+def test_without_a_validation_folder_a_holdout_of_the_calibration_folder_validates(tmp_path):
+    job = tiny_job(tmp_path, val=None, holdout=0.25, trials=4, calib_images=30)
+    result = run_search(job, f"sqlite:///{tmp_path / 's.db'}", tmp_path / "out", show_progress=False)
+    study = optuna.load_study(study_name=result.study, storage=f"sqlite:///{tmp_path / 's.db'}")
+    context = JobContext.from_study(study)
+    calib, val = context.images("calib"), context.images("val")
+    assert len(calib) == 30 and len(val) == 15 and not set(calib.paths) & set(val.paths)
+    assert result.dense["val"]["n_images"] == 15

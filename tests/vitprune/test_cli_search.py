@@ -1,0 +1,101 @@
+"""`vitprune search` and `vitprune worker`: a real search from the command line, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.search.tiny import tiny_job
+from vitprune.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(autouse=True)
+def profiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITPRUNE_PROFILES_DIR", str(tmp_path / "profiles"))
+    monkeypatch.delenv("VITPRUNE_DB_URL", raising=False)
+
+
+def test_search_from_a_job_file_writes_the_front(capsys, tmp_path):
+    job = tiny_job(tmp_path, trials=10)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(job.model_dump_json())
+    code, out, _ = run(capsys, "search", "--job", job_file, "--out", tmp_path / "out", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["trials"]["complete"] == 10 and result["models"]
+    assert (tmp_path / "out" / "search.db").is_file() and (tmp_path / "out" / "pareto.html").is_file()
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["trials"] == 10
+    for model in result["models"]:
+        assert (tmp_path / "out" / model["bundle"] / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_search_the_real_deit_tiny_on_real_images(capsys, tmp_path, deit_tiny_weights, imagenet_dir, class_map):
+    folders = sorted(p for p in imagenet_dir.iterdir() if p.is_dir())
+    for name, part in (("calib", folders[:24]), ("val", folders[24:40])):  # disjoint classes, disjoint files
+        (tmp_path / name).mkdir()
+        for folder in part:
+            (tmp_path / name / folder.name).symlink_to(folder)
+    code, out, err = run(
+        capsys,
+        "search",
+        "--model",
+        "deit_tiny_patch16_224",
+        "--weights",
+        deit_tiny_weights,
+        "--device",
+        "mobile-cpu",
+        "--budget-ratio",
+        "0.8",
+        "--calib",
+        tmp_path / "calib",
+        "--val",
+        tmp_path / "val",
+        "--class-map",
+        class_map,
+        "--trials",
+        "8",
+        "--out",
+        tmp_path / "out",
+    )
+    assert code == 0, err
+    front = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    assert front["dense"]["val"]["n_images"] == 16 and front["dense"]["val"]["top1"] >= 50
+    assert front["models"] and all(m["predicted_ms"] <= front["budget_ms"] for m in front["models"])
+    assert "top-1" in out and "pareto.html" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "deit_tiny_patch16_224", "--weights", "w.safetensors"], "give --calib"),
+        (["--device", "missing.json", "--model", "m", "--calib", "c", "--val", "v"], "no such latency table"),
+    ],
+)
+def test_search_input_errors_exit_2_with_a_message(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, "search", *argv, "--budget-ratio", "0.7", "--out", tmp_path / "out")
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_infeasible_budget_is_refused_with_both_numbers(capsys, tmp_path):
+    job = tiny_job(tmp_path, budget_ms=0.0001, budget_ratio=None)
+    (tmp_path / "job.json").write_text(job.model_dump_json())
+    code, _, err = run(capsys, "search", "--job", tmp_path / "job.json", "--out", tmp_path / "out")
+    assert code == 2 and "cheapest config" in err and "budget of 0.00 ms" in err
+
+
+def test_worker_needs_a_database(capsys):
+    code, _, err = run(capsys, "worker")
+    assert code == 2 and "--db" in err
+
+
+def test_worker_exits_when_idle_and_reports_what_it_ran(capsys, tmp_path):
+    code, out, _ = run(capsys, "worker", "--db", f"sqlite:///{tmp_path / 'empty.db'}", "--idle-exit", "0.5")
+    assert code == 0 and json.loads(out) == {"trials_run": 0}
