@@ -86,11 +86,13 @@ class TrialSpace:
             if hidden >= dense.mlp_hidden // space.round_to * space.round_to:
                 hidden = dense.mlp_hidden  # the top of the grid is the dense width
             blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=self._tokens(params, index)))
+        # Without a token reduction, score kind and package token change nothing: one config, one key.
+        reduces = any(b.reduces_tokens for b in blocks)
         package = params.get("package_token", space.package_token == "on")
         return PruneConfig(
             blocks=tuple(blocks),
-            score=params.get("score", space.score[0]),
-            package_token=bool(package) and space.tokens != "none",
+            score=params.get("score", space.score[0]) if reduces else space.score[0],
+            package_token=bool(package) and reduces,
             round_to=space.round_to,
         )
 

@@ -111,3 +111,12 @@ def test_warm_starts_are_dense_then_the_uniform_baselines(spec):
 def test_token_blocks_outside_the_model_are_refused(spec):
     with pytest.raises(SpaceError, match="token_blocks \\[12\\]"):
         TrialSpace(SearchSpace(token_blocks=(3, 12)), spec)
+
+
+def test_options_that_change_nothing_do_not_make_a_new_config(spec):
+    space = TrialSpace(SearchSpace(score=("cls_attn", "head_weighted")), spec)
+    dense = space.dense_params()
+    variants = [dense | {"package_token": True}, dense | {"score": "head_weighted"}]
+    assert {space.config(p).key() for p in [dense, *variants]} == {space.config(dense).key()}
+    pruned = dense | {"keep_3": 0.7}
+    assert space.config(pruned | {"package_token": True}).key() != space.config(pruned).key()
