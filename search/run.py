@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
@@ -58,15 +59,19 @@ def run_trials(study: optuna.Study, context: JobContext, on_trial: Callable[[], 
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal ran
-        ran += 1
+        ran += bool(trial.user_attrs.get(SLOT_ATTR))  # not a trial pruned for want of a slot
         if on_trial is not None:
             on_trial()
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()
 
     while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        # catch: a trial that raises is recorded as failed and the search goes on.
-        study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+        try:
+            # catch: a trial that raises is recorded as failed and the search goes on.
+            study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+        except UpdateFinishedTrialError:
+            # Our trial was declared dead (no heartbeat in time) and retried elsewhere; go on.
+            logger.warning("a trial of %s finished elsewhere while this worker ran it", study.study_name)
     return ran
 
 
@@ -81,7 +86,8 @@ def run_search(
     """Run (or resume) `job` to the end and materialise its Pareto models under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    study, context = submit(job, open_storage(storage_url), registry=registry, cache_dir=out / "cache")
+    storage = open_storage(storage_url)
+    study, context = submit(job, storage, registry=registry, cache_dir=out / "cache")
     bar = tqdm(total=job.trials, desc="trials", unit="trial", disable=not show_progress)
 
     def show() -> None:
@@ -93,7 +99,7 @@ def run_search(
 
     show()
     while True:
-        fail_stale(study)  # a dead worker's trial is failed and re-enqueued here
+        fail_stale(study, storage)  # a dead worker's trial is failed and re-enqueued here
         run_trials(study, context, on_trial=show)
         state = progress(study)
         show()
@@ -167,15 +173,16 @@ def run_worker(
             job = study_job(study)
             if job is None:
                 continue
-            fail_stale(study)
+            fail_stale(study, storage)
             if progress(study).waiting == 0:
                 continue
             study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(job.sampler, seed))
             if name not in contexts:
                 logger.info("joining %s", name)
                 contexts[name] = JobContext.from_study(study, cache_dir=cache_dir)
-            ran += run_trials(study, contexts[name])
-            worked = True
+            done = run_trials(study, contexts[name])
+            ran += done
+            worked = worked or done > 0
         if worked:
             idle_since = time.monotonic()
         else:

@@ -16,9 +16,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
+import sqlalchemy
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
@@ -44,15 +46,21 @@ RETRIES = 3
 
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
     """Optuna's RDB storage at `url` (sqlite:///file.db or postgresql+psycopg://...), with heartbeats."""
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    sqlite = url.startswith("sqlite")
+    # SQLite ignores SELECT ... FOR UPDATE, with which Optuna claims a waiting trial: two workers
+    # could both take one. Transactions that start with BEGIN IMMEDIATE take the write lock first.
+    engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     with _stable_enough():
-        return RDBStorage(
+        storage = RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_s,
             grace_period=grace_s,
             heartbeat_stale_trial_callback=retry_callback(),
         )
+    if sqlite:
+        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -61,10 +69,40 @@ def retry_callback() -> RetryHeartbeatStaleTrialCallback:
         return RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail (and so re-enqueue) the running trials of workers whose heartbeat stopped."""
+def fail_stale(study: optuna.Study, storage: RDBStorage) -> None:
+    """Fail (and so re-enqueue) the running trials of workers that died.
+
+    Optuna finds trials whose heartbeat stopped. A worker can also die after it claimed a trial
+    and before the trial's first heartbeat (the sampler runs in between); such a trial has no
+    heartbeat at all and is failed once it has been running for twice the grace period (its start
+    time comes from the worker's clock, which may differ from ours).
+    """
     with _stable_enough():
         fail_stale_trials(study)
+    now = datetime.now()
+    limit = 2 * storage.grace_period
+    old = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and (now - t.datetime_start).total_seconds() > limit
+    ]
+    if not old:
+        return
+    study_id = storage.get_study_id_from_name(study.study_name)
+    ids = {storage.get_trial_id_from_study_id_trial_number(study_id, t.number): t for t in old}
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True)
+    )
+    with storage.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(query, {"ids": list(ids)})}
+    for trial_id in set(ids) - beating:
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # its worker finished it after all, or another process failed it first
+        with _stable_enough():
+            retry_callback()(study, storage.get_trial(trial_id))
 
 
 @contextmanager

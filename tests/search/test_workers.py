@@ -1,7 +1,9 @@
 """Several processes on one job: `vitprune worker` subprocesses sharing a study, a killed worker, a resumed search.
 
 The storage is parametrized over SQLite (a file) and PostgreSQL (a throw-away cluster). Workers run with one
-torch thread so that two of them fit on two cores.
+torch thread so that two of them fit on two cores. Also pinned: no two processes ever claim one waiting
+trial (SQLite included), a trial orphaned before its first heartbeat is retried, and a worker that loses the
+last slot to another counts no trial.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def test_two_workers_share_one_job_and_run_exactly_its_trials(tiny_root, storage
 
 
 def _running_slots(url: str, name: str) -> dict[int, bool] | None:
-    """Running slot trials by number, each with whether it has a heartbeat yet; None while the database is locked.
+    """Running slot trials by number, each with whether it is inside its objective (heartbeat sent, params
+    suggested); None while the database is locked.
 
     Meant for a stopped worker: a stopped SQLite writer may hold the lock, so this gives up after two seconds.
     """
@@ -152,10 +155,10 @@ def _running_slots(url: str, name: str) -> dict[int, bool] | None:
     try:
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         study = optuna.load_study(study_name=name, storage=storage)
-        running = {t._trial_id: t.number for t in slot_trials(study) if t.state == TrialState.RUNNING}
+        running = {t._trial_id: t for t in slot_trials(study) if t.state == TrialState.RUNNING}
         with storage.engine.connect() as connection:
             beating = {row[0] for row in connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))}
-        return {number: trial_id in beating for trial_id, number in running.items()}
+        return {t.number: trial_id in beating and "config" in t.user_attrs for trial_id, t in running.items()}
     except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return None
     finally:
@@ -173,8 +176,8 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_another_worker(tiny_roo
     wait_for(lambda: progress(study).done >= 1, first, "finished trial")
     seen: dict[int, bool] | None = None
     for _ in range(20):
-        # Catch it inside the objective: its trial is running and has sent a heartbeat. (A worker killed
-        # before its trial's first heartbeat is the case of the xfail test below.)
+        # Catch it inside the objective: its trial has sent a heartbeat and has all its parameters. (A worker
+        # killed before its trial's first heartbeat is the case of the orphan test below.)
         first.signal(signal.SIGSTOP)
         seen = _running_slots(storage_url, job.study_name())
         if seen and all(seen.values()):
@@ -203,12 +206,6 @@ def test_a_killed_workers_trial_is_failed_and_retried_by_another_worker(tiny_roo
     assert_no_config_evaluated_twice(study)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="search.study.fail_stale only fails trials with a stale heartbeat row; a trial whose worker died "
-    "before its first heartbeat (Optuna samples inside study.ask(), after the trial is RUNNING) stays RUNNING "
-    "forever, so the job never finishes",
-)
 def test_a_trial_orphaned_before_its_first_heartbeat_is_retried(tiny_root, storage_url):
     trials = 3
     job = tiny_job(tiny_root, trials=trials)
@@ -228,11 +225,6 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_retried(tiny_root, stora
     assert state.finished and state.done == trials
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="search.run.run_trials counts every trial its optimize loop ends, including the non-slot trial it "
-    "creates (and prunes) when another worker took the last slot after its check, so trials_run over-counts",
-)
 def test_losing_the_last_slot_to_another_worker_counts_no_trial(tiny_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'search.db'}"
     job = tiny_job(tiny_root, trials=1)
@@ -257,6 +249,64 @@ def test_losing_the_last_slot_to_another_worker_counts_no_trial(tiny_root, tmp_p
 
     assert [t.state for t in slot_trials(study)] == [TrialState.RUNNING]  # the other worker holds it
     assert ran == 0
+
+
+TAKE_SLOTS = """
+import json, sys, time, warnings
+from pathlib import Path
+import optuna
+from search.study import open_storage
+url, name, ready, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.simplefilter("ignore")
+study = optuna.load_study(study_name=name, storage=open_storage(url))
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+taken = []
+while (trial := study.ask()).user_attrs.get("slot"):
+    taken.append(trial.number)
+print(json.dumps(taken))
+"""
+
+
+@pytest.mark.parametrize(
+    "storage_url",
+    [
+        "sqlite",
+        "postgres",
+    ],
+    indirect=True,
+)
+def test_two_processes_never_take_the_same_waiting_slot(storage_url, tmp_path):
+    slots = 200
+    study = optuna.create_study(study_name="slots", storage=open_storage(storage_url))
+    for _ in range(slots):
+        study.enqueue_trial({}, user_attrs={"slot": True})
+    go = tmp_path / "go"
+    takers = []
+    for index in range(2):
+        ready = tmp_path / f"ready{index}"
+        command = [sys.executable, "-c", TAKE_SLOTS, storage_url, "slots", str(ready), str(go)]
+        takers.append((ready, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    try:
+        deadline = time.monotonic() + 120
+        while not all(ready.exists() for ready, _ in takers):
+            assert all(p.poll() is None for _, p in takers), [p.communicate() for _, p in takers]
+            assert time.monotonic() < deadline, "slot takers did not start"
+            time.sleep(0.05)
+        go.touch()  # both start taking at once
+        outputs = [p.communicate(timeout=120) for _, p in takers]
+    finally:
+        for _, p in takers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for _, p in takers), outputs
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert first and second, "one process took every slot: no contention was tested"
+    assert sorted(set(first) & set(second)) == []
+    assert sorted(first + second) == list(range(slots))
 
 
 def test_a_rerun_resumes_the_job_and_a_larger_count_adds_only_the_difference(tiny_root, tmp_path):
