@@ -244,8 +244,8 @@ def to_markdown(report: dict) -> str:
     if report.get("samplers"):
         lines += [
             "",
-            "| sampler | trials | best calib top-1 under budget | hypervolume | search s |",
-            "|---|--:|--:|--:|--:|",
+            "| sampler | trials | best calib top-1 under budget | hypervolume | search s | trials/min |",
+            "|---|--:|--:|--:|--:|--:|",
         ]
         for s in report["samplers"]:
             lines.append(
