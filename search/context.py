@@ -7,7 +7,6 @@ joins later (`from_study`) reads them back, so all workers price and prune ident
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +28,10 @@ from search.evaluator import TrialEvaluator
 from search.job import JobSpec
 from search.space import TrialSpace
 
-__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "job_images"]
+__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "fit_batches", "job_images"]
 
-logger = logging.getLogger(__name__)
-
-IMPORTANCE_IMAGES = 256
-"""Calibration images used for Fisher importance (one backward pass each); more changes little."""
+FIT_IMAGES = 256
+"""Calibration images that importance (one backward pass each) and weight recovery fit on; more changes little."""
 
 
 class JobInputError(ValueError):
@@ -89,8 +86,7 @@ class JobContext:
         calib = job_images(job, dense, "calib", cache_dir)
         importance = None
         if job.space.heads or job.space.mlp:
-            batches = [x for x, _ in calib.subset(range(min(len(calib), IMPORTANCE_IMAGES))).batches(32)]
-            importance = calibrated_importance(dense, family_of(dense).blocks(dense), batches)
+            importance = calibrated_importance(dense, family_of(dense).blocks(dense), fit_batches(calib))
         return cls(job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, cache_dir)
 
     def save_to(self, study: optuna.Study) -> None:
@@ -147,6 +143,18 @@ def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:
     return dense, describe(dense, job.model)
 
 
+def fit_batches(images: ImageSet) -> list[torch.Tensor]:
+    """Up to FIT_IMAGES images spread over the set (so over its classes), in batches of 32."""
+    return [x for x, _ in _spread(images, FIT_IMAGES).batches(32)]
+
+
+def _spread(images: ImageSet, limit: int | None) -> ImageSet:
+    """At most `limit` images, evenly spread over the (class-ordered) set."""
+    if limit is None or limit >= len(images):
+        return images
+    return images.subset(torch.linspace(0, len(images) - 1, limit).round().long().unique())
+
+
 def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | None = None) -> ImageSet:
     """The job's calibration or validation images, decoded for `dense`.
 
@@ -162,10 +170,7 @@ def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | Non
         return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
     everything = load_image_folder(job.calib, data_config, class_map=job.class_map, cache_dir=cache_dir)
     calib, val = everything.split(1.0 - job.holdout, seed=job.seed)
-    part = calib if which == "calib" else val
-    if limit is None or limit >= len(part):
-        return part
-    return part.subset(torch.linspace(0, len(part) - 1, limit).round().long().unique())  # spread over classes
+    return _spread(calib if which == "calib" else val, limit)
 
 
 def _image_files(root: Path) -> set[Path]:

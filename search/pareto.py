@@ -10,7 +10,6 @@ and measured latency that disagree by more than 10% are flagged. `pareto.json` h
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,11 @@ from pruning.flops import count_flops, count_params
 from pruning.importance import needs_importance
 from pruning.metrics import classification_metrics
 from pruning.timing import measure_latency
-from search.context import JobContext
+from search.context import JobContext, fit_batches
 from search.evaluator import padded_widths
 from search.trials import is_pareto_candidate
 
 __all__ = ["MISMATCH", "SearchResult", "materialise", "pareto_trials"]
-
-logger = logging.getLogger(__name__)
 
 MISMATCH = 0.10
 """Measured and predicted latency further apart than this are flagged."""
@@ -75,7 +72,7 @@ def materialise(
 ) -> SearchResult:
     job = context.job
     val = context.images("val")
-    calib_batches = [x for x, _ in context.calib.subset(range(min(len(context.calib), 256))).batches(32)]
+    calib_batches = fit_batches(context.calib)
     timed = is_this_machine(context.predictor.table.device)
     dense = context.dense
     dense_row, dense_logits = _score(_as_pruned(context), val, None, context, timed)
