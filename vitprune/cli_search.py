@@ -102,15 +102,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
         return 0
     print(f"study {result.study}: {result.trials['complete']} trials, budget {result.budget_ms:.2f} ms")
-    print(f"dense: top-1 {result.dense['val']['top1']}  predicted {result.dense['predicted_ms']:.2f} ms")
+    print(f"dense: {_accuracy(result.dense['val'])}  predicted {result.dense['predicted_ms']:.2f} ms")
     for model in result.models:
         measured = f"  measured {model['measured_ms']:.2f} ms" if "measured_ms" in model else ""
         flag = "  (measured and predicted differ by >10%)" if model.get("latency_mismatch") else ""
-        print(
-            f"{model['bundle']}: top-1 {model['val']['top1']}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}"
-        )
+        print(f"{model['bundle']}: {_accuracy(model['val'])}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}")
     print(f"front: {args.out / 'pareto.json'}, plot: {args.out / 'pareto.html'}")
     return 0
+
+
+def _accuracy(metrics: dict) -> str:
+    """Validation top-1, or agreement with the dense model for unlabelled images."""
+    if metrics["top1"] is not None:
+        return f"top-1 {metrics['top1']:.1f}%"
+    return f"agreement {metrics['agreement']:.1f}%"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
