@@ -32,6 +32,7 @@ CACHE_BYTES = 3 * 2**30
 @dataclass
 class Evaluation:
     metrics: EvalResult
+    logits: torch.Tensor
     counts: torch.Tensor | None
     """(images, reductions): patch tokens kept by each image at each token-reducing block."""
     images: int
@@ -103,24 +104,33 @@ class TrialEvaluator:
     def __len__(self) -> int:
         return sum(len(x) for x in self.inputs)
 
-    def evaluate(self, config: PruneConfig, max_images: int | None = None) -> Evaluation:
-        """Metrics of `config` on the calibration set, or on its first `max_images` (whole batches)."""
+    def evaluate(
+        self, config: PruneConfig, max_images: int | None = None, sample: Evaluation | None = None
+    ) -> Evaluation:
+        """Metrics of `config` on the calibration set, or on its first `max_images` (whole batches).
+
+        `sample`: an evaluation of the same config on the first batches (cheap-first); only the
+        batches after it are run.
+        """
         start = time.perf_counter()
         first = first_change(config, self.spec)
         pruned = prune_model(self.dense, config, name=self.spec.name, importance=self.importance)
-        batches = self._batch_count(max_images)
-        logits, counts = [], []
+        done = self._batch_count(sample.images) if sample is not None else 0
+        logits = [sample.logits] if sample is not None else []
+        counts = [sample.counts] if sample is not None and sample.counts is not None else []
         with torch.inference_mode():
-            for state in self._states_at(first)[:batches]:
+            for state in self._states_at(first)[done : self._batch_count(max_images)]:
                 out, kept = self._finish(pruned, state, first)
                 logits.append(out)
-                counts.append(kept)
+                if kept is not None:
+                    counts.append(kept)
         logits_all = torch.cat(logits)
         n = len(logits_all)
         labels = None if self.labels is None else self.labels[:n]
         metrics = classification_metrics(logits_all, labels, self.dense_logits[:n])
-        kept_counts = torch.cat(counts) if counts[0] is not None else None
-        return Evaluation(metrics, kept_counts, n, first, time.perf_counter() - start)
+        kept_counts = torch.cat(counts) if counts else None
+        seconds = time.perf_counter() - start + (sample.seconds if sample is not None else 0.0)
+        return Evaluation(metrics, logits_all, kept_counts, n, first, seconds)
 
     def _batch_count(self, max_images: int | None) -> int:
         if max_images is None:

@@ -68,12 +68,13 @@ class TrialObjective:
             return tuple(earlier.values)
 
         spec = self.space.spec
+        predicted = None  # a threshold config's cost depends on the tokens it keeps: priced after its forward pass
         if not config.has_threshold:
             predicted = self.predictor.predict(config, spec, self.batch).ms
             if predicted > self.budget_ms:
                 return self._result(trial, 0.0, predicted, evaluated=False)
 
-        evaluation = self._evaluate(config)
+        evaluation = self._evaluate(config, predicted)
         if config.has_threshold:
             widths = padded_widths(evaluation.counts, self.batch)
             predicted = self.predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
@@ -87,15 +88,14 @@ class TrialObjective:
         trial.set_user_attr("eval_s", round(evaluation.seconds, 3))
         return self._result(trial, evaluation.accuracy, predicted, evaluated=True)
 
-    def _evaluate(self, config) -> Evaluation:
+    def _evaluate(self, config, predicted: float | None) -> Evaluation:
+        """Cheap-first: a sample of the images, and the rest only if the sample is not clearly dominated."""
         if not self.cheap_images or self.cheap_images >= len(self.evaluator):
             return self.evaluator.evaluate(config)
         sample = self.evaluator.evaluate(config, max_images=self.cheap_images)
-        if not config.has_threshold:
-            predicted = self.predictor.predict(config, self.space.spec, self.batch).ms
-            if self._clearly_dominated(sample, predicted):
-                return sample
-        return self.evaluator.evaluate(config)
+        if predicted is not None and self._clearly_dominated(sample, predicted):
+            return sample
+        return self.evaluator.evaluate(config, sample=sample)
 
     def _clearly_dominated(self, sample: Evaluation, predicted: float) -> bool:
         """Some full evaluation is at least as fast and better by two standard errors of the sample."""

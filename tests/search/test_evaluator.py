@@ -82,10 +82,15 @@ def test_blocks_before_the_first_change_run_once_per_job(setup):
     assert first == len(evaluator.inputs) and len(calls) == first
 
 
-def test_cheap_first_reads_whole_batches_from_the_front(setup):
+def test_cheap_first_reads_whole_batches_from_the_front_and_the_rest_continues_it(setup):
     _, spec, _, _, evaluator = setup
-    sample = evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.6, at=(2,)), max_images=20)
-    assert sample.images == 32  # two batches of 16
+    config = PruneConfig.uniform(spec, threshold=0.8, at=(2,))
+    sample = evaluator.evaluate(config, max_images=20)
+    assert sample.images == 32 and len(sample.counts) == 32  # two batches of 16
+    rest = evaluator.evaluate(config, sample=sample)
+    full = evaluator.evaluate(config)
+    assert rest.metrics == full.metrics and torch.equal(rest.counts, full.counts)
+    torch.testing.assert_close(rest.logits, full.logits)
 
 
 def test_padded_widths_are_the_longest_image_of_each_batch():
