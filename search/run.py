@@ -164,6 +164,7 @@ def run_worker(
     """
     storage = open_storage(storage_url, heartbeat_s, grace_s)
     contexts: dict[str, JobContext] = {}
+    unusable: set[str] = set()
     ran, idle_since = 0, time.monotonic()
     seed = os.getpid()  # workers of one job must not propose the same configs in lockstep
     while idle_exit_s is None or time.monotonic() - idle_since < idle_exit_s:
@@ -171,7 +172,7 @@ def run_worker(
         for name in optuna.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
             job = study_job(study)
-            if job is None:
+            if job is None or name in unusable:
                 continue
             fail_stale(study, storage)
             if progress(study).waiting == 0:
@@ -179,7 +180,12 @@ def run_worker(
             study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(job.sampler, seed))
             if name not in contexts:
                 logger.info("joining %s", name)
-                contexts[name] = JobContext.from_study(study, cache_dir=cache_dir)
+                try:
+                    contexts[name] = JobContext.from_study(study, cache_dir=cache_dir)
+                except (ValueError, OSError) as error:  # e.g. the job's weights or images are not on this machine
+                    logger.error("cannot work on %s here: %s", name, error)
+                    unusable.add(name)
+                    continue
             done = run_trials(study, contexts[name])
             ran += done
             worked = worked or done > 0

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from pruning import PruneConfig
 from pruning.bundle import load_bundle
 from pruning.metrics import evaluate
-from search import InfeasibleJobError, JobContext, JobInputError, run_search, submit
+from search import InfeasibleJobError, JobContext, JobInputError, run_search, run_worker, submit
 from search.evaluator import TrialEvaluator
 from search.pareto import pareto_trials
 from search.run import run_trials
@@ -157,3 +157,12 @@ def test_without_a_validation_folder_a_holdout_of_the_calibration_folder_validat
     calib, val = context.images("calib"), context.images("val")
     assert len(calib) == 30 and len(val) == 15 and not set(calib.paths) & set(val.paths)
     assert result.dense["val"]["n_images"] == 15
+
+
+def test_a_worker_skips_a_job_whose_files_it_cannot_read_and_keeps_going(tmp_path):
+    job = tiny_job(tmp_path, trials=3)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, _ = submit(job, open_storage(url))
+    (tmp_path / "weights.safetensors").rename(tmp_path / "elsewhere.safetensors")  # not on this "machine"
+    assert run_worker(url, idle_exit_s=0.5, poll_s=0.1) == 0
+    assert progress(study).waiting == 3
