@@ -138,7 +138,10 @@ class JobContext:
 
 def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:
     dense = create_model(
-        job.model, weights=job.weights, pretrained=job.pretrained and not job.weights, **job.model_kwargs
+        job.model,
+        weights=job.weights,
+        pretrained=job.pretrained,  # local weights win (create_model)
+        **job.model_kwargs,
     )
     return dense, describe(dense, job.model)
 

@@ -30,6 +30,7 @@ from search.study import (
     make_sampler,
     open_storage,
     progress,
+    retried_numbers,
     retry_callback,
     study_job,
 )
@@ -142,7 +143,7 @@ def submit(
 def retry_interrupted(study: optuna.Study) -> None:
     """Give failed slots (an interrupted run, a crash) another go when a job is resumed."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_numbers(trials)
     retry = retry_callback()
     for trial in trials:
         if trial.state == TrialState.FAIL and trial.user_attrs.get(SLOT_ATTR) and trial.number not in retried:

@@ -34,6 +34,7 @@ __all__ = [
     "make_sampler",
     "open_storage",
     "progress",
+    "retried_numbers",
     "retry_callback",
     "study_job",
 ]
@@ -166,9 +167,14 @@ class Progress:
         return self.running == 0 and self.waiting == 0
 
 
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Failed trials whose slot was handed to a retry (the retry counts instead)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+
 def progress(study: optuna.Study) -> Progress:
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    retried = retried_numbers(trials)
     slots = [t for t in trials if t.user_attrs.get(SLOT_ATTR) and t.number not in retried]
     done = [t for t in slots if t.state.is_finished()]
     complete = [t for t in done if t.state == TrialState.COMPLETE]

@@ -26,19 +26,13 @@ from pruning.flops import count_flops, count_params
 from pruning.loading import WeightsError, create_model
 from pruning.metrics import evaluate, predict
 from pruning.timing import measure_latency
+from vitprune.arguments import ints
 from vitprune.cli_latency import add_commands as add_latency_commands
 from vitprune.cli_search import add_commands as add_search_commands
 
 # Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
 # unsupported model; pydantic's ValidationError too); export failures are ExportError.
 USER_ERRORS = (ValueError, OSError, ExportError)
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _add_dense_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -60,7 +54,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, help="PruneConfig JSON file")
     group.add_argument("--keep", type=float, help="top-k keep ratio at the --at blocks")
     group.add_argument("--threshold", type=float, help="score threshold (x mean score) at the --at blocks")
-    group.add_argument("--at", type=_ints, default=(), help="blocks that reduce tokens, e.g. 3,6,9")
+    group.add_argument("--at", type=ints, default=(), help="blocks that reduce tokens, e.g. 3,6,9")
     group.add_argument("--package-token", action="store_true", help="fuse dropped tokens into one token")
     group.add_argument("--score", choices=["cls_attn", "head_weighted"], default="cls_attn")
     group.add_argument("--head-ratio", type=float, default=1.0, help="share of heads kept in every block")
@@ -211,9 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.set_defaults(run=run)
     commands.choices["evaluate"].add_argument(
-        "--latency-batch", type=_ints, default=(1,), help="batch sizes to time, e.g. 1,32 ('' to skip)"
+        "--latency-batch", type=ints, default=(1,), help="batch sizes to time, e.g. 1,32 ('' to skip)"
     )
-    commands.choices["latency"].add_argument("--batch", type=_ints, default=(1, 32), help="batch sizes, e.g. 1,32")
+    commands.choices["latency"].add_argument("--batch", type=ints, default=(1, 32), help="batch sizes, e.g. 1,32")
 
     export = commands.add_parser("export", help="export a bundle to ONNX, verified with onnxruntime")
     export.add_argument("bundle", type=Path)

@@ -25,16 +25,7 @@ from latency_models.validate import VALIDATION_TIMING, validate
 from pruning import describe
 from pruning.data import load_image_folder
 from pruning.loading import create_model
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+from vitprune.arguments import batch_sizes
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
@@ -123,7 +114,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     prof = commands.add_parser("profile", help="measure this machine's latency table for a model shape")
     prof.add_argument("--model", required=True, help="timm model name, e.g. deit_tiny_patch16_224 (no weights needed)")
-    prof.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,32")
+    prof.add_argument("--batch", type=batch_sizes, default=[1], help="batch sizes, e.g. 1,32")
     prof.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     prof.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     prof.add_argument("--passes", type=int, default=5, help="timed rounds per entry, one per pass over the grid")

@@ -18,20 +18,10 @@ import torch
 from search import JobSpec, SearchSpace, run_search, run_worker
 from search.job import SAMPLERS
 from search.study import GRACE_S, HEARTBEAT_S
+from vitprune.arguments import ints, strings
 
 DB_ENV = "VITPRUNE_DB_URL"
 """The database shared with the service and other workers; default: a SQLite file in --out."""
-
-
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def job_from_args(args: argparse.Namespace) -> JobSpec:
@@ -158,13 +148,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--val-images", type=int, help="use at most this many validation images")
     space = search.add_argument_group("search space")
     space.add_argument("--tokens", choices=["topk", "threshold", "none"], default="topk")
-    space.add_argument("--token-blocks", type=_ints, default=(3, 6, 9), help="blocks that may reduce tokens")
+    space.add_argument("--token-blocks", type=ints, default=(3, 6, 9), help="blocks that may reduce tokens")
     space.add_argument("--keep-min", type=float, default=0.4, help="smallest top-k keep ratio")
     space.add_argument("--threshold-max", type=float, default=1.5, help="largest threshold (x mean score)")
     space.add_argument("--heads", action="store_true", help="search attention head counts")
     space.add_argument("--mlp", action="store_true", help="search MLP widths")
     space.add_argument("--group", type=int, default=3, help="blocks sharing one head / MLP choice")
-    space.add_argument("--score", type=_csv, default=("cls_attn",), help="token scores: cls_attn,head_weighted")
+    space.add_argument("--score", type=strings, default=("cls_attn",), help="token scores: cls_attn,head_weighted")
     space.add_argument("--package-token", choices=["off", "on", "search"], default="search")
     space.add_argument("--round-to", type=int, default=8, help="MLP widths are multiples of this")
     run = search.add_argument_group("run")
