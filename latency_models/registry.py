@@ -128,6 +128,16 @@ class Registry:
             raise UnknownDeviceError(f"unknown device {device!r}; known devices: {names} (see `vitprune devices`)")
         return LatencyTable.load(path)
 
+    def ready(self, device: str, spec: ModelSpec, batches: list[int]) -> bool:
+        """Whether `table` would answer at once (False: a measured device must be timed first)."""
+        if device not in MEASURED:
+            return True
+        path = self.measured_path(device)
+        if not path.exists():
+            return False
+        have = LatencyTable.load(path).keys()
+        return all(entry_id(k) in have for k in plan(shape_of(spec), sorted(set(batches))))
+
     def predictor(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyPredictor:
         predictor = LatencyPredictor(self.table(device, spec, batches, progress))
         for batch in batches:

@@ -3,7 +3,7 @@
 It knows nothing of HTTP: a search runs the same from the command line, a worker process or a test.
 """
 
-from search.context import InfeasibleJobError, JobContext, JobInputError
+from search.context import InfeasibleJobError, JobContext, JobInputError, check_job
 from search.job import JobSpec, SearchSpace
 from search.pareto import SearchResult, pareto_trials
 from search.run import run_search, run_trials, run_worker, submit
@@ -15,6 +15,7 @@ __all__ = [
     "JobSpec",
     "SearchResult",
     "SearchSpace",
+    "check_job",
     "pareto_trials",
     "run_search",
     "run_trials",

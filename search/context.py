@@ -28,7 +28,7 @@ from search.evaluator import TrialEvaluator
 from search.job import JobSpec
 from search.space import TrialSpace
 
-__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "fit_batches", "job_images"]
+__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "check_job", "fit_batches", "job_images"]
 
 FIT_IMAGES = 256
 """Calibration images that importance (one backward pass each) and weight recovery fit on; more changes little."""
@@ -75,14 +75,7 @@ class JobContext:
         if job.val is not None:
             _check_apart(job.calib, job.val)
         dense, spec = _dense(job)
-        space = TrialSpace(job.space, spec)
-        table = (
-            LatencyTable.load(job.table) if job.table else (registry or Registry()).table(job.device, spec, [job.batch])
-        )
-        predictor = LatencyPredictor(table)
-        dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
-        budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
-        _check_feasible(space, predictor, job, budget_ms)
+        space, predictor, dense_ms, budget_ms = _price(job, spec, registry or Registry())
         calib = job_images(job, dense, "calib", cache_dir)
         importance = None
         if job.space.heads or job.space.mlp:
@@ -134,6 +127,35 @@ class JobContext:
             importance,
             cache_dir,
         )
+
+
+def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, float] | None:
+    """Check a new job in seconds, before it waits in a queue: model, weights, images, device, budget.
+
+    Returns (dense_ms, budget_ms), or None for the budget when the device is a measured one whose
+    table is not measured yet (the worker measures it, then checks the budget).
+    """
+    if not _image_files(job.calib):
+        raise JobInputError(f"no images in {job.calib}: expected an ImageFolder (one folder of images per class)")
+    if job.val is not None:
+        _check_apart(job.calib, job.val)
+    _, spec = _dense(job)
+    registry = registry or Registry()
+    if not job.table and not registry.ready(job.device, spec, [job.batch]):
+        return None
+    _, _, dense_ms, budget_ms = _price(job, spec, registry)
+    return dense_ms, budget_ms
+
+
+def _price(job: JobSpec, spec: ModelSpec, registry: Registry) -> tuple[TrialSpace, LatencyPredictor, float, float]:
+    """The job's search space, latency predictor, dense latency and budget (ms); fails if no config fits."""
+    space = TrialSpace(job.space, spec)
+    table = LatencyTable.load(job.table) if job.table else registry.table(job.device, spec, [job.batch])
+    predictor = LatencyPredictor(table)
+    dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
+    budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
+    _check_feasible(space, predictor, job, budget_ms)
+    return space, predictor, dense_ms, budget_ms
 
 
 def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:

@@ -36,7 +36,7 @@ from search.study import (
 )
 from search.trials import SLOT_ATTR, TrialObjective
 
-__all__ = ["run_search", "run_trials", "run_worker", "submit"]
+__all__ = ["StudyJoiner", "run_search", "run_trials", "run_worker", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,16 @@ DIRECTIONS = ("maximize", "minimize")
 POLL_S = 2.0
 
 
-def run_trials(study: optuna.Study, context: JobContext, on_trial: Callable[[], None] | None = None) -> int:
-    """Run this job's waiting trials in this process until none is left; returns how many it ran."""
+def run_trials(
+    study: optuna.Study,
+    context: JobContext,
+    on_trial: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Run this job's waiting trials in this process until none is left; returns how many it ran.
+
+    `should_stop` is asked after every trial (e.g. the job was cancelled); True ends the run.
+    """
     job = context.job
     objective = TrialObjective(
         context.space,
@@ -63,10 +71,13 @@ def run_trials(study: optuna.Study, context: JobContext, on_trial: Callable[[], 
         ran += bool(trial.user_attrs.get(SLOT_ATTR))  # not a trial pruned for want of a slot
         if on_trial is not None:
             on_trial()
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if stopping() or not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             study.stop()
 
-    while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    def stopping() -> bool:
+        return should_stop is not None and should_stop()
+
+    while not stopping() and study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             # catch: a trial that raises is recorded as failed and the search goes on.
             study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
@@ -118,13 +129,15 @@ def submit(
     *,
     registry: Registry | None = None,
     cache_dir: Path | None = None,
+    name: str | None = None,
 ) -> tuple[optuna.Study, JobContext]:
     """Create the job's study with all its trial slots (or find it again), ready for any worker.
 
-    A new job is checked here (images apart, budget reachable); InfeasibleJobError and
-    JobInputError leave no study behind.
+    The study is named `name`, by default after the job itself (so the same job run again
+    continues it). A new job is checked here (images apart, budget reachable);
+    InfeasibleJobError and JobInputError leave no study behind.
     """
-    name = job.study_name()
+    name = name or job.study_name()
     existing = name in optuna.get_all_study_names(storage)
     context = None if existing else JobContext.prepare(job, registry, cache_dir=cache_dir)
     sampler = make_sampler(job.sampler, job.seed)
@@ -164,34 +177,63 @@ def run_worker(
     Returns the number of trials this worker ran.
     """
     storage = open_storage(storage_url, heartbeat_s, grace_s)
-    contexts: dict[str, JobContext] = {}
-    unusable: set[str] = set()
+    joiner = StudyJoiner(storage, cache_dir=cache_dir)
     ran, idle_since = 0, time.monotonic()
-    seed = os.getpid()  # workers of one job must not propose the same configs in lockstep
     while idle_exit_s is None or time.monotonic() - idle_since < idle_exit_s:
-        worked = False
-        for name in optuna.get_all_study_names(storage):
-            study = optuna.load_study(study_name=name, storage=storage)
-            job = study_job(study)
-            if job is None or name in unusable:
-                continue
-            fail_stale(study, storage)
-            if progress(study).waiting == 0:
-                continue
-            study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(job.sampler, seed))
-            if name not in contexts:
-                logger.info("joining %s", name)
-                try:
-                    contexts[name] = JobContext.from_study(study, cache_dir=cache_dir)
-                except (ValueError, OSError) as error:  # e.g. the job's weights or images are not on this machine
-                    logger.error("cannot work on %s here: %s", name, error)
-                    unusable.add(name)
-                    continue
-            done = run_trials(study, contexts[name])
-            ran += done
-            worked = worked or done > 0
-        if worked:
+        done = joiner.run_once()
+        ran += done
+        if done:
             idle_since = time.monotonic()
         else:
             time.sleep(poll_s)
     return ran
+
+
+class StudyJoiner:
+    """Runs waiting trials of any vitprune study in a storage, keeping each job's context for next time."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, cache_dir: Path | None = None) -> None:
+        self.storage = storage
+        self.cache_dir = cache_dir
+        self.contexts: dict[str, JobContext] = {}
+        self.unusable: set[str] = set()
+        self.seed = os.getpid()  # workers of one job must not propose the same configs in lockstep
+
+    def run_once(
+        self,
+        skip: Callable[[str], bool] = lambda name: False,
+        should_stop: Callable[[str], bool] | None = None,
+    ) -> int:
+        """One pass over the studies (those `skip` rejects by name left alone); returns trials run.
+
+        `should_stop(name)` is asked after every trial of study `name`.
+        """
+        ran = 0
+        for name in optuna.get_all_study_names(self.storage):
+            if name in self.unusable or skip(name):
+                continue
+            study = optuna.load_study(study_name=name, storage=self.storage)
+            job = study_job(study)
+            if job is None:
+                continue
+            fail_stale(study, self.storage)
+            if progress(study).waiting == 0:
+                continue
+            sampler = make_sampler(job.sampler, self.seed)
+            study = optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+            context = self._context(name, study)
+            if context is not None:
+                stop = None if should_stop is None else (lambda name=name: should_stop(name))
+                ran += run_trials(study, context, should_stop=stop)
+        return ran
+
+    def _context(self, name: str, study: optuna.Study) -> JobContext | None:
+        if name not in self.contexts:
+            logger.info("joining %s", name)
+            try:
+                self.contexts[name] = JobContext.from_study(study, cache_dir=self.cache_dir)
+            except (ValueError, OSError) as error:  # e.g. the job's weights or images are not on this machine
+                logger.error("cannot work on %s here: %s", name, error)
+                self.unusable.add(name)
+                return None
+        return self.contexts[name]

@@ -1,0 +1,78 @@
+"""Pruned models: metrics and config, downloads (bundle zip, safetensors, config, ONNX) with checksums."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from pruning.bundle import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, load_bundle
+from pruning.export import ExportError, export_onnx
+from server.api.deps import ModelDep, SessionDep, StoreDep
+from server.api.schemas import ModelOut
+from server.db.models import PrunedModel
+from server.store import ArtifactStore, sha256_of
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+
+class Format(str, Enum):
+    bundle = "bundle"
+    safetensors = "safetensors"
+    config = "config"
+    onnx = "onnx"
+
+
+@router.get("", response_model=list[ModelOut])
+def models(session: SessionDep, job_id: int | None = None) -> list[ModelOut]:
+    query = select(PrunedModel).order_by(PrunedModel.id.desc()).limit(1000)
+    if job_id is not None:
+        query = query.where(PrunedModel.job_id == job_id)
+    return [ModelOut.of(m) for m in session.scalars(query)]
+
+
+@router.get("/{model_id}", response_model=ModelOut)
+def model(model: ModelDep) -> ModelOut:
+    return ModelOut.of(model)
+
+
+@router.get(
+    "/{model_id}/download",
+    response_class=FileResponse,
+    responses={200: {"description": "the file; its sha256 is in the X-Checksum-SHA256 header"}},
+)
+async def download(model: ModelDep, store: StoreDep, format: Format = Format.bundle) -> FileResponse:
+    """bundle: a zip of the whole bundle (config, safetensors, metrics, model card); safetensors: the weights;
+    config: config.json (all vitprune needs, with the weights, to rebuild the model); onnx: exported on first
+    request (checked against PyTorch with onnxruntime) and kept."""
+    bundle = store.path(model.path)
+    if not (bundle / WEIGHTS_FILE).is_file():
+        raise HTTPException(410, f"the files of model {model.id} are gone from the artifact store")
+    if sha256_of(bundle / WEIGHTS_FILE) != model.sha256:
+        # Never serve weights that are not the ones the model's metrics were measured on.
+        raise HTTPException(409, f"model {model.id}'s weights do not match their recorded checksum")
+    prefix = f"vitprune-job{model.job_id}-trial{model.trial}"
+    if format == Format.bundle:
+        path, name = await run_in_threadpool(store.zipped, bundle), f"{prefix}.zip"
+    elif format == Format.safetensors:
+        path, name = bundle / WEIGHTS_FILE, f"{prefix}.safetensors"
+    elif format == Format.config:
+        path, name = bundle / CONFIG_FILE, f"{prefix}.config.json"
+    else:
+        path, name = await run_in_threadpool(_onnx, store, bundle), f"{prefix}.onnx"
+    checksum = model.sha256 if format == Format.safetensors else await run_in_threadpool(sha256_of, path)
+    return FileResponse(path, filename=name, headers={"X-Checksum-SHA256": checksum})
+
+
+def _onnx(store: ArtifactStore, bundle: Path) -> Path:
+    def write(tmp: Path) -> None:
+        try:
+            export_onnx(load_bundle(bundle), tmp)
+        except ExportError as error:
+            raise HTTPException(422, f"this model cannot be exported to ONNX: {error}") from error
+
+    return store.produce(bundle / ONNX_FILE, write)

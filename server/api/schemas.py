@@ -1,0 +1,106 @@
+"""What the REST API sends and receives (the job spec itself is search.JobSpec, shared with the CLI)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from search.job import JobSpec
+from server.db.models import Job, PrunedModel
+
+__all__ = ["JobOut", "JobSubmit", "ModelOut", "ParetoOut", "Progress", "TrialOut", "UploadOut"]
+
+
+class JobSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: JobSpec
+    name: str | None = Field(default=None, max_length=200, description="a label; default 'MODEL on DEVICE'")
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    feasible: int
+    best_accuracy: float | None = Field(description="best calibration top-1 (%) of a trial within budget so far")
+    eta_s: float | None
+
+
+class JobOut(BaseModel):
+    id: int
+    name: str
+    status: str
+    model: str
+    device: str
+    spec: dict[str, Any]
+    study_name: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    budget_ms: float | None
+    dense_ms: float | None
+    error: str | None
+    worker: str | None
+    attempts: int
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        progress = Progress(
+            done=job.trials_done,
+            total=job.trials_total,
+            feasible=job.feasible,
+            best_accuracy=job.best_accuracy,
+            eta_s=job.eta_s,
+        )
+        fields = {name: getattr(job, name) for name in cls.model_fields if hasattr(job, name)}
+        return cls(**fields | {"progress": progress, "worker": job.lease_owner})
+
+
+class ModelOut(BaseModel):
+    id: int
+    job_id: int
+    trial: int
+    config: dict[str, Any]
+    val_top1: float | None
+    calib_accuracy: float | None
+    predicted_ms: float
+    measured_ms: float | None
+    params: int
+    gflops: float
+    sha256: str = Field(description="sha256 of model.safetensors")
+    metrics: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, model: PrunedModel) -> ModelOut:
+        return cls(**{name: getattr(model, name) for name in cls.model_fields})
+
+
+class ParetoOut(BaseModel):
+    job_id: int
+    status: str
+    budget_ms: float | None
+    dense_ms: float | None
+    models: list[ModelOut]
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: str
+    accuracy: float | None = Field(description="calibration top-1 (%)")
+    latency_ms: float | None = Field(description="predicted latency on the job's device")
+    feasible: bool | None
+    evaluated: bool
+    params: dict[str, Any]
+    summary: str | None = Field(description="the pruned structure in a few words")
+
+
+class UploadOut(BaseModel):
+    ref: str = Field(description="use this in a job spec in place of a path")
+    size: int
+    sha256: str
+    classes: int | None = None
+    images: int | None = None

@@ -1,0 +1,28 @@
+"""A pruned structure in a few words, for hover texts and tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["summarise"]
+
+
+def summarise(config: dict[str, Any]) -> str:
+    blocks = config.get("blocks", [])
+    tokens = []
+    for index, block in enumerate(blocks):
+        op = block.get("tokens", {})
+        if op.get("kind") == "topk":
+            tokens.append(f"keep {op['keep_ratio']:g}@{index}")
+        elif op.get("kind") == "threshold":
+            tokens.append(f"thr {op['threshold']:g}@{index}")
+    parts = [", ".join(tokens) or "all tokens"]
+    heads = [block.get("heads") for block in blocks]
+    mlp = [block.get("mlp_hidden") for block in blocks]
+    if len(set(heads)) > 1 or config.get("heads_pruned"):
+        parts.append("heads " + "/".join(str(h) for h in heads))
+    if len(set(mlp)) > 1:
+        parts.append("mlp " + "/".join(str(m) for m in mlp))
+    if config.get("package_token"):
+        parts.append("package token")
+    return "; ".join(parts)

@@ -1,0 +1,84 @@
+"""The vitprune service: REST API, dashboard and (optionally) an in-process worker, in one FastAPI app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select, text
+
+from latency_models.registry import Registry
+from search.study import open_storage
+from server.api.routes import devices, jobs, models, uploads
+from server.db.engine import db_after, make_engine, make_sessions, migrate
+from server.db.models import Worker
+from server.settings import Settings
+from server.store import ArtifactStore
+from server.worker import ServiceWorker
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
+    """The app; with `worker`, a worker thread in the same process runs the jobs (the embedded default)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        migrate(engine)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = make_sessions(engine)
+        app.state.store = ArtifactStore(settings.artifacts)
+        app.state.registry = Registry(settings.profiles)
+        app.state.optuna_storage = open_storage(settings.database_url)
+        stop = threading.Event()
+        thread = None
+        if worker:
+            service_worker = ServiceWorker(settings, engine, app.state.registry)
+            thread = threading.Thread(target=service_worker.run, args=(stop,), name="worker", daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=30)  # a trial in progress finishes; an unfinished job is resumed at the next start
+        engine.dispose()
+
+    app = FastAPI(
+        title="vitprune",
+        version="0.1.0",
+        summary="Hardware-aware pruning search for Vision Transformers",
+        lifespan=lifespan,
+    )
+    for module in (jobs, models, devices, uploads):
+        app.include_router(module.router)
+    app.add_api_route("/api/health", health, methods=["GET"], tags=["health"])
+    app.add_exception_handler(Exception, _internal_error)
+    try:
+        from server.dashboard import router as dashboard
+    except ImportError:  # pragma: no cover - the dashboard package is optional in stripped-down deployments
+        dashboard = None
+    if dashboard is not None:
+        app.include_router(dashboard)
+    return app
+
+
+def health(request: Request) -> dict:
+    """The database answers; how many workers were seen in the last minute."""
+    with request.app.state.sessions() as session:
+        session.execute(text("SELECT 1"))
+        recent = session.scalar(select(func.count()).select_from(Worker).where(Worker.seen_at > db_after(-60)))
+    return {"status": "ok", "workers": recent}
+
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    # A bug must not show a traceback to the client; the log has it.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)

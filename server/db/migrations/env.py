@@ -1,0 +1,12 @@
+"""Alembic environment: runs on the engine the service hands over (see server.db.engine.migrate)."""
+
+from alembic import context
+
+from server.db.engine import VERSION_TABLE
+from server.db.models import Base
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, version_table=VERSION_TABLE)
+    with context.begin_transaction():
+        context.run_migrations()

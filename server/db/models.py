@@ -1,0 +1,104 @@
+"""The service's tables. Optuna's tables (the trials of every job's study) live in the same database.
+
+Timestamps come from the database clock (`server_default`, `db_now`), never a worker's clock, so
+leases compare correctly across machines.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["FINAL", "JOB_STATES", "Base", "DeviceProfile", "Job", "PrunedModel", "Worker"]
+
+JOB_STATES = ("queued", "running", "materialising", "done", "failed", "cancelled")
+FINAL = ("done", "failed", "cancelled")
+ACTIVE = ("running", "materialising")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Job(Base):
+    __tablename__ = "vp_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False, default="queued", index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    model: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    device: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    study_name: Mapped[str] = mapped_column(String(300), nullable=False)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    trials_total: Mapped[int] = mapped_column(Integer, nullable=False)
+    trials_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    feasible: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    best_accuracy: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    budget_ms: Mapped[float | None] = mapped_column(Float)
+    dense_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    models: Mapped[list[PrunedModel]] = relationship(back_populates="job", order_by="PrunedModel.predicted_ms")
+
+
+class PrunedModel(Base):
+    __tablename__ = "vp_models"
+    __table_args__ = (UniqueConstraint("job_id", "trial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("vp_jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    trial: Mapped[int] = mapped_column(Integer, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    config_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    val_top1: Mapped[float | None] = mapped_column(Float)
+    calib_accuracy: Mapped[float | None] = mapped_column(Float)
+    predicted_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    measured_ms: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[int] = mapped_column(Integer, nullable=False)
+    gflops: Mapped[float] = mapped_column(Float, nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    """The bundle directory, relative to the artifact store."""
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    """Of model.safetensors: what a download is checked against."""
+    pareto: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = _created()
+    job: Mapped[Job] = relationship(back_populates="models")
+
+
+class DeviceProfile(Base):
+    """A latency table imported into the service (built-in and measured ones come from the registry)."""
+
+    __tablename__ = "vp_devices"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    hardware: Mapped[str] = mapped_column(String(300), nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Worker(Base):
+    __tablename__ = "vp_workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = _created()
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    trials_run: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
