@@ -189,7 +189,9 @@ class ServiceWorker:
     def _seen(self, job_id: int | None) -> None:
         with Session(self.engine) as session, session.begin():
             updated = session.execute(
-                update(Worker).where(Worker.id == self.id).values(seen_at=db_now(), job_id=job_id)
+                update(Worker)
+                .where(Worker.id == self.id)
+                .values(seen_at=db_now(), job_id=job_id, trials_run=self.trials_run)
             ).rowcount
             if not updated:
                 session.add(Worker(id=self.id, host=socket.gethostname(), pid=os.getpid(), job_id=job_id))

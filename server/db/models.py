@@ -9,10 +9,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["FINAL", "JOB_STATES", "Base", "DeviceProfile", "Job", "PrunedModel", "Worker"]
+__all__ = ["FINAL", "JOB_STATES", "Base", "DeviceProfile", "Job", "PrunedModel", "Upload", "Worker"]
 
 JOB_STATES = ("queued", "running", "materialising", "done", "failed", "cancelled")
 FINAL = ("done", "failed", "cancelled")
@@ -89,6 +101,21 @@ class DeviceProfile(Base):
     hardware: Mapped[str] = mapped_column(String(300), nullable=False)
     path: Mapped[str] = mapped_column(String(500), nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Upload(Base):
+    """A file or dataset a user uploaded; jobs name it by `ref`."""
+
+    __tablename__ = "vp_uploads"
+
+    ref: Mapped[str] = mapped_column(String(300), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    """Relative to the artifact store."""
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    """Of the uploaded bytes (the zip, for a dataset)."""
     created_at: Mapped[datetime] = _created()
 
 

@@ -12,10 +12,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
-from server.api.deps import SettingsDep, StoreDep
+from server.api.deps import SessionDep, SettingsDep, StoreDep
 from server.api.paths import UPLOAD_PREFIX
 from server.api.schemas import UploadOut
+from server.db.models import Upload
+from server.store import ArtifactStore
 from server.uploads import UploadError, check_weights, extract_dataset, receive
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
@@ -39,7 +42,9 @@ def _check_length(request: Request, limit: int) -> None:
 
 
 @router.put("/weights", response_model=UploadOut, status_code=201)
-async def upload_weights(request: Request, filename: Filename, settings: SettingsDep, store: StoreDep) -> UploadOut:
+async def upload_weights(
+    request: Request, filename: Filename, settings: SettingsDep, store: StoreDep, session: SessionDep
+) -> UploadOut:
     """Dense model weights: .safetensors, or .pth/.pt/.bin read with torch's weights-only loader (never unpickled)."""
     name = _check_name(filename)
     _check_length(request, settings.max_upload_bytes)
@@ -55,11 +60,14 @@ async def upload_weights(request: Request, filename: Filename, settings: Setting
     except BaseException:
         store.remove(folder)
         raise
-    return UploadOut(ref=f"{UPLOAD_PREFIX}{key}/{name}", size=size, sha256=sha256)
+    upload = _record(session, store, "weights", f"{key}/{name}", size, sha256)
+    return UploadOut(ref=upload.ref, size=size, sha256=sha256)
 
 
 @router.put("/datasets", response_model=UploadOut, status_code=201)
-async def upload_dataset(request: Request, filename: Filename, settings: SettingsDep, store: StoreDep) -> UploadOut:
+async def upload_dataset(
+    request: Request, filename: Filename, settings: SettingsDep, store: StoreDep, session: SessionDep
+) -> UploadOut:
     """A zip of an ImageFolder (one folder of images per class); checked for unsafe entries and bombs, then unpacked."""
     _check_name(filename)
     _check_length(request, settings.max_upload_bytes)
@@ -74,5 +82,13 @@ async def upload_dataset(request: Request, filename: Filename, settings: Setting
         raise HTTPException(error.status, str(error)) from error
     finally:
         archive.unlink(missing_ok=True)
-    ref = f"{UPLOAD_PREFIX}{key}"
-    return UploadOut(ref=ref, size=size, sha256=sha256, classes=counts["classes"], images=counts["images"])
+    upload = _record(session, store, "dataset", key, size, sha256)
+    return UploadOut(ref=upload.ref, size=size, sha256=sha256, classes=counts["classes"], images=counts["images"])
+
+
+def _record(session: Session, store: ArtifactStore, kind: str, key: str, size: int, sha256: str) -> Upload:
+    path = store.relative(store.path(f"uploads/{key}"))
+    upload = Upload(ref=f"{UPLOAD_PREFIX}{key}", kind=kind, path=path, size=size, sha256=sha256)
+    session.add(upload)
+    session.commit()
+    return upload
