@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from latency_models.registry import Registry
 from search.study import open_storage
 from server.api.routes import devices, jobs, models, uploads
+from server.dashboard import router as dashboard
 from server.db.engine import db_after, make_engine, make_sessions, migrate
 from server.db.models import Worker
 from server.settings import Settings
@@ -61,12 +62,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         app.include_router(module.router)
     app.add_api_route("/api/health", health, methods=["GET"], tags=["health"])
     app.add_exception_handler(Exception, _internal_error)
-    try:
-        from server.dashboard import router as dashboard
-    except ImportError:  # pragma: no cover - the dashboard package is optional in stripped-down deployments
-        dashboard = None
-    if dashboard is not None:
-        app.include_router(dashboard)
+    app.include_router(dashboard)
     return app
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from latency_models.registry import Registry
 from pruning.bundle import WEIGHTS_FILE
-from search import JobInputError, JobSpec, submit
+from search import JobContext, JobInputError, JobSpec, submit
 from search.pareto import SearchResult, materialise
 from search.run import StudyJoiner, run_trials
 from search.study import fail_stale, open_storage, progress
@@ -137,6 +137,7 @@ class ServiceWorker:
         result = materialise(study, context, out, search_s=time.monotonic() - started, show_progress=False)
         lease.check()
         self._record(job_id, result, out)
+        update_job(self.engine, job_id, self.id, dense=_dense(result, context))
         if not finish(self.engine, job_id, self.id, "done"):
             raise JobLost
 
@@ -195,6 +196,13 @@ class ServiceWorker:
             ).rowcount
             if not updated:
                 session.add(Worker(id=self.id, host=socket.gethostname(), pid=os.getpid(), job_id=job_id))
+
+
+def _dense(result: SearchResult, context: JobContext) -> dict:
+    """The dense model as the dashboard draws it beside the pruned ones."""
+    structure = [{"tokens_in": b.tokens_in, "heads": b.heads, "mlp_hidden": b.mlp_hidden} for b in context.spec.blocks]
+    figures = {k: result.dense.get(k) for k in ("val", "predicted_ms", "measured_ms", "params", "gflops")}
+    return figures | {"blocks": structure, "num_prefix_tokens": context.spec.num_prefix_tokens}
 
 
 class _Lease:

@@ -46,6 +46,16 @@ def class_map(data_dir: Path) -> Path:
     return data_dir / "imagenet_wnids.txt"
 
 
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """Weights of a small real ViT and folders of images (tests/search/tiny.py), written once per session."""
+    from tests.search.tiny import tiny_job
+
+    root = tmp_path_factory.mktemp("tiny")
+    tiny_job(root)
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _service_home(tmp_path_factory) -> None:
     """Service commands started by tests (e.g. worker subprocesses) keep their data out of the checkout."""

@@ -5,7 +5,9 @@ vitprune evaluate  accuracy, fidelity to the dense model, params, FLOPs, latency
 vitprune export    ONNX file from a bundle, checked against PyTorch with onnxruntime
 vitprune latency   measured latency of a bundle or a dense model at several batch sizes
 (and the latency-table commands of `vitprune.cli_latency`: profile, devices, lut;
-the search commands of `vitprune.cli_search`: search, worker)
+the search command of `vitprune.cli_search`: search;
+the service commands of `vitprune.cli_server`: serve, worker;
+the REST client of `vitprune.cli_client`: submit, jobs, download)
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from pruning.loading import WeightsError, create_model
 from pruning.metrics import evaluate, predict
 from pruning.timing import measure_latency
 from vitprune.arguments import ints
+from vitprune.cli_client import add_commands as add_client_commands
 from vitprune.cli_latency import add_commands as add_latency_commands
 from vitprune.cli_search import add_commands as add_search_commands
+from vitprune.cli_server import add_commands as add_server_commands
 
 # Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
 # unsupported model; pydantic's ValidationError too); export failures are ExportError.
@@ -218,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
     add_latency_commands(commands)
     add_search_commands(commands)
+    add_server_commands(commands)
+    add_client_commands(commands)
     return parser
 
 

@@ -1,23 +1,21 @@
-"""`vitprune search` and `vitprune worker`: the command-line face of the `search` package.
+"""`vitprune search`: the command-line face of the `search` package.
 
 vitprune search   run (or resume) a pruning search to its Pareto front, written under --out
-vitprune worker   join the searches in a database and run their trials
+(`vitprune worker`, in `vitprune.cli_server`, joins the searches in a shared database.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from pathlib import Path
 
 import optuna
 import torch
 
-from search import JobSpec, SearchSpace, run_search, run_worker
+from search import JobSpec, SearchSpace, run_search
 from search.job import SAMPLERS
-from search.study import GRACE_S, HEARTBEAT_S
 from vitprune.arguments import ints, strings
 
 DB_ENV = "VITPRUNE_DB_URL"
@@ -108,25 +106,10 @@ def _accuracy(metrics: dict) -> str:
     return f"agreement {metrics['agreement']:.1f}%"
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    url = args.db or os.environ.get(DB_ENV)
-    if not url:
-        raise ValueError(f"give --db URL (or set {DB_ENV}), the database of the searches to join")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    _quiet_optuna()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    ran = run_worker(
-        url, cache_dir=args.cache_dir, idle_exit_s=args.idle_exit, heartbeat_s=args.heartbeat, grace_s=args.grace
-    )
-    print(json.dumps({"trials_run": ran}))
-    return 0
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:
-    search = commands.add_parser("search", help="search pruned models under a latency budget")
-    search.add_argument("--job", type=Path, help="a JobSpec JSON file (instead of the options below)")
-    group = search.add_argument_group("model and device")
+def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options `job_from_args` reads (shared with `vitprune submit`); returns the "run" group for more."""
+    parser.add_argument("--job", type=Path, help="a JobSpec JSON file (instead of the options below)")
+    group = parser.add_argument_group("model and device")
     group.add_argument("--model", help="timm model name, e.g. deit_tiny_patch16_224")
     group.add_argument("--weights", type=Path, help="local .safetensors or .pth file of the dense model")
     group.add_argument("--pretrained", action="store_true", help="download timm's pretrained weights")
@@ -137,7 +120,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=float, help="latency budget in milliseconds per batch")
     budget.add_argument("--budget-ratio", type=float, help="latency budget as a share of the dense model's")
-    data = search.add_argument_group("images")
+    data = parser.add_argument_group("images")
     data.add_argument("--calib", type=Path, help="calibration images (ImageFolder): the search scores trials here")
     data.add_argument("--val", type=Path, help="validation images for the Pareto models, disjoint from --calib")
     data.add_argument(
@@ -146,7 +129,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     data.add_argument("--class-map", type=Path, help="one class name per line (line number = class index)")
     data.add_argument("--calib-images", type=int, help="use at most this many calibration images")
     data.add_argument("--val-images", type=int, help="use at most this many validation images")
-    space = search.add_argument_group("search space")
+    space = parser.add_argument_group("search space")
     space.add_argument("--tokens", choices=["topk", "threshold", "none"], default="topk")
     space.add_argument("--token-blocks", type=ints, default=(3, 6, 9), help="blocks that may reduce tokens")
     space.add_argument("--keep-min", type=float, default=0.4, help="smallest top-k keep ratio")
@@ -157,26 +140,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     space.add_argument("--score", type=strings, default=("cls_attn",), help="token scores: cls_attn,head_weighted")
     space.add_argument("--package-token", choices=["off", "on", "search"], default="search")
     space.add_argument("--round-to", type=int, default=8, help="MLP widths are multiples of this")
-    run = search.add_argument_group("run")
+    run = parser.add_argument_group("run")
     run.add_argument("--trials", type=int, default=100)
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     run.add_argument("--cheap-first", type=int, help="score trials on this many images first")
     run.add_argument("--no-recover", action="store_true", help="no least-squares refit of the Pareto models")
     run.add_argument("--onnx", action="store_true", help="add model.onnx to every Pareto bundle")
     run.add_argument("--seed", type=int, default=0)
+    return run
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser("search", help="search pruned models under a latency budget")
+    run = add_job_options(search)
     run.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     run.add_argument("--db", help=f"storage URL shared with workers (default: ${DB_ENV}, else OUT/search.db)")
     run.add_argument("--out", type=Path, required=True, help="directory for pareto.json, pareto.html and bundles")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress bar")
     search.set_defaults(run=cmd_search)
-
-    worker = commands.add_parser("worker", help="run trials of the searches in a shared database")
-    worker.add_argument("--db", help=f"storage URL, e.g. postgresql+psycopg://user@host/db (default: ${DB_ENV})")
-    worker.add_argument("--idle-exit", type=float, help="exit after this many seconds without work")
-    worker.add_argument("--cache-dir", type=Path, help="where decoded images are cached")
-    worker.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    worker.add_argument("--heartbeat", type=int, default=HEARTBEAT_S, help="seconds between heartbeats of a trial")
-    worker.add_argument(
-        "--grace", type=int, default=GRACE_S, help="seconds without heartbeat after which a trial is retried"
-    )
-    worker.set_defaults(run=cmd_worker)

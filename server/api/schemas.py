@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from search.job import JobSpec
+from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
 
 __all__ = ["JobOut", "JobSubmit", "ModelOut", "ParetoOut", "Progress", "TrialOut", "UploadOut"]
@@ -72,11 +73,13 @@ class ModelOut(BaseModel):
     gflops: float
     sha256: str = Field(description="sha256 of model.safetensors")
     metrics: dict[str, Any]
+    summary: str = Field(description="the pruned structure in a few words")
     created_at: datetime
 
     @classmethod
     def of(cls, model: PrunedModel) -> ModelOut:
-        return cls(**{name: getattr(model, name) for name in cls.model_fields})
+        fields = {name: getattr(model, name) for name in cls.model_fields if name != "summary"}
+        return cls(**fields, summary=summarise(model.config))
 
 
 class ParetoOut(BaseModel):
@@ -84,6 +87,9 @@ class ParetoOut(BaseModel):
     status: str
     budget_ms: float | None
     dense_ms: float | None
+    dense: dict[str, Any] | None = Field(
+        description="the dense model: per-block structure (tokens_in, heads, mlp_hidden), validation metrics, latency"
+    )
     models: list[ModelOut]
 
 

@@ -8,11 +8,13 @@ because both live in the same database.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import sessionmaker
 from sqlalchemy.sql.expression import FunctionElement
@@ -52,9 +54,20 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (a no-op when it is there already)."""
-    command.upgrade(alembic_config(engine), "head")
+def migrate(engine: Engine, attempts: int = 5) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there already).
+
+    On PostgreSQL concurrent migrations wait on a lock (see migrations/env.py). SQLite has no such
+    lock: a process that lost the race to create a table tries again and finds the schema done.
+    """
+    for attempt in range(attempts):
+        try:
+            command.upgrade(alembic_config(engine), "head")
+            return
+        except (OperationalError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 class db_now(FunctionElement):

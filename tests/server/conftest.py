@@ -18,13 +18,6 @@ from tests.search.tiny import tiny_job
 FINAL = ("done", "failed", "cancelled")
 
 
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    tiny_job(root)  # writes the weights and images once
-    return root
-
-
 def spec_json(job: JobSpec) -> dict:
     return json.loads(job.model_dump_json())
 

@@ -17,7 +17,8 @@ from tests.search.tiny import tiny_job
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_db_url")
+    sqlite = request.param == "sqlite"
+    url = f"sqlite:///{tmp_path / 'jobs.db'}" if sqlite else request.getfixturevalue("postgres_db_url")
     engine = make_engine(url)
     migrate(engine)
     yield engine

@@ -1,4 +1,4 @@
-"""`vitprune search` and `vitprune worker`: a real search from the command line, and clear errors."""
+"""`vitprune search`: a real search from the command line, and clear errors."""
 
 from __future__ import annotations
 
@@ -89,13 +89,3 @@ def test_an_infeasible_budget_is_refused_with_both_numbers(capsys, tmp_path):
     (tmp_path / "job.json").write_text(job.model_dump_json())
     code, _, err = run(capsys, "search", "--job", tmp_path / "job.json", "--out", tmp_path / "out")
     assert code == 2 and "cheapest config" in err and "budget of 0.00 ms" in err
-
-
-def test_worker_needs_a_database(capsys):
-    code, _, err = run(capsys, "worker")
-    assert code == 2 and "--db" in err
-
-
-def test_worker_exits_when_idle_and_reports_what_it_ran(capsys, tmp_path):
-    code, out, _ = run(capsys, "worker", "--db", f"sqlite:///{tmp_path / 'empty.db'}", "--idle-exit", "0.5")
-    assert code == 0 and json.loads(out) == {"trials_run": 0}

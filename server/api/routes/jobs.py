@@ -103,5 +103,6 @@ def pareto(job: JobDep, session: SessionDep) -> ParetoOut:
         status=job.status,
         budget_ms=job.budget_ms,
         dense_ms=job.dense_ms,
+        dense=job.dense,
         models=[ModelOut.of(m) for m in models],
     )

@@ -1,0 +1,220 @@
+"use strict";
+// Shared helpers of the dashboard pages: REST calls, DOM building, formatting, polling, plot defaults.
+// Plain browser JavaScript on purpose: no build step, nothing fetched from outside the service.
+
+const VP = (() => {
+  const FINAL = new Set(["done", "failed", "cancelled"]);
+  const POLL_MS = 2000;
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(typeof detail === "string" ? detail : `HTTP ${status}`);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  /** fetch() a JSON endpoint; a non-2xx answer throws ApiError carrying FastAPI's `detail`. */
+  async function api(path, options = {}) {
+    const response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+    const text = await response.text();
+    let body = text;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch (_) {
+      // not JSON (a proxy's error page): keep the text as the message
+    }
+    if (!response.ok) {
+      throw new ApiError(response.status, body && body.detail !== undefined ? body.detail : text);
+    }
+    return body;
+  }
+
+  /** Builds an element; children are nodes or strings (always inserted as text, never as HTML). */
+  function h(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  /** Escapes text for plotly hover labels, which accept a subset of HTML. */
+  function esc(text) {
+    return String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  }
+
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+  const fmt = {
+    pct: (x, digits = 1) => (isNum(x) ? `${x.toFixed(digits)}%` : "—"),
+    // Latencies span 0.1 ms (FPGA, tiny models) to seconds: keep about three significant digits.
+    ms: (x) => (isNum(x) ? `${x.toFixed(x < 1 ? 3 : x < 10 ? 2 : 1)} ms` : "—"),
+    params: (n) => (isNum(n) ? (n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : `${(n / 1e3).toFixed(1)} k`) : "—"),
+    num: (x, digits = 3) => (isNum(x) ? String(Number(x.toFixed(digits))) : "—"),
+    duration(seconds) {
+      if (!isNum(seconds)) return "—";
+      const s = Math.max(0, Math.round(seconds));
+      if (s < 60) return `${s} s`;
+      if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+      return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    },
+    /** The API's timestamps are UTC; SQLite returns them without a zone. */
+    date(iso) {
+      if (!iso) return null;
+      return new Date(/[zZ]|[+-]\d\d:?\d\d$/.test(iso) ? iso : `${iso}Z`);
+    },
+    ago(iso) {
+      const date = fmt.date(iso);
+      if (!date) return "—";
+      const s = (Date.now() - date.getTime()) / 1000;
+      if (s < 45) return "just now";
+      if (s < 3600) return `${Math.round(s / 60)} min ago`;
+      if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+      return date.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+    },
+  };
+
+  function statusBadge(status) {
+    return h("span", { class: `badge status-${status}` }, status);
+  }
+
+  function progressBar(done, total, status) {
+    const share = total > 0 ? Math.min(1, done / total) : 0;
+    return h(
+      "div",
+      { class: `progress status-${status}`, title: `${done} of ${total} trials` },
+      h("div", { class: "bar", style: `width: ${(100 * share).toFixed(1)}%` }),
+    );
+  }
+
+  /** The pruned structure in a few words, like server/api/summary.py but naming uniform widths too. */
+  function summarise(config) {
+    const blocks = (config && config.blocks) || [];
+    const tokens = [];
+    blocks.forEach((block, index) => {
+      const op = block.tokens || {};
+      if (op.kind === "topk") tokens.push(`keep ${op.keep_ratio}@${index}`);
+      else if (op.kind === "threshold") tokens.push(`thr ${op.threshold}@${index}`);
+    });
+    const widths = (values) => (new Set(values).size > 1 ? values.join("/") : String(values[0] ?? "—"));
+    const parts = [tokens.join(", ") || "all tokens"];
+    if (blocks.length) {
+      parts.push(`heads ${widths(blocks.map((b) => b.heads))}`, `mlp ${widths(blocks.map((b) => b.mlp_hidden))}`);
+    }
+    if (config && config.package_token) parts.push("package token");
+    return parts.join("; ");
+  }
+
+  /**
+   * Patch tokens entering block 0, from the timm name (`patchP`) and the image size (model_kwargs.img_size,
+   * else the name's trailing `_S`); null when the name does not say.
+   */
+  function patchTokens(model, kwargs = {}) {
+    const name = model || "";
+    const patch = /patch(\d+)/.exec(name);
+    let size = kwargs.img_size;
+    if (size == null) {
+      const fromName = /_(\d{2,4})(?:\.|$)/.exec(name);
+      size = fromName ? Number(fromName[1]) : null;
+    }
+    if (!patch || size == null) return null;
+    const [height, width] = Array.isArray(size) ? size : [size, size];
+    const p = Number(patch[1]);
+    return { count: Math.floor(height / p) * Math.floor(width / p), patch: p, height, width };
+  }
+
+  /**
+   * Patch tokens each block's MLP and the later blocks run on, starting from `start` tokens. Top-k keeps
+   * ceil(r·N) of the N tokens that reach it (the same float arithmetic as the server); the package token
+   * exists from the first block that really drops tokens. Threshold blocks keep a number per image, so
+   * counts from one on are unknown (`n` null, `bound` the most they can be). Without `start` (null), `n`
+   * is the share of the patch tokens kept.
+   */
+  function tokenCounts(config, start) {
+    let n = start ?? 1;
+    let pkg = false;
+    let perImage = false;
+    return config.blocks.map((block, index) => {
+      const op = block.tokens || { kind: "none" };
+      if (op.kind === "threshold") perImage = true;
+      else if (op.kind === "topk" && !perImage) {
+        const kept = start == null ? op.keep_ratio * n : Math.max(1, Math.ceil(op.keep_ratio * n));
+        if (config.package_token && (kept < n || pkg)) pkg = true;
+        n = kept;
+      }
+      return { index, op, n: perImage ? null : n, bound: n, pkg: !perImage && pkg };
+    });
+  }
+
+  /** Runs `step` now and every POLL_MS while it returns true; one request at a time, never overlapping. */
+  function poll(step) {
+    let stopped = false;
+    const tick = async () => {
+      let again = false;
+      try {
+        again = await step();
+        clearBanner();
+      } catch (error) {
+        showBanner(error.message || String(error));
+        again = !(error instanceof ApiError && error.status === 404);
+      }
+      if (again && !stopped) setTimeout(tick, POLL_MS);
+    };
+    tick();
+    return () => {
+      stopped = true;
+    };
+  }
+
+  function showBanner(message, kind = "error") {
+    const banner = document.getElementById("banner");
+    banner.className = `banner ${kind}`;
+    banner.textContent = message;
+    banner.hidden = false;
+  }
+
+  function clearBanner() {
+    document.getElementById("banner").hidden = true;
+  }
+
+  /** Plot defaults shared by every chart, so they look like one family. */
+  function layout(extra = {}) {
+    return {
+      margin: { l: 56, r: 16, t: 16, b: 48 },
+      font: { family: getComputedStyle(document.body).fontFamily, size: 12, color: "#374151" },
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "#ffffff",
+      hovermode: "closest",
+      hoverlabel: { bgcolor: "#111827", bordercolor: "#111827", font: { color: "#f9fafb", size: 12 } },
+      legend: { orientation: "h", y: -0.18, x: 0 },
+      uirevision: "keep", // live refreshes keep the user's zoom and hidden traces
+      ...extra,
+    };
+  }
+
+  const axis = (title, extra = {}) => ({
+    title: { text: title },
+    gridcolor: "#eef0f3",
+    zerolinecolor: "#e5e7eb",
+    linecolor: "#d1d5db",
+    ...extra,
+  });
+
+  const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+  const COLORS = ["#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed", "#0891b2", "#dc2626", "#4b5563"];
+
+  const download = (modelId, format) => `/api/models/${modelId}/download?format=${format}`;
+
+  return {
+    FINAL, ApiError, api, h, esc, fmt, statusBadge, progressBar, summarise, patchTokens, tokenCounts, poll,
+    showBanner, clearBanner, layout, axis, PLOT_CONFIG, COLORS, download,
+  };
+})();

@@ -1,0 +1,213 @@
+"use strict";
+// Job page: header with live progress, the accuracy/latency plot of every trial and the Pareto models,
+// and the table of Pareto models with downloads. Refreshes every 2 s until the job is final.
+
+(() => {
+  const { api, h, esc, fmt, statusBadge, poll, FINAL, layout, axis, PLOT_CONFIG, download, summarise } = VP;
+  const root = document.getElementById("job");
+  const jobId = Number(root.dataset.jobId);
+  const plot = document.getElementById("front");
+  const modelsBody = document.querySelector("#models tbody");
+  const cancel = document.getElementById("cancel");
+  let modelByTrial = new Map(); // trial number -> Pareto model id, so clicking either point opens the model
+  let plotted = false;
+
+  function header(job) {
+    document.title = `${job.name} · vitprune`;
+    document.getElementById("job-name").textContent = job.name;
+    document.getElementById("job-status").replaceChildren(statusBadge(job.status));
+    const spec = job.spec || {};
+    const budget = spec.budget_ratio != null ? `${spec.budget_ratio}× dense` : fmt.ms(spec.budget_ms);
+    document.getElementById("job-subtitle").replaceChildren(
+      h("span", { class: "mono" }, job.model),
+      ` on ${job.device} · batch ${spec.batch ?? 1} · budget ${budget} · ${spec.sampler ?? ""} sampler`,
+    );
+
+    const { done, total, feasible, best_accuracy: best, eta_s: eta } = job.progress;
+    const share = total > 0 ? Math.min(1, done / total) : 0;
+    const bar = document.getElementById("progress-bar");
+    bar.style.width = `${(100 * share).toFixed(1)}%`;
+    bar.parentElement.className = `progress big status-${job.status}`;
+    const phase = job.status === "materialising" ? " · validating and saving the Pareto models" : "";
+    document.getElementById("progress-text").textContent = `${done} / ${total} trials${phase}`;
+
+    const stats = [
+      ["Feasible", `${feasible}`],
+      ["Best under budget", fmt.pct(best), "best calibration top-1 of a trial within the budget"],
+      ["Budget", fmt.ms(job.budget_ms)],
+      ["Dense", fmt.ms(job.dense_ms), "predicted latency of the unpruned model"],
+      ["ETA", FINAL.has(job.status) ? "—" : fmt.duration(eta)],
+      ["Created", fmt.ago(job.created_at)],
+    ];
+    document.getElementById("job-stats").replaceChildren(
+      ...stats.map(([label, value, title]) => h("div", { title }, h("dt", {}, label), h("dd", {}, value))),
+    );
+
+    const error = document.getElementById("job-error");
+    error.hidden = !job.error;
+    error.textContent = job.error ? `${job.status === "failed" ? "Failed" : "Note"}: ${job.error}` : "";
+    cancel.hidden = !["queued", "running"].includes(job.status);
+  }
+
+  function traces(job, trials, models) {
+    const complete = trials.filter((t) => t.state === "complete" && t.latency_ms != null);
+    const evaluated = complete.filter((t) => t.evaluated);
+    // Over-budget trials are never scored: a rug along the bottom (own axis) keeps them out of the accuracy range.
+    const skipped = complete.filter((t) => !t.evaluated);
+    const trialText = (t) =>
+      `<b>trial ${t.number}</b>${t.feasible === false ? " · over budget" : ""}<br>` +
+      `calib top-1 ${fmt.pct(t.accuracy)} · ${fmt.ms(t.latency_ms)}<br>${esc(t.summary ?? "")}`;
+    const paretoText = (m) =>
+      `<b>Pareto model · trial ${m.trial}</b><br>val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
+      `<br>${esc(summarise(m.config))}<br><i>click to open</i>`;
+    return [
+      {
+        uid: "trials",
+        name: `evaluated trials (${evaluated.length})`,
+        type: "scatter",
+        mode: "markers",
+        x: evaluated.map((t) => t.latency_ms),
+        y: evaluated.map((t) => t.accuracy),
+        customdata: evaluated.map((t) => t.number),
+        text: evaluated.map(trialText),
+        hovertemplate: "%{text}<extra></extra>",
+        marker: {
+          size: 7,
+          color: evaluated.map((t) => (t.feasible === false ? "#9ca3af" : "#cbd5e1")),
+          symbol: evaluated.map((t) => (t.feasible === false ? "x-thin-open" : "circle")),
+          line: { width: evaluated.map((t) => (t.feasible === false ? 1.5 : 0.5)), color: "#94a3b8" },
+        },
+      },
+      {
+        uid: "skipped",
+        name: `over budget, not scored (${skipped.length})`,
+        type: "scatter",
+        mode: "markers",
+        x: skipped.map((t) => t.latency_ms),
+        y: skipped.map(() => 0.03),
+        yaxis: "y2",
+        customdata: skipped.map((t) => t.number),
+        text: skipped.map((t) => `<b>trial ${t.number}</b> · over budget, not scored<br>${fmt.ms(t.latency_ms)}<br>${esc(t.summary ?? "")}`),
+        hovertemplate: "%{text}<extra></extra>",
+        marker: { size: 7, color: "#9ca3af", symbol: "x-thin-open", line: { width: 1.5, color: "#9ca3af" } },
+      },
+      {
+        uid: "pareto",
+        name: `Pareto models (${models.length}, validation top-1)`,
+        type: "scatter",
+        mode: "lines+markers",
+        line: { color: "rgba(37, 99, 235, 0.45)", width: 1.5 },
+        x: models.map((m) => m.predicted_ms),
+        y: models.map((m) => m.val_top1 ?? m.calib_accuracy),
+        customdata: models.map((m) => m.id),
+        text: models.map(paretoText),
+        hovertemplate: "%{text}<extra></extra>",
+        marker: { size: 11, color: "#2563eb", line: { color: "#ffffff", width: 1.5 } },
+      },
+    ];
+  }
+
+  function markers(job) {
+    // Budget and dense latency as vertical lines: what a trial must beat, and what it is pruned from.
+    const vline = (name, x, color, dash, label) => ({
+      shape: { type: "line", name, xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, line: { color, dash, width: 1.5 } },
+      note: { x, xref: "x", yref: "paper", y: 1, yanchor: "bottom", text: label, showarrow: false, font: { color, size: 11 } },
+    });
+    const lines = [];
+    if (job.budget_ms != null) lines.push(vline("budget", job.budget_ms, "#dc2626", "dash", `budget ${fmt.ms(job.budget_ms)}`));
+    if (job.dense_ms != null) lines.push(vline("dense", job.dense_ms, "#6b7280", "dot", `dense ${fmt.ms(job.dense_ms)}`));
+    return { shapes: lines.map((l) => l.shape), annotations: lines.map((l) => l.note) };
+  }
+
+  function draw(job, trials, pareto) {
+    const data = traces(job, trials, pareto.models);
+    const { shapes, annotations } = markers(job);
+    const chart = layout({
+      margin: { l: 56, r: 16, t: 28, b: 48 },
+      xaxis: axis("predicted latency (ms)"),
+      yaxis: axis("top-1 (%)"),
+      yaxis2: { overlaying: "y", range: [0, 1], visible: false, fixedrange: true },
+      shapes,
+      annotations,
+      legend: { orientation: "h", y: -0.16, x: 0 },
+    });
+    if (!data.some((t) => t.x.length) && !shapes.length) {
+      chart.annotations = [{ text: "No finished trials yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { size: 14, color: "#9ca3af" } }];
+    }
+    Plotly.react(plot, data, chart, PLOT_CONFIG);
+    if (!plotted) {
+      plotted = true;
+      plot.on("plotly_click", (event) => {
+        const point = event.points && event.points[0];
+        if (!point) return;
+        const uid = point.data.uid;
+        const id = uid === "pareto" ? point.customdata : modelByTrial.get(point.customdata);
+        if (id != null) window.location.href = `/models/${id}`;
+      });
+    }
+  }
+
+  function modelRow(model) {
+    const val = (model.metrics && model.metrics.val) || {};
+    const mismatch = model.metrics && model.metrics.latency_mismatch;
+    const measured = model.measured_ms == null
+      ? "—"
+      : h("span", { class: mismatch ? "flag" : "", title: mismatch ? "measured and predicted differ by more than 10%" : "" },
+        fmt.ms(model.measured_ms), mismatch ? " ⚠" : "");
+    const formats = [["bundle", "zip"], ["safetensors", "weights"], ["config", "config"], ["onnx", "onnx"]];
+    return h(
+      "tr",
+      {},
+      h("td", {}, h("a", { href: `/models/${model.id}`, class: "strong" }, `trial ${model.trial}`)),
+      h("td", { class: "num strong" }, fmt.pct(model.val_top1)),
+      h("td", { class: "num" }, fmt.pct(val.top5)),
+      h("td", { class: "num" }, fmt.pct(val.agreement ?? (val.fidelity && val.fidelity.agreement))),
+      h("td", { class: "num" }, fmt.pct(model.calib_accuracy)),
+      h("td", { class: "num" }, fmt.ms(model.predicted_ms)),
+      h("td", { class: "num" }, measured),
+      h("td", { class: "num" }, fmt.params(model.params)),
+      h("td", { class: "num" }, fmt.num(model.gflops, 3)),
+      h("td", { class: "small" }, summarise(model.config)),
+      h("td", { class: "downloads" }, ...formats.map(([format, label]) =>
+        h("a", { class: "button tiny", href: download(model.id, format), download: true, dataset: { format } }, label))),
+    );
+  }
+
+  function table(job, models) {
+    if (models.length) {
+      modelsBody.replaceChildren(...models.map(modelRow));
+      return;
+    }
+    const why = {
+      done: "The search found no model within the budget.",
+      failed: "The job failed before its Pareto models were saved.",
+      cancelled: "The job was cancelled before its Pareto models were saved.",
+    }[job.status] || "Pareto models are validated and saved when the search finishes.";
+    modelsBody.replaceChildren(h("tr", {}, h("td", { colspan: 11, class: "empty" }, why)));
+  }
+
+  cancel.addEventListener("click", async () => {
+    if (!window.confirm(`Cancel job ${jobId}? Its worker stops within a trial or two.`)) return;
+    cancel.disabled = true;
+    try {
+      header(await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }));
+    } catch (error) {
+      VP.showBanner(error.message);
+    } finally {
+      cancel.disabled = false;
+    }
+  });
+
+  poll(async () => {
+    const [job, trials, pareto] = await Promise.all([
+      api(`/api/jobs/${jobId}`),
+      api(`/api/jobs/${jobId}/trials`),
+      api(`/api/jobs/${jobId}/pareto`),
+    ]);
+    modelByTrial = new Map(pareto.models.map((m) => [m.trial, m.id]));
+    header(job);
+    draw(job, trials, pareto);
+    table(job, pareto.models);
+    return !FINAL.has(job.status);
+  });
+})();

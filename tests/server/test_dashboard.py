@@ -1,0 +1,318 @@
+"""The dashboard in a real browser: headless Chromium against the real app served by uvicorn.
+
+One service (SQLite on a temp home, in-process worker) runs two small jobs to the end; every test
+then drives the pages the way a user would and checks what they show against the REST API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.settings import Settings
+from tests.search.tiny import KWARGS, tiny_job
+from tests.server.conftest import FINAL, spec_json
+
+CHROMIUM = os.environ.get("VITPRUNE_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (set VITPRUNE_CHROMIUM to its path)"
+)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+@dataclass
+class Service:
+    url: str
+    api: httpx.Client
+    jobs: list[dict]
+    tiny_root: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_final(api: httpx.Client, job_id: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while (job := api.get(f"/api/jobs/{job_id}").json())["status"] not in FINAL:
+        assert time.monotonic() < deadline, f"job {job_id} still {job['status']} after {timeout} s"
+        time.sleep(0.2)
+    return job
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_root: Path) -> Iterator[Service]:
+    """The real app on a free port, with two small jobs run to the end (the second for comparing)."""
+    settings = Settings(home=tmp_path_factory.mktemp("dashboard"), roots=[tiny_root], heartbeat_s=1, poll_s=0.2)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url, timeout=60) as api:
+            jobs = []
+            for name, changes in (("tiny", {"trials": 10}), ("tiny seed 3", {"trials": 8, "seed": 3})):
+                body = {"spec": spec_json(tiny_job(tiny_root, **changes)), "name": name}
+                response = api.post("/api/jobs", json=body)
+                assert response.status_code == 201, response.text
+                jobs.append(response.json())
+            jobs = [_wait_final(api, job["id"]) for job in jobs]
+            assert [job["status"] for job in jobs] == ["done", "done"], jobs
+            yield Service(url, api, jobs, tiny_root)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A browser page that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser, service: Service) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.service = service
+        self.errors: list[str] = []
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+
+    def open(self, path: str):
+        response = self.page.goto(self.service.url + path)
+        assert response is not None and response.status == 200, f"{path}: {response and response.status}"
+        return self.page
+
+    def plot(self, element_id: str, expression: str):
+        """Evaluates `expression` with `plot` bound to the plotly div, once the plot has data."""
+        self.page.wait_for_function("id => document.getElementById(id)?.data", arg=element_id)
+        script = f"id => {{ const plot = document.getElementById(id); return {expression}; }}"
+        return self.page.evaluate(script, element_id)
+
+
+@pytest.fixture
+def page(browser, service: Service) -> Iterator[Page]:
+    opened = Page(browser, service)
+    yield opened
+    opened.context.close()
+
+
+def _pareto(service: Service, job_id: int) -> dict:
+    return service.api.get(f"/api/jobs/{job_id}/pareto").json()
+
+
+def test_every_page_loads_without_console_errors(page: Page, service: Service) -> None:
+    job = service.jobs[0]
+    model = _pareto(service, job["id"])["models"][0]
+    ready = {
+        "/": "#jobs tbody tr[data-job-id]",
+        f"/jobs/{job['id']}": "#front .main-svg",
+        f"/models/{model['id']}": "#plot-mlp .main-svg",
+        f"/compare?jobs={job['id']},{service.jobs[1]['id']}": "#compare-plot .main-svg",
+        "/submit": "#f-device option[value='fpga:zcu102']",
+    }
+    for path, selector in ready.items():
+        page.open(path).wait_for_selector(selector, state="attached")
+        page.page.wait_for_load_state("networkidle")
+        assert page.errors == [], f"{path}: {page.errors}"
+
+
+def test_static_files_come_from_the_package_and_nothing_else(service: Service) -> None:
+    plotly_js = service.api.get("/static/plotly.min.js")
+    assert plotly_js.status_code == 200 and "plotly.js" in plotly_js.text[:200]
+    assert plotly_js.headers["content-type"].startswith("text/javascript")
+    assert service.api.get("/static/app.js").status_code == 200
+    for bad in ("/static/pages.py", "/static/..%2Fpages.py", "/static/.hidden.js", "/static/nope.js"):
+        assert service.api.get(bad).status_code == 404, bad
+
+
+def test_unknown_ids_get_a_not_found_page(service: Service) -> None:
+    for path in ("/jobs/9999", "/models/9999"):
+        response = service.api.get(path)
+        assert response.status_code == 404 and "There is no" in response.text, path
+    assert service.api.get("/jobs/0").status_code == 422
+
+
+def test_jobs_list_shows_every_job_and_compares_the_selected(page: Page, service: Service) -> None:
+    jobs = service.api.get("/api/jobs").json()
+    tab = page.open("/")
+    rows = tab.locator("#jobs tbody tr[data-job-id]")
+    rows.first.wait_for()
+    assert rows.count() == len(jobs)
+    first = service.jobs[0]
+    row = tab.locator(f"#jobs tbody tr[data-job-id='{first['id']}']")
+    assert first["name"] in row.inner_text() and "done" in row.inner_text()
+    assert row.locator(f"a[href='/jobs/{first['id']}']").count() == 1
+    for job in service.jobs:
+        tab.check(f"#jobs tbody tr[data-job-id='{job['id']}'] input[type=checkbox]")
+    tab.click("#compare")
+    ids = ",".join(str(job["id"]) for job in service.jobs)
+    tab.wait_for_url(f"**/compare?jobs={ids}")
+    assert page.errors == []
+
+
+def test_job_plot_shows_trials_pareto_models_and_budget_and_opens_a_model(page: Page, service: Service) -> None:
+    job = service.jobs[0]
+    trials = service.api.get(f"/api/jobs/{job['id']}/trials").json()
+    models = _pareto(service, job["id"])["models"]
+    assert models, "the small job should leave Pareto models"
+    page.open(f"/jobs/{job['id']}")
+    data = page.plot("front", "plot.data.map(t => ({uid: t.uid, n: t.x.length, ids: t.customdata}))")
+    by_uid = {trace["uid"]: trace for trace in data}
+    assert by_uid["trials"]["n"] == sum(t["evaluated"] for t in trials)
+    assert by_uid["skipped"]["n"] == sum(t["state"] == "complete" and not t["evaluated"] for t in trials)
+    assert by_uid["pareto"]["n"] == len(models)
+    assert by_uid["pareto"]["ids"] == [m["id"] for m in models]
+    shapes = page.plot("front", "plot.layout.shapes.map(s => ({name: s.name, x: s.x0}))")
+    assert {"name": "budget", "x": pytest.approx(job["budget_ms"])} in shapes
+    assert {"name": "dense", "x": pytest.approx(job["dense_ms"])} in shapes
+
+    tab = page.page
+    assert tab.locator("#models tbody tr").count() == len(models)
+    assert tab.locator("#job-status").inner_text() == "done"
+    assert tab.locator("#cancel").is_hidden()
+    safetensors = tab.locator(f"#models a[href='/api/models/{models[0]['id']}/download?format=safetensors']")
+    assert safetensors.count() == 1
+
+    # Click the first Pareto point where a user would: on its marker in the SVG.
+    box = tab.locator("#front .tracepareto .point").first.bounding_box()
+    tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tab.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tab.wait_for_url(f"**/models/{models[0]['id']}")
+    assert page.errors == []
+
+
+def test_model_page_shows_metrics_structure_and_downloads_the_weights(page: Page, service: Service) -> None:
+    job = service.jobs[0]
+    model = _pareto(service, job["id"])["models"][0]
+    tab = page.open(f"/models/{model['id']}")
+    tab.locator("#metrics .metric").first.wait_for()
+    metrics = tab.locator("#metrics").inner_text()
+    assert f"{model['val_top1']:.1f}%" in metrics
+    assert f"{model['metrics']['val']['top5']:.1f}%" in metrics
+    assert model["sha256"] in metrics
+    depth = len(model["config"]["blocks"])
+    heads = page.plot("plot-heads", "plot.data[0].y")
+    assert heads == [block["heads"] for block in model["config"]["blocks"]]
+    assert page.plot("plot-mlp", "plot.data[0].y") == [block["mlp_hidden"] for block in model["config"]["blocks"]]
+    assert len(page.plot("plot-tokens", "plot.data[0].y")) == depth
+    assert json.loads(tab.locator("#config-json").text_content()) == model["config"]
+
+    with tab.expect_download() as started:
+        tab.click("#downloads a[data-format='safetensors']")
+    download = started.value
+    assert download.suggested_filename.endswith(".safetensors")
+    assert hashlib.sha256(Path(download.path()).read_bytes()).hexdigest() == model["sha256"]
+    assert page.errors == []
+
+
+def test_token_counts_follow_the_pruning_rules(page: Page, service: Service) -> None:
+    """Top-k keeps ceil(r·N) of the tokens reaching it; the package token appears once tokens are dropped."""
+    tab = page.open("/")
+    config = {
+        "package_token": True,
+        "blocks": [
+            {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "topk", "keep_ratio": 1.0}},
+            {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "topk", "keep_ratio": 0.7}},
+            {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "none"}},
+            {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "topk", "keep_ratio": 0.45}},
+            {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "threshold", "threshold": 1.0}},
+        ],
+    }
+    rows = tab.evaluate("config => VP.tokenCounts(config, VP.patchTokens('deit_tiny_patch16_224').count)", config)
+    # 196 -> ceil(0.7 * 196) = 138 -> ceil(0.45 * 138) = 63; a threshold block keeps a count per image.
+    assert [(r["n"], r["pkg"]) for r in rows] == [(196, False), (138, True), (138, True), (63, True), (None, False)]
+    tokens = tab.evaluate("() => VP.patchTokens('vit_base_patch14_reg4_dinov2.lvd142m', {img_size: [252, 518]})")
+    assert tokens["count"] == 18 * 37
+
+
+def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, service: Service) -> None:
+    root = service.tiny_root
+    tab = page.open("/submit")
+    tab.wait_for_selector("#f-device option[value='fpga:zcu102']", state="attached")
+    tab.fill("#f-model", "deit_tiny_patch16_224")
+    tab.fill("#f-name", "from the form")
+    tab.fill("#f-weights", str(root / "weights.safetensors"))
+    tab.fill("#f-model_kwargs", json.dumps(KWARGS))
+    tab.select_option("#f-device", "fpga:zcu102")
+    tab.select_option("#f-budget_kind", "ratio")
+    tab.fill("#f-budget", "5")
+    tab.fill("#f-calib", str(root / "calib"))
+    tab.fill("#f-val", str(root / "val"))
+    tab.fill("#f-trials", "6")
+    tab.fill("#f-token_blocks", "1, 2")
+    tab.check("#f-heads")
+    tab.check("#f-mlp")
+    tab.fill("#f-group", "2")
+    tab.click("#submit")
+    error = tab.locator("[data-field='budget'] .field-error")
+    error.wait_for()
+    assert "less than or equal to 1" in error.inner_text()
+    assert tab.locator(".field.invalid").count() == 1
+    # A budget no config can meet: the service's 400 explains, next to the budget.
+    tab.select_option("#f-budget_kind", "ms")
+    tab.fill("#f-budget", "0.001")
+    tab.click("#submit")
+    tab.wait_for_function("() => document.getElementById('err-budget').textContent.includes('no config')")
+    # A path outside the allowed roots: the 400's "weights: ..." lands on the weights field.
+    tab.select_option("#f-budget_kind", "ratio")
+    tab.fill("#f-budget", "0.93")
+    tab.fill("#f-weights", "/nonexistent/model.safetensors")
+    tab.click("#submit")
+    tab.locator("[data-field='weights'] .field-error").wait_for()
+    assert error.is_hidden()
+    # The browser logs the refused requests themselves; nothing else may be logged.
+    assert [e for e in page.errors if not re.search(r"status of (400|422)", e)] == []
+
+    tab.fill("#f-weights", str(root / "weights.safetensors"))
+    tab.click("#submit")
+    tab.wait_for_url(re.compile(r"/jobs/\d+$"))
+    job_id = int(tab.url.rsplit("/", 1)[1])
+    job = service.api.get(f"/api/jobs/{job_id}").json()
+    assert job["name"] == "from the form"
+    assert job["spec"]["budget_ratio"] == 0.93 and job["spec"]["trials"] == 6
+    assert job["spec"]["space"]["token_blocks"] == [1, 2] and job["spec"]["model_kwargs"] == KWARGS
+    tab.wait_for_selector("#job-status .badge")
+
+
+def test_compare_page_draws_one_front_per_job(page: Page, service: Service) -> None:
+    ids = [job["id"] for job in service.jobs]
+    page.open(f"/compare?jobs={','.join(map(str, ids))}")
+    page.page.wait_for_function("() => document.getElementById('compare-plot').data?.length === 2")
+    traces = page.plot("compare-plot", "plot.data.map(t => ({uid: t.uid, name: t.name, n: t.x.length}))")
+    assert [trace["uid"] for trace in traces] == [f"job-{i}" for i in ids]
+    for trace, job in zip(traces, service.jobs, strict=True):
+        assert job["name"] in trace["name"] and job["device"] in trace["name"]
+        assert trace["n"] == len(_pareto(service, job["id"])["models"])
+    assert page.page.locator("#compare-table tbody tr").count() == 2
+    # Unticking a job in the picker drops its trace and updates the address.
+    page.page.uncheck(f"#job-picker input[value='{ids[1]}']")
+    page.page.wait_for_function("() => document.getElementById('compare-plot').data.length === 1")
+    assert page.page.url.endswith(f"/compare?jobs={ids[0]}")
+    assert page.errors == []

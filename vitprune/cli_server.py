@@ -1,0 +1,114 @@
+"""The service commands: `vitprune serve` (API + dashboard + a worker) and `vitprune worker` (more workers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from pathlib import Path
+
+import optuna
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.settings import Settings
+
+__all__ = ["add_commands"]
+
+DEMO_NAME = "DEMO: self-trained ViT on generated shapes (not ImageNet)"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment (VITPRUNE_*), overridden by the options given."""
+    overrides = {
+        "home": args.home,
+        "db_url": args.db,
+        "heartbeat_s": getattr(args, "heartbeat", None),
+        "grace_s": getattr(args, "grace", None),
+    }
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _setup(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    _setup(args)
+    settings = _settings(args)
+    if args.demo:
+        _queue_demo(settings)
+    print(f"vitprune: dashboard at http://{args.host}:{args.port}/ (data in {settings.home.resolve()})", flush=True)
+    uvicorn.run(create_app(settings, worker=not args.no_worker), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _queue_demo(settings: Settings) -> None:
+    """Train the demo ViT (once; about a minute) and queue its search unless a demo job exists already."""
+    from server.db.engine import make_engine, migrate
+    from server.db.models import Job
+    from server.demo import demo_job, make_demo_assets
+    from server.jobs import create_job
+
+    assets = make_demo_assets(settings.home / "demo")
+    print(f"vitprune: demo ViT trained, {assets.accuracy:.1f}% top-1 on its generated validation shapes", flush=True)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    with Session(engine) as session:
+        if session.scalar(select(Job.id).where(Job.name == DEMO_NAME)) is None:
+            create_job(session, demo_job(assets), DEMO_NAME)
+    engine.dispose()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from server.db.engine import make_engine, migrate
+    from server.worker import ServiceWorker
+
+    _setup(args)
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    worker = ServiceWorker(settings, engine)
+    stop = threading.Event()
+    try:
+        jobs = worker.run(stop, idle_exit_s=args.idle_exit)
+    except KeyboardInterrupt:
+        jobs = 0
+    print(json.dumps({"trials_run": worker.trials_run, "jobs_finished": jobs}))
+    return 0
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, help="data directory: database and artifacts (default: $VITPRUNE_HOME)")
+    parser.add_argument(
+        "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: $VITPRUNE_DB_URL, else SQLite)"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the service: REST API, dashboard and a worker")
+    _add_common(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="API and dashboard only; jobs run in `vitprune worker`")
+    serve.add_argument(
+        "--demo", action="store_true", help="train a small demo ViT on generated images and queue its search"
+    )
+    serve.set_defaults(run=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run jobs (and trials of running searches) from a shared database")
+    _add_common(worker)
+    worker.add_argument("--idle-exit", type=float, help="exit after this many seconds without work")
+    worker.add_argument("--heartbeat", type=int, help="seconds between lease renewals and trial heartbeats")
+    worker.add_argument("--grace", type=int, help="seconds without a trial heartbeat after which it is retried")
+    worker.set_defaults(run=cmd_worker)
