@@ -7,12 +7,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
 from latency_models.registry import Registry
 from search.study import open_storage
+from server.api.deps import check_token
 from server.api.routes import devices, jobs, models, uploads
 from server.dashboard import router as dashboard
 from server.db.engine import db_after, make_engine, make_sessions, migrate
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         version="0.1.0",
         summary="Hardware-aware pruning search for Vision Transformers",
         lifespan=lifespan,
+        dependencies=[Depends(check_token)],
     )
     for module in (jobs, models, devices, uploads):
         app.include_router(module.router)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(default=10, ge=1, description="how often a worker renews its lease and trial heartbeats")
     grace_s: int = Field(default=45, ge=2, description="a trial without a heartbeat this long is retried elsewhere")
     poll_s: float = Field(default=2.0, gt=0, description="how often an idle worker looks for work")
+    token: SecretStr | None = Field(
+        default=None, description="API token; when set, every request that changes state must send it as a bearer token"
+    )
+    protect_reads: bool = Field(default=False, description="with a token: reads need it too")
     profiles_dir: Path | None = Field(default=None, description="device tables; default HOME/profiles")
 
     @cached_property

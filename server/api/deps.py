@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from server.db.models import Job, PrunedModel
 from server.settings import Settings
 from server.store import ArtifactStore
 
-__all__ = ["JobDep", "ModelDep", "RegistryDep", "SessionDep", "SettingsDep", "StoreDep"]
+__all__ = ["JobDep", "ModelDep", "RegistryDep", "SessionDep", "SettingsDep", "StoreDep", "check_token"]
 
 
 def _settings(request: Request) -> Settings:
@@ -40,6 +41,28 @@ RegistryDep = Annotated[Registry, Depends(_registry)]
 
 
 Id = Annotated[int, Path(ge=1, lt=2**31, description="a database id")]
+
+
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+PUBLIC = frozenset({"/api/health"})
+
+
+def check_token(request: Request) -> None:
+    """With a token configured, writes (and, with protect_reads, reads) need `Authorization: Bearer TOKEN`."""
+    settings: Settings = request.app.state.settings
+    if settings.token is None or request.url.path in PUBLIC:
+        return
+    if request.method not in WRITES and not settings.protect_reads:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # compare_digest: the time taken must not tell how much of a guessed token was right.
+    expected = settings.token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), expected):
+        raise HTTPException(
+            401,
+            "this service needs its API token: send 'Authorization: Bearer TOKEN' (vitprune --token, $VITPRUNE_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _job(job_id: Id, session: SessionDep) -> Job:

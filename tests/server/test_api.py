@@ -171,3 +171,20 @@ def test_cancelling_a_running_job_stops_its_worker_within_seconds(make_service, 
     time.sleep(2)
     assert len(client.get(f"/api/jobs/{job_id}/trials").json()) == trials, "trials went on after cancellation"
     assert client.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_token_protects_writes_and_optionally_reads(make_service, tiny_root):
+    client = make_service(worker=False, token="s3cret")
+    body = {"spec": spec_json(tiny_job(tiny_root))}
+    refused = client.post("/api/jobs", json=body)
+    assert refused.status_code == 401 and "Bearer" in refused.json()["detail"]
+    assert "s3cret" not in refused.text
+    assert client.post("/api/jobs", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/api/jobs", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 201
+    assert client.get("/api/jobs").status_code == 200  # reads are public unless protect_reads
+    assert client.put("/api/uploads/weights", params={"filename": "w.pth"}, content=b"x").status_code == 401
+
+    private = make_service(worker=False, token="s3cret", protect_reads=True, home=client.app.state.settings.home)
+    assert private.get("/api/jobs").status_code == 401
+    assert private.get("/api/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert private.get("/api/health").status_code == 200  # health checks carry no token
