@@ -392,6 +392,9 @@ def _save(response: httpx.Response, target: Path, expected: str) -> int:
                 f"checksum mismatch: the server announced sha256 {expected} but the file has {digest.hexdigest()}; "
                 "the download is corrupt and was not kept, try again"
             )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a temp file is private; the download gets the user's usual mode
         os.replace(tmp, target)
     except BaseException:
         # BaseException too: an interrupted download must not leave a temp file behind.

@@ -19,10 +19,10 @@ def summarise(config: dict[str, Any]) -> str:
     parts = [", ".join(tokens) or "all tokens"]
     heads = [block.get("heads") for block in blocks]
     mlp = [block.get("mlp_hidden") for block in blocks]
-    if len(set(heads)) > 1 or config.get("heads_pruned"):
-        parts.append("heads " + "/".join(str(h) for h in heads))
-    if len(set(mlp)) > 1:
-        parts.append("mlp " + "/".join(str(m) for m in mlp))
+    for name, widths in (("heads", heads), ("mlp", mlp)):
+        if widths:
+            uniform = len(set(widths)) == 1
+            parts.append(f"{name} {widths[0]} per block" if uniform else f"{name} " + "/".join(map(str, widths)))
     if config.get("package_token"):
         parts.append("package token")
     return "; ".join(parts)

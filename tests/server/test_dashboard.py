@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -127,6 +128,18 @@ def _pareto(service: Service, job_id: int) -> dict:
     return service.api.get(f"/api/jobs/{job_id}/pareto").json()
 
 
+def _tokens_kept(config: dict, start: int) -> list[int | None]:
+    """Patch tokens after each block: top-k keeps ceil(r·N); from a threshold block on, a count per image."""
+    n, per_image, kept = start, False, []
+    for block in config["blocks"]:
+        op = block.get("tokens") or {"kind": "none"}
+        per_image = per_image or op["kind"] == "threshold"
+        if op["kind"] == "topk" and not per_image:
+            n = max(1, math.ceil(op["keep_ratio"] * n))
+        kept.append(None if per_image else n)
+    return kept
+
+
 def test_every_page_loads_without_console_errors(page: Page, service: Service) -> None:
     job = service.jobs[0]
     model = _pareto(service, job["id"])["models"][0]
@@ -177,24 +190,29 @@ def test_jobs_list_shows_every_job_and_compares_the_selected(page: Page, service
     assert page.errors == []
 
 
-def test_job_plot_shows_trials_pareto_models_and_budget_and_opens_a_model(page: Page, service: Service) -> None:
+def test_job_plot_shows_trials_pareto_models_dense_and_budget_and_opens_a_model(page: Page, service: Service) -> None:
     job = service.jobs[0]
     trials = service.api.get(f"/api/jobs/{job['id']}/trials").json()
-    models = _pareto(service, job["id"])["models"]
+    pareto = _pareto(service, job["id"])
+    models, dense = pareto["models"], pareto["dense"]
     assert models, "the small job should leave Pareto models"
+    assert dense is not None and dense["val"]["top1"] is not None
     page.open(f"/jobs/{job['id']}")
-    data = page.plot("front", "plot.data.map(t => ({uid: t.uid, n: t.x.length, ids: t.customdata}))")
+    data = page.plot("front", "plot.data.map(t => ({uid: t.uid, n: t.x.length, ids: t.customdata, x: t.x, y: t.y}))")
     by_uid = {trace["uid"]: trace for trace in data}
     assert by_uid["trials"]["n"] == sum(t["evaluated"] for t in trials)
     assert by_uid["skipped"]["n"] == sum(t["state"] == "complete" and not t["evaluated"] for t in trials)
     assert by_uid["pareto"]["n"] == len(models)
     assert by_uid["pareto"]["ids"] == [m["id"] for m in models]
+    # The dense model is a point once validated, in place of the line at its latency.
+    assert by_uid["dense"]["x"] == [pytest.approx(dense["predicted_ms"])]
+    assert by_uid["dense"]["y"] == [pytest.approx(dense["val"]["top1"])]
     shapes = page.plot("front", "plot.layout.shapes.map(s => ({name: s.name, x: s.x0}))")
-    assert {"name": "budget", "x": pytest.approx(job["budget_ms"])} in shapes
-    assert {"name": "dense", "x": pytest.approx(job["dense_ms"])} in shapes
+    assert shapes == [{"name": "budget", "x": pytest.approx(job["budget_ms"])}]
 
     tab = page.page
     assert tab.locator("#models tbody tr").count() == len(models)
+    assert models[0]["summary"] in tab.locator("#models tbody tr").first.inner_text()
     assert tab.locator("#job-status").inner_text() == "done"
     assert tab.locator("#cancel").is_hidden()
     safetensors = tab.locator(f"#models a[href='/api/models/{models[0]['id']}/download?format=safetensors']")
@@ -210,18 +228,32 @@ def test_job_plot_shows_trials_pareto_models_and_budget_and_opens_a_model(page: 
 
 def test_model_page_shows_metrics_structure_and_downloads_the_weights(page: Page, service: Service) -> None:
     job = service.jobs[0]
-    model = _pareto(service, job["id"])["models"][0]
+    pareto = _pareto(service, job["id"])
+    model, dense = pareto["models"][0], pareto["dense"]
     tab = page.open(f"/models/{model['id']}")
     tab.locator("#metrics .metric").first.wait_for()
     metrics = tab.locator("#metrics").inner_text()
     assert f"{model['val_top1']:.1f}%" in metrics
     assert f"{model['metrics']['val']['top5']:.1f}%" in metrics
     assert model["sha256"] in metrics
-    depth = len(model["config"]["blocks"])
-    heads = page.plot("plot-heads", "plot.data[0].y")
-    assert heads == [block["heads"] for block in model["config"]["blocks"]]
-    assert page.plot("plot-mlp", "plot.data[0].y") == [block["mlp_hidden"] for block in model["config"]["blocks"]]
-    assert len(page.plot("plot-tokens", "plot.data[0].y")) == depth
+    # Each chart: the dense model's widths (from the job's pareto `dense`) behind the pruned config's.
+    blocks, config = dense["blocks"], model["config"]
+    bars = {
+        chart: {t["name"]: t["y"] for t in page.plot(chart, "plot.data.map(t => ({name: t.name, y: t.y}))")}
+        for chart in ("plot-tokens", "plot-heads", "plot-mlp")
+    }
+    assert bars["plot-heads"] == {
+        "dense": [b["heads"] for b in blocks],
+        "heads": [b["heads"] for b in config["blocks"]],
+    }
+    assert bars["plot-mlp"] == {
+        "dense": [b["mlp_hidden"] for b in blocks],
+        "MLP width": [b["mlp_hidden"] for b in config["blocks"]],
+    }
+    assert bars["plot-tokens"]["dense"] == [b["tokens_in"] for b in blocks]
+    kept = _tokens_kept(config, blocks[0]["tokens_in"])
+    assert bars["plot-tokens"].get("patch tokens", [None] * len(kept)) == kept
+    assert tab.locator("#structure-hint").inner_text().startswith(model["summary"])
     assert json.loads(tab.locator("#config-json").text_content()) == model["config"]
 
     with tab.expect_download() as started:
@@ -245,11 +277,10 @@ def test_token_counts_follow_the_pruning_rules(page: Page, service: Service) -> 
             {"heads": 3, "mlp_hidden": 768, "tokens": {"kind": "threshold", "threshold": 1.0}},
         ],
     }
-    rows = tab.evaluate("config => VP.tokenCounts(config, VP.patchTokens('deit_tiny_patch16_224').count)", config)
+    rows = tab.evaluate("config => VP.tokenCounts(config, 196)", config)
     # 196 -> ceil(0.7 * 196) = 138 -> ceil(0.45 * 138) = 63; a threshold block keeps a count per image.
     assert [(r["n"], r["pkg"]) for r in rows] == [(196, False), (138, True), (138, True), (63, True), (None, False)]
-    tokens = tab.evaluate("() => VP.patchTokens('vit_base_patch14_reg4_dinov2.lvd142m', {img_size: [252, 518]})")
-    assert tokens["count"] == 18 * 37
+    assert [r["n"] for r in rows] == _tokens_kept(config, 196)  # the rule the model-page test checks against
 
 
 def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, service: Service) -> None:
@@ -301,18 +332,20 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     tab.wait_for_selector("#job-status .badge")
 
 
-def test_compare_page_draws_one_front_per_job(page: Page, service: Service) -> None:
+def test_compare_page_draws_one_front_and_dense_point_per_job(page: Page, service: Service) -> None:
     ids = [job["id"] for job in service.jobs]
     page.open(f"/compare?jobs={','.join(map(str, ids))}")
-    page.page.wait_for_function("() => document.getElementById('compare-plot').data?.length === 2")
-    traces = page.plot("compare-plot", "plot.data.map(t => ({uid: t.uid, name: t.name, n: t.x.length}))")
-    assert [trace["uid"] for trace in traces] == [f"job-{i}" for i in ids]
-    for trace, job in zip(traces, service.jobs, strict=True):
-        assert job["name"] in trace["name"] and job["device"] in trace["name"]
-        assert trace["n"] == len(_pareto(service, job["id"])["models"])
+    page.page.wait_for_function("() => document.getElementById('compare-plot').data?.length === 4")
+    traces = page.plot("compare-plot", "plot.data.map(t => ({uid: t.uid, name: t.name, n: t.x.length, x: t.x}))")
+    assert [trace["uid"] for trace in traces] == [uid for i in ids for uid in (f"job-{i}", f"dense-{i}")]
+    for (front, dense), job in zip(zip(traces[::2], traces[1::2], strict=True), service.jobs, strict=True):
+        pareto = _pareto(service, job["id"])
+        assert job["name"] in front["name"] and job["device"] in front["name"]
+        assert front["n"] == len(pareto["models"])
+        assert dense["x"] == [pytest.approx(pareto["dense"]["predicted_ms"])]
     assert page.page.locator("#compare-table tbody tr").count() == 2
     # Unticking a job in the picker drops its trace and updates the address.
     page.page.uncheck(f"#job-picker input[value='{ids[1]}']")
-    page.page.wait_for_function("() => document.getElementById('compare-plot').data.length === 1")
+    page.page.wait_for_function("() => document.getElementById('compare-plot').data.length === 2")
     assert page.page.url.endswith(f"/compare?jobs={ids[0]}")
     assert page.errors == []

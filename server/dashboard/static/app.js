@@ -14,9 +14,25 @@ const VP = (() => {
     }
   }
 
+  // A service started with VITPRUNE_TOKEN answers 401 to writes without it: ask once, keep it in this browser.
+  const TOKEN_KEY = "vitprune-token";
+
+  function authHeaders() {
+    const token = localStorage.getItem(TOKEN_KEY);
+    return token ? { Authorization: `Bearer ${token}` } : {};
+  }
+
   /** fetch() a JSON endpoint; a non-2xx answer throws ApiError carrying FastAPI's `detail`. */
-  async function api(path, options = {}) {
-    const response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+  async function api(path, options = {}, askedForToken = false) {
+    const headers = { Accept: "application/json", ...authHeaders(), ...(options.headers || {}) };
+    const response = await fetch(path, { ...options, headers });
+    if (response.status === 401 && !askedForToken) {
+      const token = window.prompt("This vitprune service needs its API token (VITPRUNE_TOKEN):");
+      if (token) {
+        localStorage.setItem(TOKEN_KEY, token.trim());
+        return api(path, options, true);
+      }
+    }
     const text = await response.text();
     let body = text;
     try {
@@ -95,48 +111,12 @@ const VP = (() => {
     );
   }
 
-  /** The pruned structure in a few words, like server/api/summary.py but naming uniform widths too. */
-  function summarise(config) {
-    const blocks = (config && config.blocks) || [];
-    const tokens = [];
-    blocks.forEach((block, index) => {
-      const op = block.tokens || {};
-      if (op.kind === "topk") tokens.push(`keep ${op.keep_ratio}@${index}`);
-      else if (op.kind === "threshold") tokens.push(`thr ${op.threshold}@${index}`);
-    });
-    const widths = (values) => (new Set(values).size > 1 ? values.join("/") : String(values[0] ?? "—"));
-    const parts = [tokens.join(", ") || "all tokens"];
-    if (blocks.length) {
-      parts.push(`heads ${widths(blocks.map((b) => b.heads))}`, `mlp ${widths(blocks.map((b) => b.mlp_hidden))}`);
-    }
-    if (config && config.package_token) parts.push("package token");
-    return parts.join("; ");
-  }
-
-  /**
-   * Patch tokens entering block 0, from the timm name (`patchP`) and the image size (model_kwargs.img_size,
-   * else the name's trailing `_S`); null when the name does not say.
-   */
-  function patchTokens(model, kwargs = {}) {
-    const name = model || "";
-    const patch = /patch(\d+)/.exec(name);
-    let size = kwargs.img_size;
-    if (size == null) {
-      const fromName = /_(\d{2,4})(?:\.|$)/.exec(name);
-      size = fromName ? Number(fromName[1]) : null;
-    }
-    if (!patch || size == null) return null;
-    const [height, width] = Array.isArray(size) ? size : [size, size];
-    const p = Number(patch[1]);
-    return { count: Math.floor(height / p) * Math.floor(width / p), patch: p, height, width };
-  }
-
   /**
    * Patch tokens each block's MLP and the later blocks run on, starting from `start` tokens. Top-k keeps
    * ceil(r·N) of the N tokens that reach it (the same float arithmetic as the server); the package token
    * exists from the first block that really drops tokens. Threshold blocks keep a number per image, so
-   * counts from one on are unknown (`n` null, `bound` the most they can be). Without `start` (null), `n`
-   * is the share of the patch tokens kept.
+   * counts from one on are unknown (`n` null, `bound` the most they can be). Without `start` (null: the
+   * dense structure is not known yet), `n` is the share of the patch tokens kept.
    */
   function tokenCounts(config, start) {
     let n = start ?? 1;
@@ -214,7 +194,7 @@ const VP = (() => {
   const download = (modelId, format) => `/api/models/${modelId}/download?format=${format}`;
 
   return {
-    FINAL, ApiError, api, h, esc, fmt, statusBadge, progressBar, summarise, patchTokens, tokenCounts, poll,
+    FINAL, ApiError, api, authHeaders, h, esc, fmt, statusBadge, progressBar, tokenCounts, poll,
     showBanner, clearBanner, layout, axis, PLOT_CONFIG, COLORS, download,
   };
 })();

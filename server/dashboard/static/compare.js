@@ -2,7 +2,7 @@
 // Compare page: the Pareto fronts of several jobs on one plot (?jobs=1,2,...), one trace per job.
 
 (() => {
-  const { api, h, esc, fmt, statusBadge, layout, axis, PLOT_CONFIG, COLORS, summarise } = VP;
+  const { api, h, esc, fmt, statusBadge, layout, axis, PLOT_CONFIG, COLORS } = VP;
   const plot = document.getElementById("compare-plot");
   const picker = document.getElementById("job-picker");
   const tableBody = document.querySelector("#compare-table tbody");
@@ -27,12 +27,32 @@
     return fronts.get(id);
   }
 
+  /** A job's dense model as a diamond in its front's legend group, once the job has validated it. */
+  function denseTrace(job, dense, i, x) {
+    const top1 = dense && dense.val && dense.val.top1;
+    if (top1 == null) return [];
+    return [{
+      uid: `dense-${job.id}`,
+      name: `${label(job)} · dense`,
+      legendgroup: `job-${job.id}`,
+      showlegend: false,
+      type: "scatter",
+      mode: "markers",
+      marker: { size: 12, symbol: "diamond", color: color(i), line: { color: "#ffffff", width: 1 } },
+      x: [x(dense.predicted_ms, job)],
+      y: [top1],
+      text: [`<b>${esc(label(job))}</b><br>dense model · val top-1 ${fmt.pct(top1)} · ${fmt.ms(dense.predicted_ms)}`],
+      hovertemplate: "%{text}<extra></extra>",
+    }];
+  }
+
   function draw(entries) {
     const ratio = axisMode() === "ratio";
     const x = (ms, job) => (ratio ? (job.dense_ms ? ms / job.dense_ms : null) : ms);
-    const data = entries.map(({ job, pareto }, i) => ({
+    const data = entries.flatMap(({ job, pareto }, i) => [{
       uid: `job-${job.id}`,
       name: label(job),
+      legendgroup: `job-${job.id}`,
       type: "scatter",
       mode: "lines+markers",
       line: { shape: "hv", color: color(i), width: 1.5 },
@@ -42,9 +62,9 @@
       customdata: pareto.models.map((m) => m.id),
       text: pareto.models.map((m) =>
         `<b>${esc(label(job))}</b><br>trial ${m.trial} · val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
-        `<br>${esc(summarise(m.config))}`),
+        `<br>${esc(m.summary)}`),
       hovertemplate: "%{text}<extra></extra>",
-    }));
+    }, ...denseTrace(job, pareto.dense, i, x)]);
     const shapes = entries
       .map(({ job }, i) => ({ job, i, at: x(job.budget_ms, job) }))
       .filter(({ at }) => at != null)

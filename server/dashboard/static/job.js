@@ -3,7 +3,7 @@
 // and the table of Pareto models with downloads. Refreshes every 2 s until the job is final.
 
 (() => {
-  const { api, h, esc, fmt, statusBadge, poll, FINAL, layout, axis, PLOT_CONFIG, download, summarise } = VP;
+  const { api, h, esc, fmt, statusBadge, poll, FINAL, layout, axis, PLOT_CONFIG, download } = VP;
   const root = document.getElementById("job");
   const jobId = Number(root.dataset.jobId);
   const plot = document.getElementById("front");
@@ -49,7 +49,10 @@
     cancel.hidden = !["queued", "running"].includes(job.status);
   }
 
-  function traces(job, trials, models) {
+  /** The dense model, once the job has validated it: drawn as a point (before that, its latency as a line). */
+  const denseScored = (dense) => (dense && dense.val && dense.val.top1 != null ? dense : null);
+
+  function traces(trials, models, dense) {
     const complete = trials.filter((t) => t.state === "complete" && t.latency_ms != null);
     const evaluated = complete.filter((t) => t.evaluated);
     // Over-budget trials are never scored: a rug along the bottom (own axis) keeps them out of the accuracy range.
@@ -59,7 +62,21 @@
       `calib top-1 ${fmt.pct(t.accuracy)} · ${fmt.ms(t.latency_ms)}<br>${esc(t.summary ?? "")}`;
     const paretoText = (m) =>
       `<b>Pareto model · trial ${m.trial}</b><br>val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
-      `<br>${esc(summarise(m.config))}<br><i>click to open</i>`;
+      `<br>${esc(m.summary)}<br><i>click to open</i>`;
+    const denseText = (d) =>
+      `<b>dense model</b><br>val top-1 ${fmt.pct(d.val.top1)} · ${fmt.ms(d.predicted_ms)}<br>` +
+      `${fmt.params(d.params)} params · ${fmt.num(d.gflops, 3)} GFLOPs`;
+    const denseTrace = dense && {
+      uid: "dense",
+      name: "dense model (validation top-1)",
+      type: "scatter",
+      mode: "markers",
+      x: [dense.predicted_ms],
+      y: [dense.val.top1],
+      text: [denseText(dense)],
+      hovertemplate: "%{text}<extra></extra>",
+      marker: { size: 13, symbol: "diamond", color: "#111827", line: { color: "#ffffff", width: 1.5 } },
+    };
     return [
       {
         uid: "trials",
@@ -104,24 +121,26 @@
         hovertemplate: "%{text}<extra></extra>",
         marker: { size: 11, color: "#2563eb", line: { color: "#ffffff", width: 1.5 } },
       },
-    ];
+      denseTrace,
+    ].filter(Boolean);
   }
 
-  function markers(job) {
-    // Budget and dense latency as vertical lines: what a trial must beat, and what it is pruned from.
+  function markers(job, dense) {
+    // The budget (and, until the dense model is a point, its latency) as vertical lines.
     const vline = (name, x, color, dash, label) => ({
       shape: { type: "line", name, xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, line: { color, dash, width: 1.5 } },
       note: { x, xref: "x", yref: "paper", y: 1, yanchor: "bottom", text: label, showarrow: false, font: { color, size: 11 } },
     });
     const lines = [];
     if (job.budget_ms != null) lines.push(vline("budget", job.budget_ms, "#dc2626", "dash", `budget ${fmt.ms(job.budget_ms)}`));
-    if (job.dense_ms != null) lines.push(vline("dense", job.dense_ms, "#6b7280", "dot", `dense ${fmt.ms(job.dense_ms)}`));
+    if (!dense && job.dense_ms != null) lines.push(vline("dense", job.dense_ms, "#6b7280", "dot", `dense ${fmt.ms(job.dense_ms)}`));
     return { shapes: lines.map((l) => l.shape), annotations: lines.map((l) => l.note) };
   }
 
   function draw(job, trials, pareto) {
-    const data = traces(job, trials, pareto.models);
-    const { shapes, annotations } = markers(job);
+    const dense = denseScored(pareto.dense);
+    const data = traces(trials, pareto.models, dense);
+    const { shapes, annotations } = markers(job, dense);
     const chart = layout({
       margin: { l: 56, r: 16, t: 28, b: 48 },
       xaxis: axis("predicted latency (ms)"),
@@ -167,7 +186,7 @@
       h("td", { class: "num" }, measured),
       h("td", { class: "num" }, fmt.params(model.params)),
       h("td", { class: "num" }, fmt.num(model.gflops, 3)),
-      h("td", { class: "small" }, summarise(model.config)),
+      h("td", { class: "small" }, model.summary),
       h("td", { class: "downloads" }, ...formats.map(([format, label]) =>
         h("a", { class: "button tiny", href: download(model.id, format), download: true, dataset: { format } }, label))),
     );

@@ -2,7 +2,7 @@
 // Model page: metrics, the pruned structure per block (tokens, heads, MLP width), config and downloads.
 
 (() => {
-  const { api, h, esc, fmt, layout, axis, PLOT_CONFIG, download, summarise, patchTokens, tokenCounts } = VP;
+  const { api, h, esc, fmt, layout, axis, PLOT_CONFIG, download, tokenCounts } = VP;
   const modelId = Number(document.getElementById("model").dataset.modelId);
 
   function metricCard(label, value, sub, extra = {}) {
@@ -10,17 +10,21 @@
       h("div", { class: "value" }, value), sub ? h("div", { class: "sub" }, sub) : null);
   }
 
-  function metrics(model, job) {
+  function metrics(model, job, dense) {
     const val = (model.metrics && model.metrics.val) || {};
     const fidelity = val.fidelity || {};
     const agreement = val.agreement ?? fidelity.agreement;
     const kl = val.kl ?? fidelity.kl;
     const mismatch = model.metrics && model.metrics.latency_mismatch;
     const budget = job && job.budget_ms;
-    const dense = job && job.dense_ms;
+    const denseMs = job && job.dense_ms;
     const against = [
       budget ? `${((100 * model.predicted_ms) / budget).toFixed(0)}% of budget` : null,
-      dense ? `${(dense / model.predicted_ms).toFixed(2)}× faster than dense` : null,
+      denseMs ? `${(denseMs / model.predicted_ms).toFixed(2)}× faster than dense` : null,
+    ].filter(Boolean).join(" · ");
+    const valSub = [
+      val.n_images ? `on ${val.n_images} held-out images` : null,
+      dense && dense.val && dense.val.top1 != null ? `dense ${fmt.pct(dense.val.top1)}` : null,
     ].filter(Boolean).join(" · ");
     let measured = metricCard("Measured latency", "—", "not measured on this device");
     if (model.measured_ms != null) {
@@ -34,7 +38,7 @@
     }
     const copy = h("button", { type: "button", class: "button tiny", onclick: () => navigator.clipboard?.writeText(model.sha256) }, "copy");
     document.getElementById("metrics").replaceChildren(
-      metricCard("Validation top-1", fmt.pct(model.val_top1), val.n_images ? `on ${val.n_images} held-out images` : null, { class: "primary" }),
+      metricCard("Validation top-1", fmt.pct(model.val_top1), valSub || null, { class: "primary" }),
       metricCard("Validation top-5", fmt.pct(val.top5)),
       metricCard("Agreement with dense", fmt.pct(agreement), kl != null ? `KL ${fmt.num(kl, 4)}` : null, { title: "top-1 agreement with the dense model" }),
       metricCard("Calibration top-1", fmt.pct(model.calib_accuracy), "what the search optimised"),
@@ -46,27 +50,35 @@
     );
   }
 
-  /** Three small bar charts: tokens kept, heads and MLP width per block. */
-  function structure(model, job) {
+  /**
+   * Three small bar charts per block: patch tokens kept, attention heads and MLP width, each in front of a
+   * wide faded bar of the dense model's. Without the dense structure (the job has not recorded it), the
+   * token chart shows the share of patch tokens kept and there are no dense bars.
+   */
+  function structure(model, dense) {
     const config = model.config;
     const blocks = config.blocks.map((_, i) => `${i}`);
-    const tokens = job ? patchTokens(job.model, job.spec.model_kwargs || {}) : null;
-    const rows = tokenCounts(config, tokens ? tokens.count : null);
-    const unit = tokens ? "patch tokens" : "share of patch tokens";
+    const base = dense && dense.blocks.length === blocks.length ? dense.blocks : null;
+    const rows = tokenCounts(config, base ? base[0].tokens_in : null);
+    const unit = base ? "patch tokens" : "share of patch tokens";
     const describe = (r) => {
       const op = { topk: `top-k keep ${r.op.keep_ratio}`, threshold: `threshold ${r.op.threshold}` }[r.op.kind] || "no reduction";
-      const count = r.n == null ? "a count per image" : tokens ? `${r.n} patch tokens` : `${fmt.pct(100 * r.n)} of the patch tokens`;
+      const count = r.n == null ? "a count per image"
+        : base ? `${r.n} of ${base[r.index].tokens_in} patch tokens` : `${fmt.pct(100 * r.n)} of the patch tokens`;
       return `<b>block ${r.index}</b> · ${esc(op)}<br>${count}${r.pkg ? " + package token" : ""}`;
     };
     const bar = (name, values, color, hover, extra = {}) => ({
-      type: "bar", name, x: blocks, y: values, marker: { color }, hovertext: hover,
+      type: "bar", name, x: blocks, y: values, width: 0.5, marker: { color }, hovertext: hover,
       hovertemplate: "%{hovertext}<extra></extra>", ...extra,
     });
+    const denseBar = (key, what) => base && bar("dense", base.map((b) => b[key]), "rgba(148, 163, 184, 0.3)",
+      base.map((b, i) => `<b>block ${i}</b> · dense model<br>${b[key]} ${what}`), { width: 0.85 });
     const tokenHover = rows.map(describe);
     const tokenData = [
+      denseBar("tokens_in", "patch tokens"),
       bar(unit, rows.map((r) => r.n), "#2563eb", tokenHover),
-      // The package token is one token; on a share axis it has no height, but its hover still says so.
-      bar("package token", rows.map((r) => (r.pkg && tokens ? 1 : null)), "#f59e0b", tokenHover),
+      // The package token is one token on top; on a share axis it has no height, but its hover still says so.
+      bar("package token", rows.map((r) => (r.pkg && base ? 1 : null)), "#f59e0b", tokenHover, { base: rows.map((r) => r.n) }),
       bar("per image (threshold)", rows.map((r) => (r.n == null ? r.bound : null)), null, tokenHover, {
         marker: { color: "#e5e7eb", pattern: { shape: "/", fgcolor: "#9ca3af" } },
         text: rows.map((r) => (r.n == null ? "per image" : "")),
@@ -75,35 +87,36 @@
         insidetextanchor: "middle",
         insidetextfont: { size: 10, color: "#374151" },
       }),
-    ].filter((t) => t.y.some((v) => v != null));
-    const small = (title, ytitle, values, extra = {}) => layout({
+    ].filter((t) => t && t.y.some((v) => v != null));
+    const small = (title, ytitle, data, extra = {}) => layout({
       title: { text: title, x: 0, xanchor: "left", font: { size: 13 } },
       margin: { l: 52, r: 8, t: 36, b: 40 },
       xaxis: axis("block", { type: "category" }),
       // Whole units (heads, a few tokens) get whole-number ticks.
-      yaxis: axis(ytitle, { rangemode: "tozero", ...(Math.max(...values.filter(Number.isFinite)) <= 12 ? { dtick: 1 } : {}) }),
-      barmode: "stack",
-      bargap: 0.25,
+      yaxis: axis(ytitle, { rangemode: "tozero", ...(Math.max(...data.flatMap((t) => t.y).filter(Number.isFinite)) <= 12 ? { dtick: 1 } : {}) }),
+      barmode: "overlay",
       showlegend: false,
       ...extra,
     });
-    const heads = config.blocks.map((b) => b.heads);
-    const mlp = config.blocks.map((b) => b.mlp_hidden);
-    const tokenLayout = small("Tokens kept", unit, rows.map((r) => r.bound + (r.pkg ? 1 : 0)), {
+    Plotly.react("plot-tokens", tokenData, small("Tokens kept", unit, tokenData, {
       showlegend: tokenData.length > 1,
       legend: { orientation: "h", y: -0.3, x: 0 },
-      ...(tokens ? {} : { yaxis: axis(unit, { rangemode: "tozero", tickformat: ".0%" }) }),
-    });
-    Plotly.react("plot-tokens", tokenData, tokenLayout, PLOT_CONFIG);
-    const headHover = heads.map((n, i) => `<b>block ${i}</b><br>${n} attention heads`);
-    const mlpHover = mlp.map((n, i) => `<b>block ${i}</b><br>${n} MLP hidden channels`);
-    Plotly.react("plot-heads", [bar("heads", heads, "#7c3aed", headHover)], small("Attention heads", "heads", heads), PLOT_CONFIG);
-    Plotly.react("plot-mlp", [bar("MLP width", mlp, "#059669", mlpHover)], small("MLP width", "hidden channels", mlp), PLOT_CONFIG);
+      ...(base ? {} : { yaxis: axis(unit, { rangemode: "tozero", tickformat: ".0%" }) }),
+    }), PLOT_CONFIG);
+    const widths = (key, name, what, color) => {
+      const values = config.blocks.map((b) => b[key]);
+      return [denseBar(key, what), bar(name, values, color, values.map((n, i) => `<b>block ${i}</b><br>${n} ${what}`))].filter(Boolean);
+    };
+    const heads = widths("heads", "heads", "attention heads", "#7c3aed");
+    const mlp = widths("mlp_hidden", "MLP width", "MLP hidden channels", "#059669");
+    Plotly.react("plot-heads", heads, small("Attention heads", "heads", heads), PLOT_CONFIG);
+    Plotly.react("plot-mlp", mlp, small("MLP width", "hidden channels", mlp), PLOT_CONFIG);
 
-    const hint = tokens
-      ? `Tokens counted from ${tokens.count} patch tokens (${tokens.height}×${tokens.width} image, ${tokens.patch}-pixel patches); class tokens not counted.`
-      : "The model name does not give the patch-token count, so the token chart shows the share kept.";
-    document.getElementById("structure-hint").textContent = `${summarise(config)}. ${hint}`;
+    const prefix = base ? dense.num_prefix_tokens : 0;
+    const hint = !base
+      ? "The job has not recorded the dense structure, so the token chart shows the share of patch tokens kept."
+      : `Faded bars: the dense model. Patch tokens only${prefix ? `; its ${prefix} class/distillation token${prefix > 1 ? "s are" : " is"} not counted` : ""}.`;
+    document.getElementById("structure-hint").textContent = `${model.summary}. ${hint}`;
   }
 
   function header(model, job) {
@@ -125,11 +138,14 @@
   (async () => {
     try {
       const model = await api(`/api/models/${modelId}`);
-      // The job gives the names, device, budget and image size; the page still works without it.
-      const job = await api(`/api/jobs/${model.job_id}`).catch(() => null);
+      // The job gives the names, device and budget, its Pareto answer the dense model; the page works without them.
+      const [job, pareto] = await Promise.all(
+        [`/api/jobs/${model.job_id}`, `/api/jobs/${model.job_id}/pareto`].map((path) => api(path).catch(() => null)),
+      );
+      const dense = pareto && pareto.dense;
       header(model, job);
-      metrics(model, job);
-      structure(model, job);
+      metrics(model, job, dense);
+      structure(model, dense);
       document.getElementById("config-json").textContent = JSON.stringify(model.config, null, 2);
     } catch (error) {
       VP.showBanner(error.message || String(error));

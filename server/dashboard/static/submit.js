@@ -190,6 +190,7 @@
     const filename = file.name.replace(/[^A-Za-z0-9._-]/g, "_").replace(/^[^A-Za-z0-9]+/, "").slice(-128) || "upload";
     const request = new XMLHttpRequest();
     request.open("PUT", `/api/uploads/${input.dataset.upload}?filename=${encodeURIComponent(filename)}`);
+    for (const [name, value] of Object.entries(VP.authHeaders())) request.setRequestHeader(name, value);
     request.upload.onprogress = (e) => {
       if (e.lengthComputable) note.textContent = `Uploading ${file.name}: ${Math.round((100 * e.loaded) / e.total)}%`;
     };
