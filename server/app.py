@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from latency_models.registry import Registry
 from search.study import open_storage
@@ -63,6 +64,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     for module in (jobs, models, devices, uploads):
         app.include_router(module.router)
     app.add_api_route("/api/health", health, methods=["GET"], tags=["health"])
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(InterfaceError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(dashboard)
     return app
@@ -74,6 +77,14 @@ def health(request: Request) -> dict:
         session.execute(text("SELECT 1"))
         recent = session.scalar(select(func.count()).select_from(Worker).where(Worker.seen_at > db_after(-60)))
     return {"status": "ok", "workers": recent}
+
+
+async def _database_down(request: Request, error: Exception) -> JSONResponse:
+    # The engine's pre-ping reconnects once the database is back; until then say so, and when to retry.
+    logger.warning("database unreachable on %s %s: %s", request.method, request.url.path, type(error).__name__)
+    return JSONResponse(
+        {"detail": "the database is unreachable; retry in a few seconds"}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 async def _internal_error(request: Request, error: Exception) -> JSONResponse:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from latency_models.registry import Registry
@@ -35,6 +36,10 @@ from server.store import ArtifactStore, sha256_of
 __all__ = ["ServiceWorker"]
 
 logger = logging.getLogger(__name__)
+
+DATABASE_DOWN = (OperationalError, InterfaceError)
+"""What SQLAlchemy raises when the database cannot be reached (as opposed to a query that is wrong)."""
+MAX_BACKOFF_S = 30.0
 
 class JobLost(Exception):
     """The job was cancelled, or another worker took it over after this one stalled."""
@@ -56,23 +61,37 @@ class ServiceWorker:
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> int:
         """Work until `stop` is set (or idle for `idle_exit_s`); returns the number of jobs finished."""
         stop = stop or threading.Event()
-        finished, idle_since = 0, time.monotonic()
+        finished, idle_since, outages = 0, time.monotonic(), 0
         while not stop.is_set():
-            self._seen(None)
-            job_id = claim_job(self.engine, self.id, self.settings.lease_s)
-            if job_id is not None:
-                finished += self.run_job(job_id)
-                idle_since = time.monotonic()
+            try:
+                worked, done = self._step()
+                outages = 0
+            except DATABASE_DOWN as error:
+                # The database restarts or the network blips: wait and try again. A job this worker held
+                # keeps its study; its lease runs out meanwhile and whoever claims it next resumes it.
+                outages += 1
+                delay = min(MAX_BACKOFF_S, self.settings.poll_s * 2**outages)
+                logger.warning("database unreachable (%s); retrying in %.0f s", type(error).__name__, delay)
+                stop.wait(delay)
                 continue
-            helped = self.joiner.run_once(skip=self._not_helpable, should_stop=self._stop_helping)
-            if helped:
-                self.trials_run += helped
+            finished += done
+            if worked:
                 idle_since = time.monotonic()
                 continue
             if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
             stop.wait(self.settings.poll_s)
         return finished
+
+    def _step(self) -> tuple[bool, int]:
+        """Claim and run a job, else help running ones; returns (worked, jobs finished)."""
+        self._seen(None)
+        job_id = claim_job(self.engine, self.id, self.settings.lease_s)
+        if job_id is not None:
+            return True, int(self.run_job(job_id))
+        helped = self.joiner.run_once(skip=self._not_helpable, should_stop=self._stop_helping)
+        self.trials_run += helped
+        return helped > 0, 0
 
     def run_job(self, job_id: int) -> bool:
         """Run a claimed job to its end; True when this worker finished it (any final state)."""
@@ -89,14 +108,14 @@ class ServiceWorker:
         except JobLost:
             logger.info("job %d is no longer this worker's (cancelled or taken over)", job_id)
             return False
+        except DATABASE_DOWN:
+            raise  # not the job's fault: it must not be marked failed (and cannot be, right now)
         except (JobInputError, ValueError, OSError) as error:  # the user's input: say what is wrong
             logger.warning("job %d failed: %s", job_id, error)
             return finish(self.engine, job_id, self.id, "failed", str(error))
         except Exception as error:  # a bug must fail the job it hit, not kill the worker serving all jobs
             logger.exception("job %d failed", job_id)
             return finish(self.engine, job_id, self.id, "failed", f"internal error: {type(error).__name__}: {error}")
-        finally:
-            self._seen(None)
 
     # -- one job ----------------------------------------------------------------------------------
 
