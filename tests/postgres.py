@@ -73,38 +73,66 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
+class Cluster:
+    """A PostgreSQL cluster in a temporary directory, on 127.0.0.1; it can be stopped and started again."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="vitprune-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.port: int | None = None
+        if os.geteuid() == 0:
+            shutil.chown(self.root, user=UNPRIVILEGED_USER)
+        # --no-sync and fsync=off: the data is thrown away, so durability only costs time (initdb ~2 s -> ~1 s).
+        initdb = [str(bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", SUPERUSER, "--encoding", "UTF8"]
+        _run([*initdb, "--no-sync"], self.root)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        """Start the server (on the port it had before, if it ran before)."""
+        for attempt in range(3):  # a fresh port can be taken between probing and binding it
+            port = self.port or _free_port()
+            options = f"-h 127.0.0.1 -p {port} -k {self.root} -c fsync=off -c full_page_writes=off"
+            try:
+                pg_ctl = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log)]
+                _run([*pg_ctl, "-w", "start"], self.root)
+                self.port = port
+                return
+            except RuntimeError as error:
+                server_log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                if attempt == 2 or "could not bind" not in server_log or self.port:
+                    raise RuntimeError(f"{error}\nserver log:\n{server_log}") from None
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():  # a pid file means a server may be up
+            _run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop"], self.root)
+
+
 @contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """Start a fresh cluster, yield the URL of an empty database on it, then stop it and delete every file."""
+def throwaway_cluster() -> Iterator[Cluster]:
+    """A started cluster; stopped and every file deleted at the end."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
         pytest.skip(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; set {BIN_ENV} to their dir")
-    root = Path(tempfile.mkdtemp(prefix="vitprune-pg-"))
-    data, log = root / "data", root / "server.log"
+    cluster = Cluster(bin_dir)
     try:
-        if os.geteuid() == 0:
-            shutil.chown(root, user=UNPRIVILEGED_USER)
-        # --no-sync and fsync=off: the data is thrown away, so durability only costs time (initdb ~2 s -> ~1 s).
-        initdb = [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", SUPERUSER, "--encoding", "UTF8"]
-        _run([*initdb, "--no-sync"], root)
-        for attempt in range(3):  # the port can be taken between probing and binding it
-            port = _free_port()
-            options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
-            try:
-                _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"], root)
-                break
-            except RuntimeError as error:
-                server_log = log.read_text(errors="replace") if log.exists() else ""
-                if attempt == 2 or "could not bind" not in server_log:
-                    raise RuntimeError(f"{error}\nserver log:\n{server_log}") from None
-        admin_url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/postgres"
-        yield new_database(admin_url, DATABASE)
+        cluster.start()
+        yield cluster
     finally:
-        try:  # a pid file means a server may be up, even when `pg_ctl start` reported failure
-            if (data / "postmaster.pid").exists():
-                _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], root)
+        try:
+            cluster.stop("immediate")
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """Start a fresh cluster, yield the URL of an empty database on it, then stop it and delete every file."""
+    with throwaway_cluster() as cluster:
+        yield new_database(cluster.admin_url, DATABASE)
 
 
 def _check_name(name: str) -> None:
