@@ -10,10 +10,17 @@ from pathlib import Path
 
 import optuna
 import torch
+import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from server.app import create_app
+from server.db.engine import make_engine, migrate
+from server.db.models import Job
+from server.demo import demo_job, make_demo_assets
+from server.jobs import create_job
 from server.settings import Settings
+from server.worker import ServiceWorker
 
 __all__ = ["add_commands"]
 
@@ -39,10 +46,6 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from server.app import create_app
-
     _setup(args)
     settings = _settings(args)
     if args.demo:
@@ -54,11 +57,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _queue_demo(settings: Settings) -> None:
     """Train the demo ViT (once; about a minute) and queue its search unless a demo job exists already."""
-    from server.db.engine import make_engine, migrate
-    from server.db.models import Job
-    from server.demo import demo_job, make_demo_assets
-    from server.jobs import create_job
-
     assets = make_demo_assets(settings.home / "demo")
     print(f"vitprune: demo ViT trained, {assets.accuracy:.1f}% top-1 on its generated validation shapes", flush=True)
     engine = make_engine(settings.database_url)
@@ -70,9 +68,6 @@ def _queue_demo(settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from server.db.engine import make_engine, migrate
-    from server.worker import ServiceWorker
-
     _setup(args)
     settings = _settings(args)
     engine = make_engine(settings.database_url)
