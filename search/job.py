@@ -23,7 +23,8 @@ THRESHOLD_STEP = 0.05
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: an infinite budget or ratio is never meant, and cannot be stored as JSON.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class SearchSpace(_Strict):
@@ -114,7 +115,7 @@ class JobSpec(_Strict):
     space: SearchSpace = SearchSpace()
     recover: bool = Field(default=True, description="refit pruned projections of the Pareto models (no training)")
     onnx: bool = Field(default=False, description="add model.onnx to every Pareto bundle")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32, description="seeds the sampler and the holdout split")
 
     @model_validator(mode="after")
     def _one_budget(self) -> JobSpec:

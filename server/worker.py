@@ -126,7 +126,10 @@ class ServiceWorker:
             spec, self.storage, registry=self.registry, cache_dir=self.store.path("cache"), name=study_name
         )
         lease.check()
-        update_job(self.engine, job_id, self.id, budget_ms=context.budget_ms, dense_ms=context.dense_ms)
+        notes = _skipped_images(context)
+        update_job(
+            self.engine, job_id, self.id, budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes or None
+        )
         started, done_at_start = time.monotonic(), progress(study).done
 
         def report() -> None:
@@ -215,6 +218,22 @@ class ServiceWorker:
             ).rowcount
             if not updated:
                 session.add(Worker(id=self.id, host=socket.gethostname(), pid=os.getpid(), job_id=job_id))
+
+
+SKIPPED_SHOWN = 50
+
+
+def _skipped_images(context: JobContext) -> dict:
+    """Images that could not be read (skipped, not fatal): how many and which, per image set."""
+    notes = {}
+    for which in ("calib", "val"):
+        skipped = context.calib.skipped if which == "calib" else context.images("val").skipped
+        if skipped:
+            notes[f"skipped_{which}_images"] = {
+                "count": len(skipped),
+                "files": [{"file": path, "reason": reason} for path, reason in skipped[:SKIPPED_SHOWN]],
+            }
+    return notes
 
 
 def _dense(result: SearchResult, context: JobContext) -> dict:

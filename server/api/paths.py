@@ -18,6 +18,7 @@ __all__ = ["UPLOAD_PREFIX", "PathError", "resolve_paths"]
 
 UPLOAD_PREFIX = "upload:"
 FIELDS = ("weights", "table", "calib", "val", "class_map")
+FOLDERS = frozenset({"calib", "val"})  # image folders; the other fields name files
 
 
 class PathError(ValueError):
@@ -37,6 +38,18 @@ def resolve_paths(spec: JobSpec, settings: Settings, store: ArtifactStore) -> Jo
 
 
 def _resolve(field: str, value: str, settings: Settings, store: ArtifactStore) -> Path:
+    # No file system allows NUL in a name, and os refuses it with a ValueError that names no field.
+    if "\x00" in value:
+        raise PathError(field, f"{value!r} contains a NUL character, which no path can; remove it")
+    path = _existing(field, value, settings, store)
+    if field in FOLDERS and not path.is_dir():
+        raise PathError(field, f"{value!r} is not a folder; give the folder of images (one sub-folder per class)")
+    if field not in FOLDERS and not path.is_file():
+        raise PathError(field, f"{value!r} is not a file; give the {field} file itself")
+    return path
+
+
+def _existing(field: str, value: str, settings: Settings, store: ArtifactStore) -> Path:
     if value.startswith(UPLOAD_PREFIX):
         try:
             path = store.path(Path("uploads") / value.removeprefix(UPLOAD_PREFIX))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import unicodedata
+from datetime import datetime, timezone
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from search.job import JobSpec
 from server.api.summary import summarise
@@ -14,11 +15,28 @@ from server.db.models import Job, PrunedModel
 __all__ = ["JobOut", "JobSubmit", "ModelOut", "ParetoOut", "Progress", "TrialOut", "UploadOut"]
 
 
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back the UTC times it stores without a zone; an RFC 3339 date-time (what the schema promises,
+    # and what clients parse unambiguously) needs one. PostgreSQL's come with theirs and are left as they are.
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+
+
 class JobSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: JobSpec
     name: str | None = Field(default=None, max_length=200, description="a label; default 'MODEL on DEVICE'")
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # A label is shown in lists and pages; control characters garble them, and PostgreSQL refuses NUL outright.
+        if value is not None and any(unicodedata.category(char) == "Cc" for char in value):
+            raise ValueError("no control characters (NUL, tabs, line breaks) in a name; use one line of text")
+        return value
 
 
 class Progress(BaseModel):
@@ -37,13 +55,16 @@ class JobOut(BaseModel):
     device: str
     spec: dict[str, Any]
     study_name: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     progress: Progress
     budget_ms: float | None
     dense_ms: float | None
     error: str | None
+    notes: dict[str, Any] | None = Field(
+        description="what to know about a job that runs, e.g. skipped_calib_images: unreadable images (count, files)"
+    )
     worker: str | None
     attempts: int
 
@@ -74,7 +95,7 @@ class ModelOut(BaseModel):
     sha256: str = Field(description="sha256 of model.safetensors")
     metrics: dict[str, Any]
     summary: str = Field(description="the pruned structure in a few words")
-    created_at: datetime
+    created_at: Timestamp
 
     @classmethod
     def of(cls, model: PrunedModel) -> ModelOut:

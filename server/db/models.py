@@ -63,6 +63,8 @@ class Job(Base):
     budget_ms: Mapped[float | None] = mapped_column(Float)
     dense_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the user should know about a job that still runs, e.g. unreadable images that were skipped."""
     dense: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """The dense model: per-block structure and its validation metrics and latency (set when done)."""
     models: Mapped[list[PrunedModel]] = relationship(back_populates="job", order_by="PrunedModel.predicted_ms")

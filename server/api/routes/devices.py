@@ -17,11 +17,28 @@ from latency_models.analytic import PRESETS
 from latency_models.registry import KIND_DEFAULTS, Registry
 from latency_models.schema import LatencyTable
 from server.api.deps import RegistryDep, SessionDep
+from server.api.routing import JSONRoute, parse_json
 from server.db.models import DeviceProfile
 
-router = APIRouter(prefix="/api/devices", tags=["devices"])
+router = APIRouter(prefix="/api/devices", tags=["devices"], route_class=JSONRoute)
 
 MAX_TABLE_BYTES = 64 << 20
+HARDWARE_CHARS = DeviceProfile.hardware.type.length  # the database column that lists it
+
+# The body is read raw (and validated by the registry), so FastAPI would not document it; this does.
+TABLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "a latency table (vitprune.latency-table JSON) written by `vitprune profile`",
+                }
+            }
+        },
+    }
+}
 
 
 @router.get("")
@@ -47,7 +64,7 @@ def device(name: str, registry: RegistryDep) -> dict[str, Any]:
     return result
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, openapi_extra=TABLE_BODY)
 async def import_device(
     request: Request,
     session: SessionDep,
@@ -60,9 +77,10 @@ async def import_device(
     if len(body) > MAX_TABLE_BYTES:
         raise HTTPException(413, f"a latency table is at most {MAX_TABLE_BYTES >> 20} MB")
     try:
-        json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = parse_json(body)
+    except json.JSONDecodeError as error:
         raise HTTPException(400, f"the body is not JSON: {error}; send the table file as the request body") from error
+    _check_hardware(data)
     try:
         table = await run_in_threadpool(_import, registry, session, body, name)
     except ValueError as error:  # a bad name, or a table the schema refuses (the message names the field)
@@ -70,11 +88,27 @@ async def import_device(
     return {"name": name, "kind": "imported", "hardware": table.device.hardware, "entries": len(table.entries)}
 
 
+def _check_hardware(data: Any) -> None:
+    """The one field of a table the database keeps: refused before anything is stored, not by the database."""
+    device = data.get("device") if isinstance(data, dict) else None
+    hardware = device.get("hardware") if isinstance(device, dict) else None
+    if not isinstance(hardware, str):
+        return  # the table's own validation names what is missing or mistyped
+    if len(hardware) > HARDWARE_CHARS or "\x00" in hardware:
+        raise HTTPException(
+            400, f"device.hardware: at most {HARDWARE_CHARS} characters and no NUL; describe the hardware briefly"
+        )
+
+
 def _import(registry: Registry, session: Session, body: bytes, name: str) -> LatencyTable:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "table.json"
         path.write_bytes(body)
-        table = registry.import_table(path, name)
+        try:
+            table = registry.import_table(path, name)
+        except ValueError as error:
+            # The registry names the file it read; here that is a temporary copy of the body the client never saw.
+            raise ValueError(str(error).replace(str(path), "the table")) from error
     session.merge(
         DeviceProfile(
             name=name,

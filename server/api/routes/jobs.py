@@ -5,21 +5,69 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import optuna
+import timm
+import torch
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from optuna.trial import TrialState
 from sqlalchemy import select
 
-from search import JobInputError, check_job
+from latency_models.registry import Registry
+from search import JobInputError, JobSpec, check_job
 from search.trials import is_pareto_candidate
 from server.api.deps import JobDep, RegistryDep, SessionDep, SettingsDep, StoreDep
 from server.api.paths import PathError, resolve_paths
+from server.api.routing import JSONRoute
 from server.api.schemas import JobOut, JobSubmit, ModelOut, ParetoOut, TrialOut
 from server.api.summary import summarise
 from server.db.models import JOB_STATES, PrunedModel
 from server.jobs import cancel_job, create_job, list_jobs
 
-router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=JSONRoute)
+
+
+class ModelOptionsError(ValueError):
+    """model_kwargs that do not build the model, or build one the weights cannot be for."""
+
+
+def _check_model_kwargs(spec: JobSpec) -> None:
+    """Build the model with the job's model_kwargs on the meta device: shapes only, no memory, milliseconds.
+
+    timm hands model_kwargs to the model's constructor, which fails on an unknown or ill-typed option with
+    whatever error it happens to hit (TypeError, AssertionError, ZeroDivisionError, ...), and builds a model
+    of any size it is asked for (embed_dim=40000 is 200 billion parameters: building it for real would take
+    the service down). Both are refused here, before check_job builds the model for real.
+    """
+    if not spec.model_kwargs:
+        return
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(spec.model, pretrained=False, **spec.model_kwargs)
+    except Exception as error:
+        try:
+            with torch.device("meta"):
+                timm.create_model(spec.model, pretrained=False)
+        except Exception:
+            return  # not the options' fault (e.g. an unknown model name): check_job says what is wrong
+        raise ModelOptionsError(
+            f"model_kwargs {spec.model_kwargs} do not build {spec.model} ({type(error).__name__}: {error}); "
+            "give only timm.create_model options of this model, with values of their type, e.g. "
+            '{"num_classes": 10, "img_size": 224}'
+        ) from error
+    weights = spec.weights
+    if weights is not None and weights.is_file():
+        # Each parameter takes at least one byte in any weights file that could load into this model.
+        params, size = sum(p.numel() for p in model.parameters()), weights.stat().st_size
+        if params > size:
+            raise ModelOptionsError(
+                f"model_kwargs {spec.model_kwargs} make {spec.model} a model of {params:,} parameters, more than "
+                f"the weights file ({size:,} bytes) can hold; give the options the weights were trained with"
+            )
+
+
+def _check(spec: JobSpec, registry: Registry) -> None:
+    _check_model_kwargs(spec)
+    check_job(spec, registry)
 
 
 @router.post("", status_code=201, response_model=JobOut)
@@ -32,7 +80,7 @@ async def submit(
     try:
         spec = resolve_paths(body.spec, settings, store)
         # Loading weights and pricing the model take seconds: not on the event loop.
-        await run_in_threadpool(check_job, spec, registry)
+        await run_in_threadpool(_check, spec, registry)
     except (PathError, JobInputError, ValueError, OSError) as error:
         raise HTTPException(400, str(error)) from error
     return JobOut.of(create_job(session, spec, body.name))
@@ -49,6 +97,10 @@ def jobs(
 ) -> list[JobOut]:
     if status is not None and status not in JOB_STATES:
         raise HTTPException(400, f"unknown status {status!r}; use one of {', '.join(JOB_STATES)}")
+    for name, value in (("model", model), ("device", device)):
+        # No stored name has one, and PostgreSQL refuses NUL in a query's text (a 500 before this check).
+        if value is not None and "\x00" in value:
+            raise HTTPException(400, f"{name}: a NUL character never occurs in a {name} name; remove it")
     found = list_jobs(session, status=status, model=model, device=device, limit=limit, offset=offset)
     return [JobOut.of(job) for job in found]
 

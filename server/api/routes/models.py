@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
@@ -13,11 +14,12 @@ from sqlalchemy import select
 from pruning.bundle import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, load_bundle
 from pruning.export import ExportError, export_onnx
 from server.api.deps import ModelDep, SessionDep, StoreDep
+from server.api.routing import JSONRoute
 from server.api.schemas import ModelOut
 from server.db.models import PrunedModel
 from server.store import ArtifactStore, sha256_of
 
-router = APIRouter(prefix="/api/models", tags=["models"])
+router = APIRouter(prefix="/api/models", tags=["models"], route_class=JSONRoute)
 
 
 class Format(str, Enum):
@@ -28,7 +30,11 @@ class Format(str, Enum):
 
 
 @router.get("", response_model=list[ModelOut])
-def models(session: SessionDep, job_id: int | None = None) -> list[ModelOut]:
+def models(
+    session: SessionDep,
+    # Bounded like every id: SQLite and PostgreSQL refuse larger integers with an error, not an empty match.
+    job_id: Annotated[int | None, Query(ge=1, lt=2**31, description="only this job's models")] = None,
+) -> list[ModelOut]:
     query = select(PrunedModel).order_by(PrunedModel.id.desc()).limit(1000)
     if job_id is not None:
         query = query.where(PrunedModel.job_id == job_id)

@@ -6,6 +6,7 @@ arrives; a declared Content-Length over the limit is refused before a byte is st
 
 from __future__ import annotations
 
+import errno
 import re
 import uuid
 from typing import Annotated
@@ -16,15 +17,22 @@ from sqlalchemy.orm import Session
 
 from server.api.deps import SessionDep, SettingsDep, StoreDep
 from server.api.paths import UPLOAD_PREFIX
+from server.api.routing import JSONRoute
 from server.api.schemas import UploadOut
 from server.db.models import Upload
 from server.store import ArtifactStore
 from server.uploads import UploadError, check_weights, extract_dataset, receive
 
-router = APIRouter(prefix="/api/uploads", tags=["uploads"])
+router = APIRouter(prefix="/api/uploads", tags=["uploads"], route_class=JSONRoute)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 Filename = Annotated[str, Query(description="the file's name, e.g. model.safetensors or images.zip")]
+
+
+def _raw_body(description: str) -> dict:
+    # The body is streamed from the request, so FastAPI would not document it; this does.
+    schema = {"type": "string", "format": "binary", "description": description}
+    return {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": schema}}}}
 
 
 def _check_name(filename: str) -> str:
@@ -41,7 +49,12 @@ def _check_length(request: Request, limit: int) -> None:
         )
 
 
-@router.put("/weights", response_model=UploadOut, status_code=201)
+@router.put(
+    "/weights",
+    response_model=UploadOut,
+    status_code=201,
+    openapi_extra=_raw_body("the weights file's bytes: .safetensors, or a .pth/.pt/.bin state dict"),
+)
 async def upload_weights(
     request: Request, filename: Filename, settings: SettingsDep, store: StoreDep, session: SessionDep
 ) -> UploadOut:
@@ -64,7 +77,12 @@ async def upload_weights(
     return UploadOut(ref=upload.ref, size=size, sha256=sha256)
 
 
-@router.put("/datasets", response_model=UploadOut, status_code=201)
+@router.put(
+    "/datasets",
+    response_model=UploadOut,
+    status_code=201,
+    openapi_extra=_raw_body("a .zip of an ImageFolder: one folder of images per class"),
+)
 async def upload_dataset(
     request: Request, filename: Filename, settings: SettingsDep, store: StoreDep, session: SessionDep
 ) -> UploadOut:
@@ -80,6 +98,13 @@ async def upload_dataset(
         counts = await run_in_threadpool(extract_dataset, archive, store.path(f"uploads/{key}"))
     except UploadError as error:
         raise HTTPException(error.status, str(error)) from error
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        # Only the archive's entry names can be too long: the folders they are unpacked into have short names.
+        raise HTTPException(
+            400, "an archive entry's folder or file name is too long for the file system (255 bytes); shorten it"
+        ) from error
     finally:
         archive.unlink(missing_ok=True)
     upload = _record(session, store, "dataset", key, size, sha256)
