@@ -52,7 +52,10 @@ def _job(data: Path, trials: int) -> dict:
 
 
 def _done(client: httpx.Client, job_id: int) -> int:
-    return client.get(f"/api/jobs/{job_id}").json()["progress"]["done"]
+    job = client.get(f"/api/jobs/{job_id}").json()
+    if job["status"] in ("failed", "cancelled"):
+        raise SystemExit(f"the benchmark's job {job['status']}: {job['error']}")
+    return job["progress"]["done"]
 
 
 def _trials_per_min(client: httpx.Client, job_id: int, seconds: float) -> float:
@@ -118,6 +121,8 @@ def main() -> int:
         response.raise_for_status()
         job_id = response.json()["id"]
         while _done(client, job_id) < 10:  # past the dense pass, image decoding and the first trials
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited; see {home / 'service.log'}")
             time.sleep(1)
         quiet = _trials_per_min(client, job_id, args.seconds)
         started = time.monotonic()

@@ -12,6 +12,7 @@ process next checks for stale trials.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ HEARTBEAT_S = 10
 GRACE_S = 45
 """A running trial without a heartbeat for this long belongs to a dead worker."""
 RETRIES = 3
+STORAGE_ATTEMPTS = 5
 
 
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_S) -> RDBStorage:
@@ -51,14 +53,23 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
     # SQLite ignores SELECT ... FOR UPDATE, with which Optuna claims a waiting trial: two workers
     # could both take one. Transactions that start with BEGIN IMMEDIATE take the write lock first.
     engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
-    with _stable_enough():
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_s,
-            grace_period=grace_s,
-            heartbeat_stale_trial_callback=retry_callback(),
-        )
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with _stable_enough():
+                storage = RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s,
+                    heartbeat_stale_trial_callback=retry_callback(),
+                )
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            # Processes that start together on a new database race to create Optuna's tables; the loser
+            # finds them made when it tries again.
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     if sqlite:
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return storage

@@ -40,6 +40,7 @@ _COPY_CHUNK = 1 << 20
 # Small entries legitimately reach huge ratios (a solid-colour BMP deflates ~1000x) while being harmless:
 # the amplification a bomb needs only matters for large sizes, and max_bytes still bounds the total.
 _RATIO_FLOOR = _MB
+_NAME_MAX = 255  # bytes in one file name on common file systems
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -142,6 +143,8 @@ def _safe_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
         raise UploadError(f"archive entry '{name}' points outside the archive ('..'); remove it and zip again")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise UploadError(f"archive entry '{name}' is a symbolic link; zip the real files instead")
+    if any(len(part.encode()) > _NAME_MAX for part in parts):
+        raise UploadError(f"archive entry '{name[:80]}...' has a name over {_NAME_MAX} bytes; rename it and zip again")
     if info.flag_bits & 0x1:
         raise UploadError(f"archive entry '{name}' is encrypted; upload an archive without a password")
     return parts
@@ -222,7 +225,7 @@ def extract_dataset(
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, EOFError, ValueError) as error:
-        raise UploadError(f"{archive.name} is not a valid zip archive; upload a .zip of the image folder") from error
+        raise UploadError("the upload is not a valid zip archive; upload a .zip of the image folder") from error
     with zf:
         infos = zf.infolist()
         if len(infos) > max_files:

@@ -6,7 +6,6 @@ arrives; a declared Content-Length over the limit is refused before a byte is st
 
 from __future__ import annotations
 
-import errno
 import re
 import uuid
 from typing import Annotated
@@ -98,13 +97,6 @@ async def upload_dataset(
         counts = await run_in_threadpool(extract_dataset, archive, store.path(f"uploads/{key}"))
     except UploadError as error:
         raise HTTPException(error.status, str(error)) from error
-    except OSError as error:
-        if error.errno != errno.ENAMETOOLONG:
-            raise
-        # Only the archive's entry names can be too long: the folders they are unpacked into have short names.
-        raise HTTPException(
-            400, "an archive entry's folder or file name is too long for the file system (255 bytes); shorten it"
-        ) from error
     finally:
         archive.unlink(missing_ok=True)
     upload = _record(session, store, "dataset", key, size, sha256)
