@@ -246,7 +246,7 @@ def test_a_dataset_entry_with_an_overlong_name_is_refused(make_service):
         archive.writestr(f"c0/{'a' * 300}.png", b"\x89PNG")
         archive.writestr("c1/b.png", b"\x89PNG")
     response = client.put("/api/uploads/datasets", params={"filename": "d.zip"}, content=buffer.getvalue())
-    assert response.status_code == 400 and "too long" in response.json()["detail"]
+    assert response.status_code == 400 and "over 255 bytes" in response.json()["detail"]
 
 
 def test_times_carry_their_zone(make_service, tiny_root):
