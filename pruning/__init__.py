@@ -3,6 +3,7 @@
 from pruning.config import (
     BlockConfig,
     ConfigError,
+    MergeReduction,
     NoReduction,
     PruneConfig,
     ThresholdReduction,
@@ -18,6 +19,7 @@ __all__ = [
     "BlockSpec",
     "ConfigError",
     "Importance",
+    "MergeReduction",
     "ModelSpec",
     "NoReduction",
     "PruneConfig",

@@ -2,32 +2,37 @@
 
 The block's own timm modules hold the physically sliced weights; this module only decides how
 they run: fused attention where no scores are needed, explicit attention at the blocks that
-reduce tokens (their scores come from this same attention, never from a second pass), key masks
-for padded batches, and the token reduction between attention and MLP (as in EViT).
+reduce tokens by score (their scores come from this same attention, never from a second pass), key
+masks for padded batches, size biases once tokens were merged, and the token reduction or merge
+between attention and MLP (as in EViT and ToMe).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pruning.config import BlockConfig, ScoreKind
-from pruning.tokens import TokenState, reduce_tokens
+from pruning.merging import merge_tokens
+from pruning.tokens import TokenState, attention_mask, reduce_tokens
 
 __all__ = ["attention_half", "attention_heads", "block_forward", "mlp_half", "mlp_hidden"]
 
 
 def attention_heads(
-    attn: nn.Module, x: torch.Tensor, valid: torch.Tensor | None, score: ScoreKind | None
+    attn: nn.Module, x: torch.Tensor, mask: torch.Tensor | None, want: ScoreKind | Literal["keys"] | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenated head outputs (B, N, heads*head_dim) before `attn.proj`, and token scores (B, N).
+    """Concatenated head outputs (B, N, heads*head_dim) before `attn.proj`, and what the token op needs.
 
-    Scores are only computed when `score` is given: the class token's attention over all tokens,
-    averaged over heads (`cls_attn`) or weighted by each head's importance for this image, the
-    norm of the head's class-token output (`head_weighted`).
+    `mask` (B, 1, 1, N), from `attention_mask`: a bool key mask or an additive key bias.
+    `want` picks the second result: token scores (B, N), the class token's attention over all
+    tokens averaged over heads (`cls_attn`) or weighted by each head's importance for this image,
+    the norm of the head's class-token output (`head_weighted`); or the keys averaged over heads
+    (B, N, head_dim), the similarity metric of token merging (`keys`); or nothing.
     """
     B, N, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -36,24 +41,23 @@ def attention_heads(
     qkv = attn.qkv(x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    key_mask = None if valid is None else valid[:, None, None, :]
-    if score is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        scores = None
+    if want in (None, "keys"):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        extra = k.mean(dim=1) if want == "keys" else None
     else:
         logits = (q * attn.scale) @ k.transpose(-2, -1)
-        if key_mask is not None:
-            logits = logits.masked_fill(~key_mask, float("-inf"))
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
         probs = logits.softmax(dim=-1)
         out = probs @ v
         cls_attn = probs[:, :, 0, :]
-        if score == "head_weighted":
+        if want == "head_weighted":
             weight = out[:, :, 0, :].norm(dim=-1)
             weight = weight / weight.sum(dim=1, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny)
-            scores = (cls_attn * weight[..., None]).sum(dim=1)
+            extra = (cls_attn * weight[..., None]).sum(dim=1)
         else:
-            scores = cls_attn.mean(dim=1)
-    return attn.norm(out.transpose(1, 2).reshape(B, N, heads * head_dim)), scores
+            extra = cls_attn.mean(dim=1)
+    return attn.norm(out.transpose(1, 2).reshape(B, N, heads * head_dim)), extra
 
 
 def mlp_hidden(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,10 +69,13 @@ def attention_half(
     block: nn.Module, cfg: BlockConfig, state: TokenState, score: ScoreKind, package_token: bool
 ) -> TokenState:
     """The residual attention branch, then this block's token reduction (if any)."""
-    reduces = cfg.reduces_tokens
-    heads_out, scores = attention_heads(block.attn, block.norm1(state.x), state.valid, score if reduces else None)
+    op = cfg.tokens
+    want = None if op.kind == "none" else "keys" if op.kind == "merge" else score
+    heads_out, extra = attention_heads(block.attn, block.norm1(state.x), attention_mask(state), want)
     state = replace(state, x=state.x + block.ls1(block.attn.proj(heads_out)))
-    return reduce_tokens(state, scores, cfg.tokens, package_token) if reduces else state
+    if op.kind == "merge":
+        return merge_tokens(state, extra, op)
+    return reduce_tokens(state, extra, op, package_token) if op.kind != "none" else state
 
 
 def mlp_half(block: nn.Module, state: TokenState) -> TokenState:

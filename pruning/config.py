@@ -22,6 +22,7 @@ from pruning.spec import ModelSpec
 __all__ = [
     "BlockConfig",
     "ConfigError",
+    "MergeReduction",
     "NoReduction",
     "PruneConfig",
     "ScoreKind",
@@ -73,7 +74,27 @@ class ThresholdReduction(_Frozen):
     threshold: float = Field(gt=0.0, allow_inf_nan=False)
 
 
-TokenReduction = Annotated[NoReduction | TopKReduction | ThresholdReduction, Field(discriminator="kind")]
+class MergeReduction(_Frozen):
+    """Merge `r` pairs of similar patch tokens into one each (ToMe), between attention and MLP.
+
+    Bipartite soft matching on this block's attention keys (averaged over heads): the patch tokens
+    alternate into two sets, each token of the first set is paired with its most similar token of
+    the second, and the `r` most similar pairs are averaged, weighted by how many original patches
+    each token already holds. Those sizes then bias every later attention (proportional
+    attention), so a merged token counts as the patches it stands for. Class, distillation and
+    package tokens are never merged. At most half of the patch tokens can merge at one block.
+    """
+
+    kind: Literal["merge"] = "merge"
+    r: int = Field(ge=1)
+
+    def kept(self, n_tokens: int) -> int:
+        return n_tokens - min(self.r, n_tokens // 2)
+
+
+TokenReduction = Annotated[
+    NoReduction | TopKReduction | ThresholdReduction | MergeReduction, Field(discriminator="kind")
+]
 
 
 class BlockConfig(_Frozen):
@@ -132,22 +153,25 @@ class PruneConfig(_Frozen):
         keep_ratio: float | None = None,
         at: tuple[int, ...] = (),
         threshold: float | None = None,
+        merge_r: int | None = None,
         head_ratio: float = 1.0,
         mlp_ratio: float = 1.0,
         **options,
     ) -> PruneConfig:
         """A common shape: the same token reduction at blocks `at`, the same head/MLP ratios everywhere."""
-        if keep_ratio is not None and threshold is not None:
-            raise ConfigError("give keep_ratio (top-k) or threshold, not both")
+        if sum(x is not None for x in (keep_ratio, threshold, merge_r)) > 1:
+            raise ConfigError("give one of keep_ratio (top-k), threshold and merge_r, not several")
         round_to = cls(blocks=(), **options).round_to  # validates the options before they are used
         blocks = []
         for i, b in enumerate(spec.blocks):
-            tokens: NoReduction | TopKReduction | ThresholdReduction = NoReduction()
+            tokens: NoReduction | TopKReduction | ThresholdReduction | MergeReduction = NoReduction()
             if i in at:
                 if keep_ratio is not None:
                     tokens = TopKReduction(keep_ratio=keep_ratio)
                 elif threshold is not None:
                     tokens = ThresholdReduction(threshold=threshold)
+                elif merge_r is not None:
+                    tokens = MergeReduction(r=merge_r)
             heads = b.heads if head_ratio >= 1.0 else max(1, round(b.heads * head_ratio))
             hidden = b.mlp_hidden
             if mlp_ratio < 1.0:
@@ -162,6 +186,10 @@ class PruneConfig(_Frozen):
     @property
     def has_threshold(self) -> bool:
         return any(b.tokens.kind == "threshold" for b in self.blocks)
+
+    @property
+    def has_merge(self) -> bool:
+        return any(b.tokens.kind == "merge" for b in self.blocks)
 
     def key(self) -> str:
         """A stable short hash of the structure, for caches and deduplication."""
@@ -182,6 +210,15 @@ class PruneConfig(_Frozen):
         if len(self.blocks) != len(spec.blocks):
             raise ConfigError(
                 f"blocks: the config lists {len(self.blocks)} blocks but {spec.name} has {len(spec.blocks)}"
+            )
+        if self.has_merge and self.has_threshold:
+            # Thresholds give each image its own token count (padded batches); merging pairs tokens
+            # by fixed counts and its sizes would have to follow every padding.
+            raise ConfigError("tokens: merge and threshold cannot be combined in one config; use merge with topk")
+        if self.has_merge and spec.family != "vit":
+            raise ConfigError(
+                f"tokens: merge is supported on plain ViT/DeiT models; {spec.name} pools a token grid"
+                " between stages, which merged tokens no longer form"
             )
         for i, (cfg, dense) in enumerate(zip(self.blocks, spec.blocks, strict=True)):
             where = f"block {i}"

@@ -106,6 +106,8 @@ def _token_op(block: BlockConfig) -> str:
         return f"top-k, keep {block.tokens.keep_ratio:.0%} of patch tokens"
     if block.tokens.kind == "threshold":
         return f"threshold, keep score >= {block.tokens.threshold:g} x mean"
+    if block.tokens.kind == "merge":
+        return f"merge {block.tokens.r} pairs of similar patch tokens (ToMe)"
     return "-"
 
 

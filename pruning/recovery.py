@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pruning.block import attention_half, attention_heads, mlp_half, mlp_hidden
+from pruning.tokens import attention_mask
 
 __all__ = ["recover_weights"]
 
@@ -65,8 +66,9 @@ def recover_weights(pruned: nn.Module, dense_model: nn.Module, batches: Sequence
             fit = _NormalEquations()
             for state in states:
                 normed = block.norm1(state.x)
-                features, _ = attention_heads(block.attn, normed, state.valid, None)
-                dense_heads, _ = attention_heads(dense.attn, normed, state.valid, None)
+                mask = attention_mask(state)
+                features, _ = attention_heads(block.attn, normed, mask, None)
+                dense_heads, _ = attention_heads(dense.attn, normed, mask, None)
                 fit.add(features, dense.attn.proj(dense_heads), state.valid)
             fit.solve_into(block.attn.proj)
         states = [attention_half(block, cfg, s, config.score, config.package_token) for s in states]

@@ -18,7 +18,7 @@ import torch
 
 from pruning.config import ThresholdReduction, TopKReduction
 
-__all__ = ["TokenState", "paint_canvas", "reduce_tokens"]
+__all__ = ["TokenState", "attention_mask", "paint_canvas", "reduce_tokens"]
 
 
 @dataclass
@@ -39,6 +39,8 @@ class TokenState:
     """(height, width) of the patch grid, for families that pool it (PiT)."""
     counts: list[torch.Tensor] = field(default_factory=list)
     """Patch tokens kept per image at each reduction so far."""
+    size: torch.Tensor | None = None
+    """(B, N) how many original patches each token stands for, once tokens were merged; None: all 1."""
 
     @property
     def n_patch(self) -> int:
@@ -46,6 +48,17 @@ class TokenState:
 
     def patch_slice(self) -> slice:
         return slice(self.n_prefix, self.n_prefix + self.n_patch)
+
+
+def attention_mask(state: TokenState) -> torch.Tensor | None:
+    """What the attention adds to its keys, shaped (B, 1, 1, N): None, a bool mask hiding padding, or
+    log(size) once tokens were merged (proportional attention, ToMe), with -inf at padding."""
+    if state.size is None:
+        return None if state.valid is None else state.valid[:, None, None, :]
+    bias = state.size.log()
+    if state.valid is not None:
+        bias = bias.masked_fill(~state.valid, float("-inf"))
+    return bias[:, None, None, :]
 
 
 def reduce_tokens(
@@ -67,6 +80,8 @@ def reduce_tokens(
         k = reduction.kept(state.n_patch)
         return _gather_topk(state, patches, patch_scores, package_score, k, package_token)
 
+    if state.size is not None:
+        raise ValueError("merged tokens can only be reduced further by top-k on compact, unpadded batches")
     patch_valid = _patch_valid(state)
     keep = _keep_mask(patch_scores, patch_valid, reduction)
     return _compact(state, patches, patch_scores, package_score, patch_valid, keep, package_token)
@@ -90,7 +105,19 @@ def _gather_topk(
         parts.append(_package(state, patches, patch_scores, package_score, dropped)[:, None])
     positions = state.positions.gather(1, order) if state.positions is not None else None
     count = torch.full((B,), k, dtype=torch.long, device=patches.device)
-    return replace(state, x=torch.cat(parts, 1), has_package=fuse, positions=positions, counts=[*state.counts, count])
+    size = None
+    if state.size is not None:
+        # Kept tokens keep their sizes; the package token, a score-weighted blend, counts as one.
+        sizes = [state.size[:, : state.n_prefix], state.size[:, state.patch_slice()].gather(1, order)]
+        size = torch.cat(sizes + [state.size.new_ones(B, 1)] * fuse, 1)
+    return replace(
+        state,
+        x=torch.cat(parts, 1),
+        has_package=fuse,
+        positions=positions,
+        counts=[*state.counts, count],
+        size=size,
+    )
 
 
 def _patch_valid(state: TokenState) -> torch.Tensor:

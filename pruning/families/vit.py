@@ -44,9 +44,13 @@ class ViTFamily:
 
     def head(self, model: nn.Module, state: TokenState) -> torch.Tensor:
         x = model.norm(state.x)
-        if model.global_pool == "avg" and state.valid is not None:
-            # Average only real patch tokens (and the package token), never padding.
-            weight = state.valid[:, state.n_prefix :, None].to(x.dtype)
+        if model.global_pool == "avg" and (state.valid is not None or state.size is not None):
+            # Average only real patch tokens (and the package token), never padding; a merged
+            # token weighs as many patches as it holds.
+            weight = x.new_ones(x.shape[:2]) if state.valid is None else state.valid.to(x.dtype)
+            if state.size is not None:
+                weight = weight * state.size
+            weight = weight[:, state.n_prefix :, None]
             pooled = (x[:, state.n_prefix :] * weight).sum(1) / weight.sum(1)
             return model.head(model.head_drop(model.fc_norm(pooled)))
         return model.forward_head(x)

@@ -16,6 +16,8 @@ def summarise(config: dict[str, Any]) -> str:
             tokens.append(f"keep {op['keep_ratio']:g}@{index}")
         elif op.get("kind") == "threshold":
             tokens.append(f"thr {op['threshold']:g}@{index}")
+        elif op.get("kind") == "merge":
+            tokens.append(f"merge {op['r']}@{index}")
     parts = [", ".join(tokens) or "all tokens"]
     heads = [block.get("heads") for block in blocks]
     mlp = [block.get("mlp_hidden") for block in blocks]

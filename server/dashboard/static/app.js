@@ -113,7 +113,8 @@ const VP = (() => {
 
   /**
    * Patch tokens each block's MLP and the later blocks run on, starting from `start` tokens. Top-k keeps
-   * ceil(r·N) of the N tokens that reach it (the same float arithmetic as the server); the package token
+   * ceil(r·N) of the N tokens that reach it (the same float arithmetic as the server); merging removes
+   * min(r, N/2) of them; the package token
    * exists from the first block that really drops tokens. Threshold blocks keep a number per image, so
    * counts from one on are unknown (`n` null, `bound` the most they can be). Without `start` (null: the
    * dense structure is not known yet), `n` is the share of the patch tokens kept.
@@ -129,6 +130,9 @@ const VP = (() => {
         const kept = start == null ? op.keep_ratio * n : Math.max(1, Math.ceil(op.keep_ratio * n));
         if (config.package_token && (kept < n || pkg)) pkg = true;
         n = kept;
+      } else if (op.kind === "merge" && !perImage) {
+        // ToMe: r pairs merge, at most half of the tokens; without `start` the share is approximate.
+        n = start == null ? n * (1 - Math.min(op.r / 196, 0.5)) : n - Math.min(op.r, Math.floor(n / 2));
       }
       return { index, op, n: perImage ? null : n, bound: n, pkg: !perImage && pkg };
     });

@@ -62,7 +62,7 @@
     const rows = tokenCounts(config, base ? base[0].tokens_in : null);
     const unit = base ? "patch tokens" : "share of patch tokens";
     const describe = (r) => {
-      const op = { topk: `top-k keep ${r.op.keep_ratio}`, threshold: `threshold ${r.op.threshold}` }[r.op.kind] || "no reduction";
+      const op = { topk: `top-k keep ${r.op.keep_ratio}`, threshold: `threshold ${r.op.threshold}`, merge: `merge r=${r.op.r}` }[r.op.kind] || "no reduction";
       const count = r.n == null ? "a count per image"
         : base ? `${r.n} of ${base[r.index].tokens_in} patch tokens` : `${fmt.pct(100 * r.n)} of the patch tokens`;
       return `<b>block ${r.index}</b> · ${esc(op)}<br>${count}${r.pkg ? " + package token" : ""}`;
