@@ -88,5 +88,5 @@ def test_unknown_fields_and_token_kinds_are_refused():
 
 
 def test_topk_and_threshold_together_is_refused(spec):
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="not several"):
         PruneConfig.uniform(spec, keep_ratio=0.5, threshold=1.0, at=(3,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 import zipfile
 
@@ -188,3 +189,25 @@ def test_a_token_protects_writes_and_optionally_reads(make_service, tiny_root):
     assert private.get("/api/jobs").status_code == 401
     assert private.get("/api/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert private.get("/api/health").status_code == 200  # health checks carry no token
+
+
+def test_cors_is_closed_and_the_token_is_never_logged_or_returned(make_service, caplog):
+    client = make_service(worker=False, token="s3cret-token")
+    origin = {"Origin": "https://elsewhere.example"}
+    preflight = client.options(
+        "/api/jobs", headers=origin | {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers  # browsers on other sites may not call us
+    assert "access-control-allow-origin" not in client.get("/api/jobs", headers=origin).headers
+    with caplog.at_level(logging.DEBUG):
+        answers = [
+            client.get("/api/health"),
+            client.get("/openapi.json"),
+            client.get("/", headers={"Accept": "text/html"}),
+            client.post("/api/jobs", json={}, headers={"Authorization": "Bearer s3cret-token"}),
+            client.post("/api/jobs", json={}, headers={"Authorization": "Bearer s3cret-wrong"}),
+        ]
+    assert answers[0].status_code == 200 and answers[3].status_code == 422 and answers[4].status_code == 401
+    assert not any("s3cret" in answer.text for answer in answers)
+    assert "s3cret" not in caplog.text
+    assert "s3cret" not in repr(client.app.state.settings)
