@@ -212,6 +212,7 @@ def test_deeply_nested_bodies_are_refused(make_service):
         ({"embed_dim": 100}, "divisible by num_heads"),  # AssertionError
         ({"patch_size": 0}, "ZeroDivisionError"),
         ({"embed_dim": 192 * 200}, "parameters, more than the weights file"),  # would have allocated 850 GB
+        ({"depth": 10**6}, "more blocks than any ViT"),  # held the request for hours, building on meta
     ],
 )
 def test_model_kwargs_that_do_not_build_the_model_are_refused(make_service, tiny_root, kwargs, words):

@@ -26,6 +26,9 @@ from server.jobs import cancel_job, create_job, list_jobs
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=JSONRoute)
 
 
+MAX_DEPTH = 256
+
+
 class ModelOptionsError(ValueError):
     """model_kwargs that do not build the model, or build one the weights cannot be for."""
 
@@ -40,6 +43,14 @@ def _check_model_kwargs(spec: JobSpec) -> None:
     """
     if not spec.model_kwargs:
         return
+    depth = spec.model_kwargs.get("depth")
+    if isinstance(depth, int) and depth > MAX_DEPTH:
+        # Building costs time per block even on the meta device (~5 ms): depth=10**6 would hold this
+        # request for an hour and a half.
+        raise ModelOptionsError(
+            f"model_kwargs depth={depth} is more blocks than any ViT has; vitprune takes models of up to "
+            f"{MAX_DEPTH} blocks: give the depth the weights were trained with"
+        )
     try:
         with torch.device("meta"):
             model = timm.create_model(spec.model, pretrained=False, **spec.model_kwargs)
