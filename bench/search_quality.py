@@ -9,7 +9,18 @@ predicted latency. Dense, best and baseline are then timed paired (interleaved r
 latencies are measured in the same conditions. With --samplers, each sampler also runs a shorter
 search at the first budget (hypervolume and best calibration accuracy under budget).
 
+With --token-ops (e.g. topk,merge,topk+merge) the token ops are compared: one search per op, with
+the same trials, sampler, seed and calibration / validation split, at the largest budget only.
+Its Pareto front spans every latency under that budget, so each smaller budget's figure is the
+best Pareto model under that budget (by calibration top-1 again): one search per op instead of one
+per op and budget, at the price of a front that the sampler tuned for the largest budget (a search
+aimed at the smaller budget could only do as well or better there). The top-k search at the largest
+budget is the main row's own study, reused. Against them stands ToMe's own schedule: the same merge
+count r at every block, with the r whose predicted latency is closest to the budget without going
+over, scored on the validation half. Dense, every op's best and ToMe are timed paired per budget.
+
     python bench/search_quality.py --table runs/latency_bench/deit_tiny_patch16_224_b32.json
+    python bench/search_quality.py --table ... --token-ops topk,merge,topk+merge
 
 Writes `<out>/search_quality.{json,md}`; studies and Pareto bundles go to `--work`.
 """
@@ -86,8 +97,30 @@ def hypervolume(front: list[tuple[float, float]], budget: float, floor: float) -
     return area
 
 
+def tome_config(predictor: LatencyPredictor, spec, target_ms: float, batch: int) -> PruneConfig:
+    """ToMe's schedule: the same r at every block, with the latency closest to target_ms without going over."""
+    every = tuple(range(len(spec.blocks)))
+    priced = []
+    for r in range(1, spec.blocks[0].tokens_in // 2 + 1):  # more than half the tokens never merge at once
+        config = PruneConfig.uniform(spec, merge_r=r, at=every)
+        ms = predictor.predict(config, spec, batch).ms
+        if ms <= target_ms:
+            priced.append((ms, -r, config))  # at equal latency the gentler merge
+    if not priced:
+        raise RuntimeError(f"no uniform merge count reaches {target_ms:.1f} ms")
+    return max(priced, key=lambda p: p[:2])[2]
+
+
 def make_job(
-    args, ratio: float, calib: Path, val: Path, sampler: str, trials: int, cheap_first: int | None = None, seed: int = 0
+    args,
+    ratio: float,
+    calib: Path,
+    val: Path,
+    sampler: str,
+    trials: int,
+    cheap_first: int | None = None,
+    seed: int = 0,
+    tokens: str = "topk",
 ) -> JobSpec:
     return JobSpec(
         model=MODEL,
@@ -102,19 +135,86 @@ def make_job(
         trials=trials,
         sampler=sampler,
         space=SearchSpace(
+            tokens=tokens,
             token_blocks=tuple(int(b) for b in args.token_blocks.split(",")),
             score=("cls_attn", "head_weighted"),
+            merge_group=args.merge_group,  # not part of a top-k job's identity: the main rows' study is reused
         ),
         seed=seed,
         cheap_first=cheap_first,
+        calib_images=args.max_images,
+        val_images=args.max_images,
     )
 
 
-def run_budget(args, ratio: float, calib: Path, val: Path) -> tuple[JobSpec, dict]:
-    job = make_job(args, ratio, calib, val, args.sampler, args.trials, seed=args.seed)
-    out = args.work / f"{job.sampler}-budget-{ratio}-seed{job.seed}"
+def run_budget(args, ratio: float, calib: Path, val: Path, tokens: str = "topk") -> tuple[JobSpec, dict]:
+    job = make_job(args, ratio, calib, val, args.sampler, args.trials, seed=args.seed, tokens=tokens)
+    op = "" if tokens == "topk" else f"{tokens.replace('+', '-')}-"  # top-k: the main rows' folder
+    out = args.work / f"{job.sampler}-{op}budget-{ratio}-seed{job.seed}"
     result = run_search(job, f"sqlite:///{args.work / 'search.db'}", out, show_progress=True)
     return job, result.to_dict() | {"out": str(out)}
+
+
+def compare_token_ops(args, calib: Path, val_dir: Path, dense, spec, predictor: LatencyPredictor) -> list[dict]:
+    """One search per token op at the largest budget; per budget, each op's best Pareto model and ToMe."""
+    ratios = sorted((float(r) for r in args.budgets.split(",")), reverse=True)
+    storage = f"sqlite:///{args.work / 'search.db'}"
+    searches, context = {}, None
+    for op in args.token_ops.split(","):
+        job, result = run_budget(args, ratios[0], calib, val_dir, tokens=op)
+        searches[op] = result
+        context = context or JobContext.from_study(optuna.load_study(study_name=job.study_name(), storage=storage))
+    val = context.images("val")  # the same held-out half for every op: same folders, same seed
+    dense_ms = context.dense_ms
+    rows = []
+    for ratio in ratios:
+        budget_ms = ratio * dense_ms
+        models: dict[str, torch.nn.Module] = {"dense": dense}
+        ops: dict[str, dict | None] = {}
+        for op, result in searches.items():
+            under = [m for m in result["models"] if m["predicted_ms"] <= budget_ms + 1e-9]
+            if not under:  # the op's front never got this fast
+                ops[op] = None
+                continue
+            best = max(under, key=lambda m: (m["calib_accuracy"], -m["predicted_ms"]))
+            models[op] = load_bundle(Path(result["out"]) / best["bundle"])
+            ops[op] = {
+                "top1": best["val"]["top1"],
+                "calib_accuracy": best["calib_accuracy"],
+                "predicted_ms": best["predicted_ms"],
+                "config": best["config"],
+            }
+        tome_cfg = tome_config(predictor, spec, budget_ms, args.batch)
+        models["tome"] = prune_model(dense, tome_cfg, name=MODEL)
+        tome_metrics, _ = evaluate(models["tome"], val)
+        measured = paired_latency(models, args.batch, predictor.table.device.threads)
+        for op, row in ops.items():
+            if row is not None:
+                row["measured_ms"] = measured[op]
+        rows.append(
+            {
+                "budget_ratio": ratio,
+                "budget_ms": budget_ms,
+                "searched_at_ratio": ratios[0],
+                "dense": {
+                    "top1": searches[next(iter(searches))]["dense"]["val"]["top1"],
+                    "measured_ms": measured["dense"],
+                },
+                "ops": ops,
+                "tome": {
+                    "r": tome_cfg.blocks[0].tokens.r,
+                    "top1": tome_metrics.top1,
+                    "predicted_ms": predictor.predict(tome_cfg, spec, args.batch).ms,
+                    "measured_ms": measured["tome"],
+                },
+                "searches": {
+                    op: {"study": r["study"], "search_s": r["search_s"], "pareto_models": len(r["models"])}
+                    for op, r in searches.items()
+                },
+            }
+        )
+        print(json.dumps(rows[-1], indent=1))
+    return rows
 
 
 def main() -> int:
@@ -128,6 +228,13 @@ def main() -> int:
     parser.add_argument("--sampler-trials", type=int, default=80)
     parser.add_argument("--cheap-first", type=int, help="also run --sampler with cheap-first on this many images")
     parser.add_argument("--token-blocks", default="1,2,3,4,5,6,7,8,9,10")
+    parser.add_argument(
+        "--token-ops", default="", help="also compare token ops, one search each, e.g. topk,merge,topk+merge"
+    )
+    parser.add_argument("--merge-group", type=int, default=3, help="blocks sharing one merge count in merging ops")
+    parser.add_argument(
+        "--max-images", type=int, help="at most this many calibration and validation images (smoke runs)"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -216,8 +323,10 @@ def main() -> int:
             }
         )
         print(json.dumps(samplers[-1]))
+    token_ops = compare_token_ops(args, calib, val_dir, dense, spec, predictor) if args.token_ops else []
     report = {"model": MODEL, "batch": args.batch, "table": table.device.model_dump(mode="json"), "rows": rows}
     report["samplers"] = samplers
+    report["token_ops"] = token_ops
     report["command"] = "python bench/search_quality.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("data", "out", "work") and v
     )
@@ -252,7 +361,36 @@ def to_markdown(report: dict) -> str:
                 f"| {s['sampler']} | {s['trials']} | {s['best_calib_top1']:.1f} | {s['hypervolume']} "
                 f"| {s['search_s']} | {s['trials_per_min']} |"
             )
+    if report.get("token_ops"):
+        lines += ["", *token_ops_markdown(report["token_ops"])]
     return "\n".join(lines) + "\n"
+
+
+def token_ops_markdown(rows: list[dict]) -> list[str]:
+    """One line per budget and op (each op's best Pareto model), then ToMe's uniform schedule."""
+    lines = [
+        f"Token ops: one search per op at {rows[0]['searched_at_ratio']:.1f}x; a smaller budget takes the best "
+        "Pareto model under it. ToMe: the same r at every block, closest to the budget.",
+        "",
+        "| budget | token op | val top-1 | measured ms (pred.) | loss vs dense | gain vs ToMe |",
+        "|---|---|--:|---|--:|--:|",
+    ]
+    for r in rows:
+        budget = f"{r['budget_ratio']:.1f}x ({r['budget_ms']:.0f} ms)"
+        dense, tome = r["dense"], r["tome"]
+        for op, best in r["ops"].items():
+            if best is None:
+                lines.append(f"| {budget} | {op} | - | no Pareto model under budget | | |")
+                continue
+            lines.append(
+                f"| {budget} | {op} | {best['top1']:.1f} | {best['measured_ms']:.0f} ({best['predicted_ms']:.0f}) "
+                f"| {best['top1'] - dense['top1']:+.1f} | {best['top1'] - tome['top1']:+.1f} |"
+            )
+        lines.append(
+            f"| {budget} | ToMe r={tome['r']} | {tome['top1']:.1f} | {tome['measured_ms']:.0f} "
+            f"({tome['predicted_ms']:.0f}) | {tome['top1'] - dense['top1']:+.1f} | |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

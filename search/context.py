@@ -217,11 +217,20 @@ def _check_apart(calib: Path, val: Path) -> None:
 
 def _check_feasible(space: TrialSpace, predictor: LatencyPredictor, job: JobSpec, budget_ms: float) -> None:
     cheapest = space.config(space.cheapest_params())
+    # A threshold config is priced from the tokens it keeps; the floor assumes the fewest, one per image.
+    # Top-k and merge configs keep fixed counts, which the predictor reads from the config itself.
     kept = [1.0] * sum(b.reduces_tokens for b in cheapest.blocks) if cheapest.has_threshold else None
     floor = predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms
     if floor > budget_ms:
+        widen = {
+            "topk": "lower keep_min, more token_blocks",
+            "threshold": "raise threshold_max, more token_blocks",
+            "merge": "raise merge_max",
+            "topk+merge": "lower keep_min, more token_blocks, raise merge_max",
+            "none": "search tokens",
+        }[job.space.tokens]
         raise InfeasibleJobError(
             f"no config can meet the budget: the cheapest config of the search space is predicted at "
             f"{floor:.2f} ms on {job.device} at batch {job.batch}, over the budget of {budget_ms:.2f} ms; "
-            "raise the budget, or widen the space (lower keep_min, more token_blocks, search heads or mlp)"
+            f"raise the budget, or widen the space ({widen}, search heads or mlp)"
         )

@@ -46,7 +46,10 @@ class Evaluation:
 
 
 def first_change(config: PruneConfig, spec: ModelSpec) -> int:
-    """The first block that differs from the dense model; everything before it is dense."""
+    """The first block that differs from the dense model; everything before it is dense.
+
+    Any token op counts, a merge included: it changes the tokens (and their sizes) every later block sees.
+    """
     for index, (block, dense) in enumerate(zip(config.blocks, spec.blocks, strict=True)):
         if block.reduces_tokens or block.heads < dense.heads or block.mlp_hidden < dense.mlp_hidden:
             return index

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["SAMPLERS", "JobSpec", "SearchSpace"]
+__all__ = ["SAMPLERS", "TOKEN_MODES", "JobSpec", "SearchSpace"]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
 KEEP_STEP = 0.05
 """Keep ratios are searched on a 0.05 grid: finer steps change a 196-token block by < 10 tokens."""
 THRESHOLD_STEP = 0.05
+MERGE_STEP = 2
+"""Merge counts are searched on a grid of 2: over a group of three blocks a step moves about six tokens,
+close to one 0.05 keep-ratio step at a 196-token block."""
+
+TokenMode = Literal["topk", "threshold", "merge", "topk+merge", "none"]
+TOKEN_MODES: tuple[str, ...] = get_args(TokenMode)
 
 
 class _Strict(BaseModel):
@@ -31,24 +37,72 @@ class SearchSpace(_Strict):
     """Which dimensions are searched, and their ranges.
 
     tokens: `topk` searches a keep ratio at each of `token_blocks` (1.0 = no reduction there);
-      `threshold` searches an AS-ViT score threshold there (0 = no reduction); `none` keeps all.
+      `threshold` searches an AS-ViT score threshold there (0 = no reduction); `merge` searches
+      ToMe merge counts, one per group of `merge_group` blocks, applied at every block of the
+      group (0 = no merging there); `topk+merge` searches both: a block of `token_blocks` with a
+      keep ratio below 1 runs top-k, every other block merges its group's count; `none` keeps all.
     heads / mlp: search attention heads / MLP channels, per group of `group` consecutive blocks
       (1 = every block on its own; 3 = DeiT's twelve blocks as four stages).
-    score: the token-score kinds to choose from; package_token: off, on, or searched.
+    score: the token-score kinds to choose from; package_token: off, on, or searched. Both only
+      matter where tokens are dropped by score (top-k, threshold); merging drops no token.
     """
 
-    tokens: Literal["topk", "threshold", "none"] = "topk"
-    token_blocks: tuple[int, ...] = (3, 6, 9)
-    keep_min: float = Field(default=0.4, gt=0.0, lt=1.0)
-    threshold_max: float = Field(default=1.5, gt=0.0, le=10.0)
-    heads: bool = False
-    mlp: bool = False
-    group: int = Field(default=3, ge=1)
-    min_head_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
-    min_mlp_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
-    score: tuple[Literal["cls_attn", "head_weighted"], ...] = ("cls_attn",)
-    package_token: Literal["off", "on", "search"] = "search"
-    round_to: int = Field(default=8, ge=1)
+    tokens: TokenMode = Field(
+        default="topk",
+        description="token reduction searched: topk, threshold, merge (ToMe), topk+merge (top-k at token_blocks, "
+        "merging elsewhere) or none",
+    )
+    token_blocks: tuple[int, ...] = Field(
+        default=(3, 6, 9),
+        description="blocks that search a top-k keep ratio or a threshold (unused by tokens=merge, which merges "
+        "in every group of merge_group blocks)",
+    )
+    keep_min: float = Field(default=0.4, gt=0.0, lt=1.0, description=f"smallest top-k keep ratio ({KEEP_STEP} steps)")
+    threshold_max: float = Field(
+        default=1.5, gt=0.0, le=10.0, description="largest threshold, in multiples of the mean token score"
+    )
+    heads: bool = Field(default=False, description="search attention head counts, per group of `group` blocks")
+    mlp: bool = Field(default=False, description="search MLP widths, per group of `group` blocks")
+    group: int = Field(default=3, ge=1, description="consecutive blocks sharing one head count and one MLP width")
+    min_head_ratio: float = Field(default=0.5, gt=0.0, le=1.0, description="fewest heads kept, as a share of dense")
+    min_mlp_ratio: float = Field(default=0.5, gt=0.0, le=1.0, description="narrowest MLP, as a share of dense")
+    score: tuple[Literal["cls_attn", "head_weighted"], ...] = Field(
+        default=("cls_attn",), description="token-score kinds to choose from (top-k and threshold only)"
+    )
+    package_token: Literal["off", "on", "search"] = Field(
+        default="search",
+        description="fuse the dropped tokens into one package token: off, on or searched (top-k and threshold only)",
+    )
+    round_to: int = Field(default=8, ge=1, description="MLP widths are multiples of this")
+    # The merge fields are last and left out of a job's study key unless tokens merge (JobSpec.study_key),
+    # so the studies of jobs written before merging existed keep their names.
+    merge_group: int = Field(
+        default=3,
+        ge=1,
+        description="with tokens=merge or topk+merge: consecutive blocks sharing one merge count (1 = every block "
+        "on its own, 3 = DeiT's twelve blocks as four stages, the depth = one uniform count like ToMe)",
+    )
+    merge_max: int = Field(
+        default=24,
+        ge=MERGE_STEP,
+        description=f"with tokens=merge or topk+merge: the largest merge count r, the token pairs merged at each "
+        f"block ({MERGE_STEP} steps from 0 = no merging; at most half a block's tokens merge)",
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _known_mode(cls, value: object) -> object:
+        if isinstance(value, str) and "+" in value and value not in TOKEN_MODES:
+            parts = set(value.split("+"))
+            if "threshold" in parts and "merge" in parts:
+                raise ValueError(
+                    "merge cannot be combined with threshold: thresholds give each image its own token count, "
+                    "merging needs the same count for every image; use topk+merge"
+                )
+            if parts == {"topk", "merge"}:
+                raise ValueError("write the mixed mode as topk+merge")
+            raise ValueError(f"tokens={value!r}: the only mixed mode is topk+merge")
+        return value
 
     @field_validator("token_blocks")
     @classmethod
@@ -65,6 +119,16 @@ class SearchSpace(_Strict):
             raise ValueError(f"keep_min must be a positive multiple of {KEEP_STEP}, e.g. 0.4")
         return round(snapped, 4)
 
+    @field_validator("merge_max")
+    @classmethod
+    def _merge_on_grid(cls, value: int) -> int:
+        if value % MERGE_STEP:
+            raise ValueError(
+                f"merge_max must be a multiple of {MERGE_STEP} (merge counts are searched in steps "
+                f"of {MERGE_STEP}), e.g. 24"
+            )
+        return value
+
     @field_validator("score")
     @classmethod
     def _some_score(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -75,10 +139,28 @@ class SearchSpace(_Strict):
     @model_validator(mode="after")
     def _something_searched(self) -> SearchSpace:
         if self.tokens == "none" and not (self.heads or self.mlp):
-            raise ValueError("the space searches nothing: set tokens to topk or threshold, or heads or mlp to true")
-        if self.tokens != "none" and not self.token_blocks:
-            raise ValueError(f"tokens={self.tokens} needs token_blocks, the blocks that reduce tokens")
+            raise ValueError(
+                "the space searches nothing: set tokens to topk, threshold, merge or topk+merge,"
+                " or heads or mlp to true"
+            )
+        if self.tokens in ("topk", "threshold", "topk+merge") and not self.token_blocks:
+            raise ValueError(f"tokens={self.tokens} needs token_blocks, the blocks that reduce tokens by score")
         return self
+
+    @property
+    def topk(self) -> bool:
+        """Top-k keep ratios are searched (tokens=topk or topk+merge)."""
+        return self.tokens in ("topk", "topk+merge")
+
+    @property
+    def merges(self) -> bool:
+        """Merge counts are searched (tokens=merge or topk+merge)."""
+        return self.tokens in ("merge", "topk+merge")
+
+    @property
+    def scores_tokens(self) -> bool:
+        """Some block may drop tokens by score, so the score kind and the package token matter."""
+        return self.tokens in ("topk", "threshold", "topk+merge")
 
 
 class JobSpec(_Strict):
@@ -126,8 +208,15 @@ class JobSpec(_Strict):
         return self
 
     def study_key(self) -> str:
-        """Names the study: everything that changes what a trial means, not how many trials are asked."""
-        identity = self.model_dump_json(exclude={"trials", "onnx"})
+        """Names the study: everything that changes what a trial means, not how many trials are asked.
+
+        The merge fields change nothing unless the space merges; leaving them out otherwise keeps the
+        key (and so the study) of every job that does not merge what it was before they existed.
+        """
+        unused: dict = {"trials": True, "onnx": True}
+        if not self.space.merges:
+            unused["space"] = {"merge_group": True, "merge_max": True}
+        identity = self.model_dump_json(exclude=unused)
         return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
     def study_name(self) -> str:

@@ -1,10 +1,11 @@
 """One trial: a config from the sampler, priced from the device table, scored on real images.
 
 Order of work, cheapest first: a config already evaluated (by any worker of the job) reuses its
-result; a top-k config whose predicted latency is over budget costs no forward pass (its
-accuracy is recorded as 0 and the budget constraint marks it infeasible, so every sampler ranks
-it behind all feasible trials); with cheap-first evaluation a config clearly dominated on a
-sample of the images stops there; everything else is scored on the whole calibration set.
+result; a top-k or merge config (fixed token counts) whose predicted latency is over budget
+costs no forward pass (its accuracy is recorded as 0 and the budget constraint marks it
+infeasible, so every sampler ranks it behind all feasible trials); with cheap-first evaluation a
+config clearly dominated on a sample of the images stops there; everything else is scored on the
+whole calibration set.
 Threshold configs are priced after their forward pass, from the token counts they really kept.
 """
 

@@ -15,7 +15,7 @@ import optuna
 import torch
 
 from search import JobSpec, SearchSpace, run_search
-from search.job import SAMPLERS
+from search.job import SAMPLERS, TOKEN_MODES
 from vitprune.arguments import ints, strings
 
 DB_ENV = "VITPRUNE_DB_URL"
@@ -41,6 +41,8 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         token_blocks=args.token_blocks,
         keep_min=args.keep_min,
         threshold_max=args.threshold_max,
+        merge_group=args.merge_group,
+        merge_max=args.merge_max,
         heads=args.heads,
         mlp=args.mlp,
         group=args.group,
@@ -130,10 +132,25 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     data.add_argument("--calib-images", type=int, help="use at most this many calibration images")
     data.add_argument("--val-images", type=int, help="use at most this many validation images")
     space = parser.add_argument_group("search space")
-    space.add_argument("--tokens", choices=["topk", "threshold", "none"], default="topk")
-    space.add_argument("--token-blocks", type=ints, default=(3, 6, 9), help="blocks that may reduce tokens")
+    space.add_argument(
+        "--tokens",
+        choices=TOKEN_MODES,
+        default="topk",
+        help="token reduction to search: topk, threshold, merge (ToMe), topk+merge (top-k at --token-blocks, "
+        "merging elsewhere) or none",
+    )
+    space.add_argument(
+        "--token-blocks", type=ints, default=(3, 6, 9), help="blocks that search a top-k keep ratio or a threshold"
+    )
     space.add_argument("--keep-min", type=float, default=0.4, help="smallest top-k keep ratio")
     space.add_argument("--threshold-max", type=float, default=1.5, help="largest threshold (x mean score)")
+    space.add_argument(
+        "--merge-group",
+        type=int,
+        default=3,
+        help="blocks sharing one merge count (1: every block, 3: four stages of DeiT, 12: one uniform count)",
+    )
+    space.add_argument("--merge-max", type=int, default=24, help="largest merge count r per block (even)")
     space.add_argument("--heads", action="store_true", help="search attention head counts")
     space.add_argument("--mlp", action="store_true", help="search MLP widths")
     space.add_argument("--group", type=int, default=3, help="blocks sharing one head / MLP choice")

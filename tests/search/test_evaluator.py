@@ -47,6 +47,15 @@ def test_dense_config_scores_full_agreement(setup):
     [
         lambda spec: PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,), package_token=True),
         lambda spec: PruneConfig.uniform(spec, threshold=0.8, at=(1, 3), package_token=True),
+        lambda spec: PruneConfig.uniform(spec, merge_r=1, at=(1, 2, 3)),  # a merge is the first change
+        lambda spec: PruneConfig(  # top-k beside merges, as tokens=topk+merge makes them
+            blocks=(
+                *PruneConfig.uniform(spec, merge_r=1, at=(1,)).blocks[:2],
+                PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,)).blocks[2],
+                PruneConfig.uniform(spec, merge_r=1, at=(3,)).blocks[3],
+            ),
+            package_token=True,
+        ),
         lambda spec: PruneConfig(
             blocks=(*PruneConfig.dense(spec).blocks[:3], PruneConfig.uniform(spec, head_ratio=0.34).blocks[3])
         ),
@@ -65,6 +74,8 @@ def test_cached_prefix_gives_the_same_logits_as_a_full_forward(setup, config_of)
     assert result.metrics.agreement == pytest.approx(float(logits_agree))
     if config.has_threshold:
         assert result.counts.shape == (len(images), 2)
+    if config.has_merge:
+        assert result.counts.shape == (len(images), sum(b.reduces_tokens for b in config.blocks))
 
 
 def test_blocks_before_the_first_change_run_once_per_job(setup):

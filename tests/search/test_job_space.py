@@ -39,6 +39,11 @@ def job(**changes) -> JobSpec:
         ({"space": {"token_blocks": [6, 3]}}, "increasing order"),
         ({"space": {"keep_min": 0.33}}, "multiple of 0.05"),
         ({"space": {"tokens": "none"}}, "searches nothing"),
+        ({"space": {"tokens": "threshold+merge"}}, "merge cannot be combined with threshold"),
+        ({"space": {"tokens": "merge+topk"}}, "write the mixed mode as topk\\+merge"),
+        ({"space": {"tokens": "topk+merge", "token_blocks": []}}, "needs token_blocks"),
+        ({"space": {"tokens": "merge", "merge_max": 13}}, "merge_max must be a multiple of 2"),
+        ({"space": {"merge_group": 0}}, "merge_group"),
         ({"sampler": "random"}, "sampler"),
         ({"batch": 0}, "batch"),
     ],
@@ -52,6 +57,19 @@ def test_the_study_name_ignores_the_trial_count_but_not_the_budget():
     assert job(trials=10).study_name() == job(trials=50).study_name()
     assert job(budget_ratio=0.6).study_name() != job().study_name()
     assert JobSpec.model_validate_json(job().model_dump_json()) == job()
+
+
+def test_jobs_that_do_not_merge_keep_the_study_key_they_had_before_merging_existed():
+    # Pinned: the keys these jobs had before the merge fields, so their existing studies still resume.
+    paths = {"calib": Path("c"), "val": Path("v")}
+    assert job(**paths).study_key() == "5d63d4dee056"
+    threshold = job(**paths, space={"tokens": "threshold", "heads": True, "token_blocks": [2, 5]})
+    assert threshold.study_key() == "8b3faf0e3c30"
+    assert job(space={"merge_max": 12, "merge_group": 1}).study_key() == job().study_key()
+    merging = job(space={"tokens": "merge"})
+    assert merging.study_key() != job().study_key()
+    assert job(space={"tokens": "merge", "merge_max": 12}).study_key() != merging.study_key()
+    assert job(space={"tokens": "merge", "merge_group": 4}).study_key() != merging.study_key()
 
 
 def test_dense_and_cheapest_params_span_the_space(spec):

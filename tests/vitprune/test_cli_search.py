@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tests.search.tiny import tiny_job
-from vitprune.cli import main
+from vitprune.cli import build_parser, main
+from vitprune.cli_search import job_from_args
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -77,6 +78,7 @@ def test_search_the_real_deit_tiny_on_real_images(capsys, tmp_path, deit_tiny_we
     [
         (["--model", "deit_tiny_patch16_224", "--weights", "w.safetensors"], "give --calib"),
         (["--device", "missing.json", "--model", "m", "--calib", "c", "--val", "v"], "no such latency table"),
+        (["--model", "m", "--weights", "w", "--calib", "c", "--tokens", "merge", "--merge-max", "5"], "multiple of 2"),
     ],
 )
 def test_search_input_errors_exit_2_with_a_message(capsys, tmp_path, argv, message):
@@ -89,3 +91,14 @@ def test_an_infeasible_budget_is_refused_with_both_numbers(capsys, tmp_path):
     (tmp_path / "job.json").write_text(job.model_dump_json())
     code, _, err = run(capsys, "search", "--job", tmp_path / "job.json", "--out", tmp_path / "out")
     assert code == 2 and "cheapest config" in err and "budget of 0.00 ms" in err
+
+
+def test_merge_flags_set_the_search_space():
+    base = ["search", "--model", "deit_tiny_patch16_224", "--weights", "w.safetensors", "--calib", "c", "--out", "o"]
+    args = build_parser().parse_args(
+        [*base, "--budget-ratio", "0.6", "--tokens", "topk+merge", "--merge-group", "1", "--merge-max", "16"]
+    )
+    space = job_from_args(args).space
+    assert (space.tokens, space.merge_group, space.merge_max) == ("topk+merge", 1, 16)
+    default = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).space
+    assert (default.tokens, default.merge_group, default.merge_max) == ("topk", 3, 24)

@@ -74,6 +74,8 @@
         mlp: checked("mlp"),
         group: number("group"),
         package_token: value("package_token"),
+        merge_max: number("merge_max"),
+        merge_group: number("merge_group"),
       },
     };
     return { spec, name: value("name") || null }; // JSON.stringify drops the undefined (defaulted) fields
