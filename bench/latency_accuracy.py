@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, plan, profile
+from latency_models.profiling import Timing, plan
+from latency_models.registry import complete_table
 from latency_models.schema import LatencyTable
 from latency_models.validate import VALIDATION_TIMING, random_config, validate
 from pruning import describe
@@ -69,8 +70,9 @@ def main() -> int:
             table_path = args.work / f"{name}_b{batch}.json"
             start = time.monotonic()
             keys = plan(shape_of(spec), [batch])
-            if not table_path.exists():  # a table from an earlier run is reused: delete it to re-measure
-                profile(keys, name="host-cpu", out=table_path, threads=args.threads, timing=Timing(passes=passes))
+            # A table from an earlier run is reused (delete it to re-measure); entries it lacks, such as
+            # the merge entries of a table made before merging was priced, are timed and added.
+            complete_table(table_path, keys, name="host-cpu", threads=args.threads, timing=Timing(passes=passes))
             profile_s = time.monotonic() - start
             predictor = LatencyPredictor(LatencyTable.load(table_path))
             start = time.monotonic()

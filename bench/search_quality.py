@@ -157,7 +157,7 @@ def run_budget(args, ratio: float, calib: Path, val: Path, tokens: str = "topk")
 
 def compare_token_ops(args, calib: Path, val_dir: Path, dense, spec, predictor: LatencyPredictor) -> list[dict]:
     """One search per token op at the largest budget; per budget, each op's best Pareto model and ToMe."""
-    ratios = sorted((float(r) for r in args.budgets.split(",")), reverse=True)
+    ratios = sorted((float(r) for r in (args.token_ops_budgets or args.budgets).split(",")), reverse=True)
     storage = f"sqlite:///{args.work / 'search.db'}"
     searches, context = {}, None
     for op in args.token_ops.split(","):
@@ -230,6 +230,9 @@ def main() -> int:
     parser.add_argument("--token-blocks", default="1,2,3,4,5,6,7,8,9,10")
     parser.add_argument(
         "--token-ops", default="", help="also compare token ops, one search each, e.g. topk,merge,topk+merge"
+    )
+    parser.add_argument(
+        "--token-ops-budgets", help="budgets the token ops are compared at (default: --budgets), e.g. 0.7,0.6"
     )
     parser.add_argument("--merge-group", type=int, default=3, help="blocks sharing one merge count in merging ops")
     parser.add_argument(

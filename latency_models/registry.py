@@ -1,7 +1,9 @@
 """Device profiles by name: where a search gets the latency table of its target device.
 
 - `host-cpu`: this machine's CPU, measured on first use for each model shape and batch size and
-  cached, keyed by the machine (CPU model, core count, torch version) and the thread count.
+  cached, keyed by the machine (CPU model, core count, torch version) and the thread count. A cached
+  table lacking entries that the grid now plans (the merge entries, for a table made before token
+  merging was priced) gets just those timed and added on its next use (`complete_table`).
 - `cuda`: this machine's GPU, the same way, when torch sees one.
 - `mobile-cpu:*`, `fpga:*`: the analytic presets (`latency_models.analytic`); they rank configs.
 - any other name: a table imported with `vitprune lut import` (e.g. measured on a user's device
@@ -28,7 +30,7 @@ from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError"]
+__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "complete_table"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MEASURED = ("host-cpu", "cuda")
@@ -160,29 +162,15 @@ class Registry:
     def _measured(self, device: str, spec: ModelSpec, batches: list[int], progress: bool) -> LatencyTable:
         if device == "cuda" and not torch.cuda.is_available():
             raise UnknownDeviceError("device 'cuda': torch sees no CUDA GPU on this machine")
-        path = self.measured_path(device)
-        cached = LatencyTable.load(path) if path.exists() else None
-        keys = plan(shape_of(spec), sorted(set(batches)))
-        have = cached.keys() if cached else set()
-        missing = [k for k in keys if entry_id(k) not in have]
-        if not missing:
-            return cached
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = profile(
-            missing,
+        return complete_table(
+            self.measured_path(device),
+            plan(shape_of(spec), sorted(set(batches))),
             name=device,
-            out=path.with_suffix(".new.json"),
             device="cuda" if device == "cuda" else "cpu",
             threads=None if device == "cuda" else self.threads,
             timing=self.timing,
             progress=progress,
         )
-        table = LatencyTable.parse(fresh, device)
-        if cached is not None:
-            table = cached.merged(table)
-        table.save(path)
-        path.with_suffix(".new.json").unlink(missing_ok=True)
-        return table
 
     def _analytic_table(self, device: str, spec: ModelSpec, batches: list[int]) -> LatencyTable:
         device = KIND_DEFAULTS.get(device, device)
@@ -192,6 +180,36 @@ class Registry:
         if key not in self._analytic:
             self._analytic[key] = analytic_table(PRESETS[device], [shape_of(spec)], sorted(set(batches)))
         return self._analytic[key]
+
+
+def complete_table(
+    path: Path,
+    keys: list[dict],
+    *,
+    name: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    timing: Timing | None = None,
+    progress: bool = True,
+) -> LatencyTable:
+    """The table at `path` with every entry of `keys`: the missing ones (all of them if there is no
+    file yet, the merge entries of a table made before merging was priced) are timed on this machine
+    now and added; entries already there keep their values. Returns the table, saved back to `path`."""
+    cached = LatencyTable.load(path) if path.exists() else None
+    have = cached.keys() if cached else set()
+    missing = [k for k in keys if entry_id(k) not in have]
+    if cached is not None and not missing:
+        return cached
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".new.json")  # its .partial.jsonl lets an interrupted run resume
+    timing = timing or Timing()
+    fresh = profile(missing, name=name, out=scratch, device=device, threads=threads, timing=timing, progress=progress)
+    table = LatencyTable.parse(fresh, name)
+    if cached is not None:
+        table = cached.merged(table)
+    table.save(path)
+    scratch.unlink(missing_ok=True)
+    return table
 
 
 def _coverage(table: LatencyTable) -> str:

@@ -4,7 +4,8 @@ A table describes one device (how it was made, on what, with which runtime and t
 entries keyed by what sets the cost of each part of a ViT: the attention half of a block (tokens,
 heads, head dim, embed dim; fused or with scores; with or without key masks), the MLP half (tokens,
 embed dim, MLP hidden), each token reduction (tokens in and out, gather or compact, package token),
-patch embedding and the classifier head, all per batch size. Every entry keeps its median and its
+token merging (tokens in and out, heads and head dim of the keys it matches on), patch embedding
+and the classifier head, all per batch size. Every entry keeps its median and its
 spread (p90 - p10) in milliseconds.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "Entry",
     "HeadEntry",
     "LatencyTable",
+    "MergeEntry",
     "MlpEntry",
     "SelectEntry",
     "TableError",
@@ -78,7 +80,9 @@ class AttentionEntry(_Entry):
     scored: bool
     """Explicit attention returning class-attention scores (blocks that reduce tokens) vs fused SDPA."""
     masked: bool
-    """Key masks for a padded batch (after a threshold reduction in a batch of several images)."""
+    """Key masks for a padded batch (after a threshold reduction in a batch of several images). The
+    size bias that attention adds to its keys after token merging costs about nothing next to the
+    attention itself: the predictor prices it with the unmasked entries (measurements there)."""
 
 
 class ChainEntry(_Entry):
@@ -112,6 +116,24 @@ class SelectEntry(_Entry):
     package: bool
 
 
+class MergeEntry(_Entry):
+    """Token merging (ToMe) between a block's attention and MLP: the keys averaged over `heads`, the
+    bipartite matching of the patch tokens on them (cosine similarity, `head_dim` wide), and the
+    size-weighted merge of `tokens_in - tokens_out` pairs. Token counts include the `prefix` tokens.
+
+    Its own entry rather than a `select` method: the matching works on keys, so its cost depends on
+    the head dim and head count, which a select entry does not record. Tables made before merging
+    existed have no such entries; they still price every config without merging.
+    """
+
+    op: Literal["merge"] = "merge"
+    tokens_in: Positive
+    tokens_out: Positive
+    prefix: Count
+    heads: Positive
+    head_dim: Positive
+
+
 class EmbedEntry(_Entry):
     op: Literal["embed"] = "embed"
     tokens: Positive
@@ -126,7 +148,8 @@ class HeadEntry(_Entry):
 
 
 Entry = Annotated[
-    AttentionEntry | ChainEntry | MlpEntry | SelectEntry | EmbedEntry | HeadEntry, Field(discriminator="op")
+    AttentionEntry | ChainEntry | MlpEntry | SelectEntry | MergeEntry | EmbedEntry | HeadEntry,
+    Field(discriminator="op"),
 ]
 
 

@@ -1,14 +1,15 @@
 """The proof of a latency table: random pruned models, measured here, against the table's prediction.
 
 `validate` draws random configs (token keep-ratios at random blocks, with and without a package
-token, some thresholds, head and MLP pruning), builds each as a real physically pruned model,
-times its forward pass on this machine and compares with the predictor. The report gives the
-share of configs within +-10%, the mean absolute percentage error, the worst case and how well the
-table ranks configs (Spearman's rank correlation), and can be written as JSON, Markdown and an
-interactive scatter plot. A shared machine's speed wanders by tens of percent over minutes, so a
-fixed probe from the table (its dense MLP entry) is re-timed right before every timed round and
-each round is normalised by the probe's ratio (a ratio measured in one moment); errors are given
-against normalised and raw measurements.
+token, some thresholds, token merging alone or with top-k, head and MLP pruning), builds each as a
+real physically pruned model, times its forward pass on this machine and compares with the
+predictor. The report gives the share of configs within +-10% (overall and per kind of token
+reduction), the mean absolute percentage error, the worst case and how well the table ranks configs
+(Spearman's rank correlation), and can be written as JSON, Markdown and an interactive scatter plot.
+A shared machine's speed wanders by tens of percent over minutes, so a fixed probe from the table
+(its dense MLP entry) is re-timed right before every timed round and each round is normalised by
+the probe's ratio (a ratio measured in one moment); errors are given against normalised and raw
+measurements.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from torch import nn
 
 from latency_models.predictor import LatencyPredictor
 from latency_models.profiling import Timing, kernel, summarise, time_round
-from pruning.config import BlockConfig, NoReduction, PruneConfig, ThresholdReduction, TopKReduction
+from pruning.config import BlockConfig, MergeReduction, NoReduction, PruneConfig, ThresholdReduction, TopKReduction
 from pruning.model import describe, prune_model
 from pruning.spec import ModelSpec
 from pruning.timing import torch_threads
 
-__all__ = ["ValidationReport", "ValidationRow", "random_config", "validate"]
+__all__ = ["ValidationReport", "ValidationRow", "random_config", "token_kind", "validate"]
 
 PROBE_TIMING = Timing()
 VALIDATION_TIMING = Timing(passes=5, warmup=1, min_round_s=0.1)
@@ -50,6 +51,8 @@ class ValidationRow:
     before that round: the model's latency with the machine as fast as when the table was made."""
     spread_ms: float
     extrapolated: bool
+    kind: str = "none"
+    """The config's token reduction: none, topk, threshold, merge or topk+merge (`token_kind`)."""
 
     def error(self, raw: bool = False) -> float:
         """Signed relative error of the prediction against the normalised (or the raw) measurement."""
@@ -85,6 +88,20 @@ class ValidationReport:
     def worst(self) -> ValidationRow:
         return self.rows[int(np.argmax(np.abs(self.errors())))]
 
+    def by_kind(self) -> dict[str, dict]:
+        """Configs, share within +-10% and MAPE per kind of token reduction."""
+        kinds: dict[str, list[float]] = {}
+        for row in self.rows:
+            kinds.setdefault(row.kind, []).append(abs(row.error()))
+        return {
+            kind: {
+                "configs": len(errors),
+                "within_10pct": round(float(np.mean(np.array(errors) <= 0.10)), 4),
+                "mape": round(float(np.mean(errors)), 4),
+            }
+            for kind, errors in sorted(kinds.items())
+        }
+
     @property
     def spearman(self) -> float:
         predicted = np.array([r.predicted_ms for r in self.rows])
@@ -110,6 +127,7 @@ class ValidationReport:
             "raw_within_10pct": round(float(np.mean(np.abs(raw) <= 0.10)), 4),
             "raw_mape": round(float(np.mean(np.abs(raw))), 4),
             "extrapolated": sum(r.extrapolated for r in self.rows),
+            "by_kind": self.by_kind(),
         }
 
     def to_markdown(self) -> str:
@@ -122,6 +140,13 @@ class ValidationReport:
             f"Machine speed since the table was measured: x{s['drift']:.3f} slower (by the probe timed before "
             f"every round; errors above compare with measurements normalised by it, raw ones give "
             f"{100 * s['raw_within_10pct']:.0f}% within +-10%, MAPE {100 * s['raw_mape']:.1f}%).",
+            "",
+            "| token reduction | configs | within +-10% | MAPE |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {kind} | {k['configs']} | {100 * k['within_10pct']:.0f}% | {100 * k['mape']:.1f}% |"
+                for kind, k in s["by_kind"].items()
+            ),
             "",
             "| config | predicted ms | measured ms | normalised ms | error |",
             "|---|---:|---:|---:|---:|",
@@ -189,12 +214,23 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values)).astype(np.float64)
 
 
-def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = True) -> PruneConfig:
+def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = True, merges: bool = True) -> PruneConfig:
     """A random pruned structure of the kinds a search visits: token reductions at up to three blocks
-    (top-k, or thresholds), some blocks with fewer heads or MLP channels, a package token or not."""
+    (top-k, or thresholds), or token merging at every block from a random one on (ToMe's schedule),
+    alone or around top-k blocks; some blocks with fewer heads or MLP channels, a package token or not."""
     depth = len(spec.blocks)
     reduce_at = set(rng.sample(range(1, depth), k=rng.randint(0, min(3, depth - 1))))
-    use_threshold = thresholds and rng.random() < 0.2
+    roll = rng.random()
+    use_threshold = thresholds and roll < 0.2
+    merge_at, merge_r = set(), 0
+    if merges and 0.2 <= roll < 0.5 and spec.family == "vit":  # merging prices plain ViTs only
+        # Counts on the search's grid of 2, up to an eighth of the patch tokens at each block.
+        merge_r = 2 * rng.randint(1, max(1, spec.blocks[0].tokens_in // 16))
+        merge_at = set(range(rng.randrange(depth), depth))
+        if rng.random() < 0.5:
+            reduce_at = set()  # merging alone
+        elif not reduce_at and depth > 1:
+            reduce_at = {rng.randrange(1, depth)}  # top-k at some blocks, merging at the others
     prune_heads, prune_mlp = rng.random() < 0.6, rng.random() < 0.7
     blocks = []
     for i, dense in enumerate(spec.blocks):
@@ -209,21 +245,41 @@ def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = Tru
                 if use_threshold
                 else TopKReduction(keep_ratio=round(rng.uniform(0.3, 0.95), 2))
             )
+        elif i in merge_at:
+            tokens = MergeReduction(r=merge_r)
         blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=tokens))
     return PruneConfig(blocks=tuple(blocks), package_token=rng.random() < 0.5)
 
 
+def token_kind(config: PruneConfig) -> str:
+    """none, topk, threshold (possibly with top-k), merge or topk+merge: what a config does to tokens."""
+    kinds = {b.tokens.kind for b in config.blocks} - {"none"}
+    if "threshold" in kinds:
+        return "threshold"
+    if kinds == {"topk", "merge"}:
+        return "topk+merge"
+    return kinds.pop() if kinds else "none"
+
+
 def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
-    """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner."""
-    tokens = [
-        (f"keep {b.tokens.keep_ratio}@{i}" if isinstance(b.tokens, TopKReduction) else f"thr {b.tokens.threshold}@{i}")
-        for i, b in enumerate(config.blocks)
-        if b.reduces_tokens
-    ]
+    """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner; 'merge 8@2-11' for a run of merges."""
+    tokens, blocks, i = [], config.blocks, 0
+    while i < len(blocks):
+        op, last = blocks[i].tokens, i
+        if isinstance(op, MergeReduction):
+            while last + 1 < len(blocks) and blocks[last + 1].tokens == op:
+                last += 1
+            tokens.append(f"merge {op.r}@{i}" + (f"-{last}" if last > i else ""))
+        elif isinstance(op, TopKReduction):
+            tokens.append(f"keep {op.keep_ratio}@{i}")
+        elif isinstance(op, ThresholdReduction):
+            tokens.append(f"thr {op.threshold}@{i}")
+        i = last + 1
+    by_score = any(b.tokens.kind in ("topk", "threshold") for b in blocks)  # only these make a package token
     heads = sum(b.heads for b in config.blocks), sum(b.heads for b in spec.blocks)
     mlp = sum(b.mlp_hidden for b in config.blocks) / sum(b.mlp_hidden for b in spec.blocks)
     text = ", ".join(tokens) or "all tokens"
-    return f"{text}{' +pkg' if config.package_token and tokens else ''}, heads {heads[0]}/{heads[1]}, mlp {mlp:.2f}"
+    return f"{text}{' +pkg' if config.package_token and by_score else ''}, heads {heads[0]}/{heads[1]}, mlp {mlp:.2f}"
 
 
 def validate(
@@ -238,6 +294,7 @@ def validate(
     timing: Timing = VALIDATION_TIMING,
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    merges: bool | None = None,
 ) -> ValidationReport:
     """Measure `configs` random pruned versions of `dense` at `batch` and compare with `predictor`.
 
@@ -247,7 +304,9 @@ def validate(
     every round of a few. This is the profiler's own timing method, so table and check agree on
     what "the latency" means. Before each round the table's probe is re-timed (see `ValidationRow`).
     `images` (at least `batch`) feed the threshold configs, whose token
-    counts depend on the images; random inputs are used otherwise.
+    counts depend on the images; random inputs are used otherwise. `merges`: draw token-merging
+    configs too (True: the table must price merging, else CoverageError); None draws them when the
+    table prices merging, as tables made before it was priced do not.
     """
     spec = describe(dense, name)
     rng = random.Random(seed)
@@ -256,7 +315,9 @@ def validate(
     if images.shape[0] < batch:
         raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
     images = images[:batch]
-    candidates = [PruneConfig.dense(spec)] + [random_config(spec, rng) for _ in range(configs - 1)]
+    if merges is None:
+        merges = predictor.covers_merge(spec, batch)
+    candidates = [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(configs - 1)]
     models, predictions = [], []
     for config in candidates:
         pruned = prune_model(dense, config, name=spec.name).eval()
@@ -296,6 +357,7 @@ def validate(
                 normalised,
                 spread,
                 prediction.extrapolated,
+                token_kind(config),
             )
         )
     drift = statistics.median(f for factors in speed for f in factors) if probe is not None else 1.0

@@ -21,6 +21,11 @@ a conservative choice), in fixed point of `bits` bits (weights and activations):
   per cycle (n * ceil(log2 n) comparisons per image), then a streaming pass that marks the kept
   tokens in token order; threshold compaction is two streaming passes (mean, then compare and
   prefix-sum); kept token vectors move over an on-chip datapath of `onchip_bytes_per_cycle`.
+- Token merging (ToMe) reuses the same units: the keys are averaged over heads on the vector unit and
+  normalised on the LayerNorm unit, the |A| x |B| cosine similarities are a GEMM on the array, the
+  best partner of each A token a pass of the vector unit, the ranking a sort of |A| scores on the
+  sorter, the size-weighted merge the runtime's one-hot (|B| x r) @ (r x C) product on the array, and
+  the surviving tokens move over the on-chip datapath.
 
 Memory: activations live in an on-chip buffer of `activation_buffer_bytes`. A tensor that does not
 fit goes to DDR (written and read once by each op touching it); a GEMM whose input does not fit
@@ -36,7 +41,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from latency_models.analytic.mobile_cpu import Fraction, PositiveFloat, _Frozen, patch_count, select_counts
+from latency_models.analytic.mobile_cpu import (
+    Fraction,
+    PositiveFloat,
+    _Frozen,
+    merge_counts,
+    patch_count,
+    select_counts,
+)
 
 __all__ = ["FpgaParams", "fpga_ms"]
 
@@ -132,7 +144,14 @@ def fpga_ms(params: FpgaParams, key: dict) -> float:
         # The model has no interaction between ops, so a block in a chain costs its two halves.
         attention = {**key, "op": "attention", "scored": False, "masked": False}
         return fpga_ms(params, attention) + fpga_ms(params, {**key, "op": "mlp"})
-    builders = {"attention": _attention, "mlp": _mlp, "select": _select, "embed": _embed, "head": _head}
+    builders = {
+        "attention": _attention,
+        "mlp": _mlp,
+        "select": _select,
+        "merge": _merge,
+        "embed": _embed,
+        "head": _head,
+    }
     if op not in builders:
         raise ValueError(f"unknown table entry op {op!r}")
     bytes_per_cycle = params.ddr_bandwidth_gbs * 1e9 * params.ddr_efficiency / (params.clock_mhz * 1e6)
@@ -236,6 +255,31 @@ def _select(params: FpgaParams, key: dict) -> list[Op]:
     if package:  # every patch token streams through the MACs, weighted by its score if dropped
         ops.append(_unit(params, B * n * D + B * D, params.vector_lanes, 1, [in_bytes]))
     return ops
+
+
+def _merge(params: FpgaParams, key: dict) -> list[Op]:
+    """ToMe on the accelerator's units (see the module docstring), after the attention that gives the keys."""
+    B, D, N, e = key["batch"], key["embed_dim"], key["tokens_in"], params.element_bytes
+    h, hd = key["heads"], key["head_dim"]
+    n, a, b, r = merge_counts(key)
+    lanes, latency = params.sorter_lanes, params.nonlinear_latency_cycles
+    keys, metric = B * N * h * hd * e, B * n * hd * e
+    similarity = B * a * b * ACCUMULATOR
+    ranking = math.ceil(B * a * max(1, math.ceil(math.log2(max(a, 2)))) / lanes) + latency
+    ranking += math.ceil(B * a / lanes) + latency  # a streaming pass marks the merged A tokens
+    tokens_in, tokens_out = B * N * D * e, B * (N - r) * D * e
+    merged = B * r * D * e
+    return [
+        _unit(params, B * N * h * hd, params.vector_lanes, 1, [keys, B * N * hd * e]),  # keys averaged over heads
+        _unit(params, B * n * hd, params.layernorm_lanes, 2, [metric, metric]),  # norms, then unit keys
+        (_matmul_cycles(params, B, a, hd, b), _spill(params, similarity)),  # similarity |A| x |B| x d
+        _unit(params, B * a * b, params.vector_lanes, 1, [similarity]),  # best partner of each A token
+        (ranking, 0.0),
+        _unit(params, B * n * D, params.vector_lanes, 1, [tokens_in]),  # tokens weighted by their sizes
+        (_matmul_cycles(params, B, b, r, D), _spill(params, merged)),  # one-hot (|B| x r) @ merged A tokens
+        _unit(params, B * b * D, params.vector_lanes, 2, [tokens_in]),  # added to B, divided by the new sizes
+        (math.ceil(tokens_out / params.onchip_bytes_per_cycle), _spill(params, tokens_in) + _spill(params, tokens_out)),
+    ]
 
 
 def _embed(params: FpgaParams, key: dict) -> list[Op]:

@@ -1,8 +1,8 @@
 """Analytic latency of a phone CPU running the pruned runtime's fp32 ops: a roofline per op.
 
 Each table entry is broken into the ops the runtime runs for it (`pruning.block`, `pruning.tokens`,
-the profiler's kernels): LayerNorm, the Linear layers as GEMMs, attention, GELU, residual adds,
-top-k, gather, sort. Every op costs
+`pruning.merging`, the profiler's kernels): LayerNorm, the Linear layers as GEMMs, attention, GELU,
+residual adds, top-k, gather, sort, and token merging's similarity and merge matmuls. Every op costs
 
     max(compute time, memory time) + a fixed per-op overhead
 
@@ -12,7 +12,8 @@ that kind of work), memory time = bytes read and written / (DRAM bandwidth x ban
 Kinds of work and their rate per core:
 
 - `gemm` (Linear layers, patch-embedding conv as a GEMM) and `attention` (QK^T and PV, many small
-  per-head GEMMs): fp32 FLOPs at the SIMD FMA peak times `gemm_efficiency` / `attention_efficiency`;
+  per-head GEMMs, and merging's per-image similarity and one-hot merge matmuls): fp32 FLOPs at the
+  SIMD FMA peak times `gemm_efficiency` / `attention_efficiency`;
 - `elementwise` (LayerNorm, GELU, softmax, adds, scaling, masking, reductions): FLOPs counted per
   element (the `*_flops_per_element` parameters) at the SIMD peak times `elementwise_efficiency`,
   because exp/erf polynomials, reductions and shuffles do not keep the FMA pipes busy;
@@ -32,7 +33,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CoreGroup", "MobileCpuParams", "mobile_cpu_ms", "patch_count", "select_counts"]
+__all__ = ["CoreGroup", "MobileCpuParams", "merge_counts", "mobile_cpu_ms", "patch_count", "select_counts"]
 
 FP32 = 4
 
@@ -150,6 +151,14 @@ def select_counts(key: dict) -> tuple[int, int, bool]:
     return n, min(keep, n), package
 
 
+def merge_counts(key: dict) -> tuple[int, int, int, int]:
+    """(patch tokens in, tokens of set A, tokens of set B, pairs merged) of a merge entry: the patch
+    tokens alternate into A (even positions) and B (odd), and r of the A tokens fold into B."""
+    n = key["tokens_in"] - key["prefix"]
+    merged = max(0, min(key["tokens_in"] - key["tokens_out"], n // 2))
+    return n, (n + 1) // 2, n // 2, merged
+
+
 def patch_count(key: dict) -> int:
     return (key["image_size"] // key["patch_size"]) ** 2
 
@@ -167,6 +176,8 @@ def mobile_cpu_ms(params: MobileCpuParams, key: dict) -> float:
         return mobile_cpu_ms(params, attention) + mobile_cpu_ms(params, {**key, "op": "mlp"})
     if op == "select":
         return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _select(key))
+    if op == "merge":
+        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _merge(key))
     if op == "embed":
         return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _embed(key))
     if op == "head":
@@ -264,6 +275,38 @@ def _select(key: dict) -> list[Op]:
         ]
     ops.append(_copy(B * (key["prefix"] + keep + int(package)) * D))  # concatenate prefix, kept, package
     return ops
+
+
+def _merge(key: dict) -> list[Op]:
+    """`pruning.merging.merge_tokens` op for op, after the attention that hands it the keys.
+
+    The cost grows with the tokens in. With more pairs merged the matching is the same, the merge
+    matmul grows and fewer tokens are written: compute-bound it costs more, memory-starved a little less.
+    """
+    B, D, N, h, hd = key["batch"], key["embed_dim"], key["tokens_in"], key["heads"], key["head_dim"]
+    n, a, b, r = merge_counts(key)
+    keep, out = a - r, N - r  # A tokens left unmerged; tokens after the merge
+    return [
+        ([("elementwise", B * N * h * hd)], FP32 * (B * N * h * hd + B * N * hd)),  # keys averaged over heads
+        ([("elementwise", 2.0 * B * n * hd)], FP32 * (B * n * hd + B * n)),  # their norms
+        ([("elementwise", B * n)], FP32 * 2 * B * n),  # clamped away from zero
+        ([("elementwise", B * n * hd)], FP32 * (2 * B * n * hd + B * n)),  # unit keys
+        ([("attention", 2.0 * B * a * b * hd)], FP32 * (B * n * hd + B * a * b)),  # similarity |A| x |B| x d
+        ([("elementwise", B * a * b)], FP32 * (B * a * b + B * a) + 8 * B * a),  # best partner of each A token
+        ([("scalar", B * a * math.log2(max(a, 2)))], FP32 * B * a + 8 * 2 * B * a),  # argsort of the best
+        ([("scalar", B * keep * math.log2(max(keep, 2)))], 8 * 2 * B * keep),  # unmerged A back in token order
+        ([("elementwise", B * a * D)], FP32 * (2 * B * a * D + B * a)),  # A tokens weighted by their sizes
+        ([("elementwise", B * b * r)], 8 * B * r + FP32 * B * b * r),  # one-hot |B| x r: merged A -> partner
+        _copy(B * r * D),  # gather the merged A tokens
+        ([("elementwise", B * b * D)], FP32 * (2 * B * b * D + B * b)),  # B tokens weighted by their sizes
+        ([("attention", 2.0 * B * b * r * D)], FP32 * (B * b * r + B * r * D + B * b * D)),  # merge matmul
+        _add(B * b * D),
+        ([("attention", 2.0 * B * b * r)], FP32 * (B * b * r + 2 * B * r + 2 * B * b)),  # the sizes, alike
+        ([("elementwise", B * b * D)], FP32 * (2 * B * b * D + B * b)),  # divided by the new sizes
+        _copy(B * keep * D),  # gather the unmerged A tokens
+        _copy(B * out * D),  # concatenate prefix, unmerged A and B tokens
+        _copy(B * out),  # and their sizes
+    ]
 
 
 def _embed(key: dict) -> list[Op]:

@@ -11,7 +11,8 @@ The JSON it writes follows `latency_models.schema` (validated when the table is 
 
 What is timed is the work the pruned runtime (`pruning.block`, `pruning.tokens`) does, op for op:
 the attention half of a block (LayerNorm, qkv, fused or explicit attention, projection, residual),
-the MLP half, each token reduction, patch embedding and the classifier. A test runs these kernels
+the MLP half, each token reduction, token merging (`pruning.merging`), patch embedding and the
+classifier. A test runs these kernels
 and the runtime side by side on the same weights and checks that they compute the same values.
 
 Timing: passes over the whole grid, one warmed-up round per entry per pass; the figure is the

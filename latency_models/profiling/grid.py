@@ -133,6 +133,33 @@ def plan(
                                     "package": package,
                                 }
                             )
+        keys += merge_keys(shape, batch, select_tokens)
+    return keys
+
+
+def merge_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
+    """Merge entries at `batch`: tokens in on `tokens`, and merge counts r = tokens in - tokens out on
+    the same grid plus the largest r (half the patch tokens). The cost is roughly the matching's,
+    which grows with the tokens in, plus a part proportional to r (the pairs merged): with the same r
+    values in every row, the predictor interpolates along both axes between like points."""
+    keys = []
+    for n_in in tokens:
+        most = (n_in - shape.prefix) // 2  # at most half of the patch tokens merge at one block
+        if most < 1:
+            continue
+        for r in sorted({r for r in tokens if r < most} | {most}):
+            keys.append(
+                {
+                    "op": "merge",
+                    "batch": batch,
+                    "embed_dim": shape.embed_dim,
+                    "tokens_in": n_in,
+                    "tokens_out": n_in - r,
+                    "prefix": shape.prefix,
+                    "heads": shape.heads,
+                    "head_dim": shape.head_dim,
+                }
+            )
     return keys
 
 

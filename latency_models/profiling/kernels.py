@@ -89,6 +89,32 @@ def select_tokens(
     return torch.cat(parts, 1)
 
 
+def merge_pairs(
+    x: torch.Tensor, k: torch.Tensor, size: torch.Tensor, prefix: int, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge `r` pairs of the patch tokens of `x` (B, N, C) as `pruning.merging` does (ToMe bipartite
+    soft matching): `k` (B, heads, N, head_dim) the attention keys, averaged over heads into the
+    similarity metric; `size` (B, N) the patches each token already holds. Returns the tokens and sizes."""
+    B, _, C = x.shape
+    metric = k.mean(dim=1)[:, prefix:]  # the merging block's attention returns this mean with its output
+    metric = metric / metric.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(metric.dtype).tiny)
+    similarity = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)
+    best, partner = similarity.max(dim=-1)
+    ranked = best.argsort(dim=-1, descending=True)
+    merged, kept = ranked[:, :r], ranked[:, r:].sort(dim=-1).values
+    patches, patch_size = x[:, prefix:], size[:, prefix:]
+    x_a, x_b = patches[:, ::2], patches[:, 1::2]
+    size_a, size_b = patch_size[:, ::2], patch_size[:, 1::2]
+    weighted_a = x_a * size_a[..., None]
+    into = partner.gather(1, merged)[:, None, :] == torch.arange(x_b.shape[1], device=x.device)[:, None]
+    into = into.to(x.dtype)
+    total_b = x_b * size_b[..., None] + into @ weighted_a.gather(1, merged[..., None].expand(B, r, C))
+    new_size_b = size_b + (into @ size_a.gather(1, merged)[..., None])[..., 0]
+    new_b = total_b / new_size_b[..., None]
+    tokens = torch.cat([x[:, :prefix], x_a.gather(1, kept[..., None].expand(-1, -1, C)), new_b], 1)
+    return tokens, torch.cat([size[:, :prefix], size_a.gather(1, kept), new_size_b], 1)
+
+
 class Embed(nn.Module):
     def __init__(self, dim: int, patch: int, tokens: int, prefix: int) -> None:
         super().__init__()
@@ -156,6 +182,13 @@ def kernel(key: dict, device: torch.device, cold_bytes: int = 32 << 20) -> Calla
         if keep < 1:
             keep, package = 1, False
         return lambda: select_tokens(x, scores, key["prefix"], keep, key["method"], package)
+    if op == "merge":
+        N, heads, head_dim = key["tokens_in"], key["heads"], key["head_dim"]
+        x = rand(B, N, D)
+        # The keys as the runtime holds them: a strided view into the qkv projection's output.
+        k = rand(B, N, 3 * heads * head_dim).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4)[1]
+        size = torch.randint(1, 4, (B, N), generator=gen).float().to(device)  # tokens merged before
+        return lambda: merge_pairs(x, k, size, key["prefix"], N - key["tokens_out"])
     if op == "embed":
         prefix = key["tokens"] - (key["image_size"] // key["patch_size"]) ** 2
         mods = _copies(lambda: Embed(D, key["patch_size"], key["tokens"], prefix), device, cold_bytes)

@@ -19,7 +19,7 @@ from latency_models.analytic import (
 from latency_models.predictor import LatencyPredictor
 from latency_models.profiling import SHAPES, entry_id, plan
 from latency_models.schema import LatencyTable
-from pruning.config import PruneConfig
+from pruning.config import PruneConfig, TopKReduction
 from pruning.spec import BlockSpec, ModelSpec
 
 TINY = SHAPES["deit_tiny_patch16_224"]
@@ -54,6 +54,19 @@ def mlp(shape, tokens, hidden, batch=1) -> dict:
 
 def head(shape, tokens, batch=1) -> dict:
     return {"op": "head", "batch": batch, "embed_dim": shape.embed_dim, "tokens": tokens, "num_classes": 1000}
+
+
+def merge(shape, tokens_in, r, batch=1) -> dict:
+    return {
+        "op": "merge",
+        "batch": batch,
+        "embed_dim": shape.embed_dim,
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_in - r,
+        "prefix": shape.prefix,
+        "heads": shape.heads,
+        "head_dim": shape.head_dim,
+    }
 
 
 def embed(shape, batch=1) -> dict:
@@ -178,6 +191,26 @@ def test_cost_grows_with_batch(model):
             select = {"op": "select", "embed_dim": 192, "tokens_in": 197, "tokens_out": 120, "prefix": 1}
             values = [cost(params, {**select, "batch": b, "method": method, "package": package}) for b in batches]
             assert_non_decreasing(values, f"select {method} package={package} over batch")
+    assert_non_decreasing([cost(params, merge(TINY, 197, 16, b)) for b in batches], "merge over batch")
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_merge_cost_grows_with_tokens(model):
+    params, cost = MODELS[model]
+    for variant in (params, params.model_copy(update={"dram_bandwidth_gbs": 0.5, "ddr_bandwidth_gbs": 0.5})):
+        for shape in (TINY, SMALL):
+            for batch in (1, 32):
+                for r in (1, 8, 32):
+                    tokens = range(shape.prefix + 2 * r, shape.tokens + 1)  # at most half the patch tokens merge
+                    values = [cost(variant, merge(shape, n, r, batch)) for n in tokens]
+                    assert_non_decreasing(values, f"merge r={r} over tokens, B={batch}")
+                # More pairs: the same matching, a bigger merge matmul, fewer tokens written. Where ops are
+                # bound by compute the matmul wins (memory-starved, writing fewer tokens can win instead).
+                if variant is params:
+                    most = (shape.tokens - shape.prefix) // 2
+                    assert cost(params, merge(shape, shape.tokens, most, batch)) > cost(
+                        params, merge(shape, shape.tokens, 1, batch)
+                    )
 
 
 # -- physical bounds --------------------------------------------------------------------------------
@@ -222,6 +255,19 @@ def test_cpu_never_beats_its_roofline(tokens, batch, params):
                 ms = mobile_cpu_ms(params, attention(shape, tokens, heads, batch, scored))
                 assert ms >= 2 * macs / peak_flops * 1e3
                 assert ms >= 4 * weights / bandwidth * 1e3
+
+
+@pytest.mark.parametrize("params", CPUS, ids=["preset", "starved"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_cpu_merge_never_beats_its_roofline(params, batch):
+    peak_flops = sum(g.count * g.clock_ghz * 1e9 * g.fp32_flops_per_cycle for g in params.cores)
+    bandwidth = params.dram_bandwidth_gbs * 1e9
+    for n, r in ((197, 8), (197, 98), (101, 30)):
+        a, b = n // 2, (n - 1) // 2  # the n - 1 patch tokens alternate into A and B
+        flops = 2 * batch * (a * b * TINY.head_dim + b * r * TINY.embed_dim)  # similarity and merge matmuls
+        moved = 4 * batch * (n + n - r) * TINY.embed_dim  # every token read, the survivors written
+        ms = mobile_cpu_ms(params, merge(TINY, n, r, batch))
+        assert ms >= flops / peak_flops * 1e3 and ms >= moved / bandwidth * 1e3
 
 
 @pytest.mark.parametrize("params", FPGAS, ids=["preset", "starved"])
@@ -285,6 +331,40 @@ def test_predictor_reads_an_analytic_table():
     assert not dense.extrapolated
     pruned = PruneConfig.uniform(spec, keep_ratio=0.6, at=(3, 6, 9), mlp_ratio=0.5)
     assert predictor.predict(pruned, spec).ms < 0.7 * dense.ms
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_predictor_prices_merging_from_an_analytic_table(name):
+    params = PRESETS[name]
+    spec = ModelSpec(
+        name="deit_tiny_patch16_224",
+        family="vit",
+        blocks=(BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196),) * 12,
+        num_prefix_tokens=1,
+        image_size=(224, 224),
+        num_classes=1000,
+    )
+    predictor = LatencyPredictor(analytic_table(params, [TINY], [1, 32]))
+    for batch in (1, 32):
+        dense = predictor.breakdown(PruneConfig.dense(spec), spec, batch)
+        tome = predictor.breakdown(PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12))), spec, batch)
+        assert not tome.extrapolated and tome.parts["select"] == 0.0
+        # The first merge is the table's own entry: 197 tokens in, 8 pairs merged.
+        first = params_cost(params, merge(TINY, 197, 8, batch))
+        assert first < tome.parts["merge"] < 12 * first
+        # ToMe r=8: the MLPs run at 189 down to 101 tokens, 145 on average, 0.74 of the dense 197.
+        assert 0.68 * dense.parts["mlp"] < tome.parts["mlp"] < 0.80 * dense.parts["mlp"]
+        assert tome.ms < dense.ms
+        mixed = PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12))).model_copy(update={"package_token": True})
+        blocks = list(mixed.blocks)
+        blocks[6] = blocks[6].model_copy(update={"tokens": TopKReduction(keep_ratio=0.5)})
+        mixed = mixed.model_copy(update={"blocks": tuple(blocks)})
+        both = predictor.breakdown(mixed, spec, batch)
+        assert both.parts["select"] > 0 and both.parts["merge"] > 0 and both.ms < tome.ms
+
+
+def params_cost(params, key: dict) -> float:
+    return mobile_cpu_ms(params, key) if isinstance(params, MobileCpuParams) else fpga_ms(params, key)
 
 
 # -- invalid parameters -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -13,7 +15,9 @@ from latency_models.interpolate import expand_1d, expand_2d
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import plan
 from latency_models.schema import LatencyTable
-from pruning import BlockConfig, PruneConfig, ThresholdReduction, TopKReduction, describe
+from latency_models.validate import random_config
+from pruning import BlockConfig, MergeReduction, PruneConfig, ThresholdReduction, TopKReduction, describe
+from pruning.spec import BlockSpec, ModelSpec
 
 CHAIN_EXTRA = 0.05
 
@@ -30,8 +34,14 @@ def select(b, n_in, n_out, package, method):
     return b * (0.003 * n_in + 0.001 * n_out + 0.1 * package + 0.05 * (method == "compact"))
 
 
+def merge(b, n_in, r):
+    return b * (0.004 * n_in + 0.002 * r + 0.03)
+
+
 def cost(key: dict) -> float:
     b, op = key["batch"], key["op"]
+    if op == "merge":
+        return merge(b, key["tokens_in"], key["tokens_in"] - key["tokens_out"])
     if op == "attention":
         return attention(b, key["tokens"], key["heads"], key["scored"], key["masked"])
     if op == "mlp":
@@ -51,21 +61,23 @@ def spec():
     return describe(model, "tiny64")
 
 
-@pytest.fixture(scope="module")
-def predictor(spec):
-    entries = [k | {"median_ms": cost(k), "spread_ms": 0.0} for k in plan(shape_of(spec), [1, 4])]
+def formula_table(spec, batches, keep=lambda key: True) -> LatencyTable:
+    entries = [k | {"median_ms": cost(k), "spread_ms": 0.0} for k in plan(shape_of(spec), batches) if keep(k)]
     device = {
         "name": "formula",
         "kind": "analytic",
         "runtime": "formula",
         "hardware": "none",
-        "batch_sizes": [1, 4],
+        "batch_sizes": batches,
         "created": datetime.now(timezone.utc),
         "tool_version": "test",
     }
-    return LatencyPredictor(
-        LatencyTable.parse({"schema": "vitprune.latency-table", "version": 1, "device": device, "entries": entries})
-    )
+    return LatencyTable.parse({"schema": "vitprune.latency-table", "version": 1, "device": device, "entries": entries})
+
+
+@pytest.fixture(scope="module")
+def predictor(spec):
+    return LatencyPredictor(formula_table(spec, [1, 4]))
 
 
 def test_dense_model_is_the_sum_of_its_parts(predictor, spec):
@@ -156,3 +168,98 @@ def test_interpolation_is_exact_on_grid_points_linear_between_and_flags_the_outs
     i, j = np.meshgrid(np.arange(9), np.arange(11), indexing="ij")
     assert np.allclose(dense, 2 * i + 3 * j + i * j)  # bilinear functions are reproduced exactly
     assert mask[1, 5] and not mask[5, 7]
+
+
+def test_merge_and_top_k_after_it_are_the_sum_of_their_parts(predictor, spec):
+    blocks = [BlockConfig(heads=3, mlp_hidden=768)] * 4
+    blocks[1] = BlockConfig(heads=2, mlp_hidden=768, tokens=MergeReduction(r=3))
+    blocks[2] = BlockConfig(heads=3, mlp_hidden=768, tokens=TopKReduction(keep_ratio=0.5))
+    blocks[3] = BlockConfig(heads=3, mlp_hidden=384, tokens=MergeReduction(r=2))
+    config = PruneConfig(blocks=tuple(blocks), package_token=True)
+    # 16 patches -> 13 after merging 3 -> top-k keeps ceil(6.5) = 7 plus a package token -> merging 2 of
+    # the 7 patches (the package token passes through, so the merge is looked up at 1 + 7 tokens) -> 5.
+    expected_merge = merge(1, 17, 3) + merge(1, 8, 2)
+    expected = (
+        1.0
+        + attention(1, 17, 3) + CHAIN_EXTRA + mlp(1, 17, 768)
+        + attention(1, 17, 2) + CHAIN_EXTRA + merge(1, 17, 3) + mlp(1, 14, 768)
+        + attention(1, 14, 3, scored=True) + CHAIN_EXTRA + select(1, 14, 9, True, "gather") + mlp(1, 9, 768)
+        + attention(1, 9, 3) + CHAIN_EXTRA + merge(1, 8, 2) + mlp(1, 7, 384)
+        + 0.002 * 7
+    )  # fmt: skip
+    prediction = predictor.breakdown(config, spec, batch=1)
+    assert prediction.ms == pytest.approx(expected, rel=1e-9)
+    assert not prediction.extrapolated
+    assert prediction.parts["merge"] == pytest.approx(expected_merge)
+    assert prediction.parts["select"] == pytest.approx(select(1, 14, 9, True, "gather"))
+    assert sum(prediction.parts.values()) == pytest.approx(prediction.ms)
+    assert predictor.predict(config, spec, batch=1).ms == pytest.approx(expected, rel=1e-9)
+
+
+def test_merge_counts_between_grid_points_are_interpolated(predictor, spec):
+    # 5 pairs of 17 tokens is not on the grid (r = 1, 2, 3, 4, 6, 8 there): linear between 4 and 6.
+    config = PruneConfig.uniform(spec, merge_r=5, at=(0,))
+    assert predictor.breakdown(config, spec, batch=4).parts["merge"] == pytest.approx(merge(4, 17, 5))
+
+
+def test_merging_more_pairs_prices_fewer_tokens_after_it(predictor, spec):
+    previous = predictor.breakdown(PruneConfig.dense(spec), spec, batch=4)
+    assert previous.parts["merge"] == 0.0
+    for r in range(1, 9):
+        current = predictor.breakdown(PruneConfig.uniform(spec, merge_r=r, at=(0, 1, 2, 3)), spec, batch=4)
+        assert current.parts["merge"] > 0 and not current.extrapolated
+        assert current.parts["mlp"] < previous.parts["mlp"], f"r={r}"
+        assert current.parts["attention"] < previous.parts["attention"], f"r={r}"
+        assert current.parts["head"] <= previous.parts["head"]
+        previous = current
+
+
+def test_a_table_without_merge_entries_prices_the_rest_and_names_what_to_profile(predictor, spec):
+    old = LatencyPredictor(formula_table(spec, [1, 4], keep=lambda key: key["op"] != "merge"))
+    for config in (PruneConfig.dense(spec), PruneConfig.uniform(spec, keep_ratio=0.5, at=(1,), package_token=True)):
+        assert old.predict(config, spec, batch=4).ms == pytest.approx(predictor.predict(config, spec, batch=4).ms)
+    assert not old.covers_merge(spec, 1) and predictor.covers_merge(spec, 1)
+    merging = PruneConfig.uniform(spec, merge_r=2, at=(1, 2))
+    with pytest.raises(CoverageError, match=r"no merge entries with embed_dim=192, batch=1, prefix=1, heads=3, "
+                       r"head_dim=64 .*vitprune profile --model tiny64"):  # fmt: skip
+        old.predict(merging, spec, batch=1)
+
+    # Merge entries at batch 1 only: batch 1 is priced, batch 2 (between 1 and 4) names batch 4.
+    partial = LatencyPredictor(formula_table(spec, [1, 4], keep=lambda key: key["op"] != "merge" or key["batch"] == 1))
+    assert partial.predict(merging, spec, batch=1).ms == pytest.approx(predictor.predict(merging, spec, batch=1).ms)
+    with pytest.raises(CoverageError, match=r"no merge entries with embed_dim=192, batch=4"):
+        partial.predict(merging, spec, batch=2)
+    assert partial.predict(PruneConfig.dense(spec), spec, batch=2).ms > 0
+
+
+def test_merges_outside_the_measured_grid_are_flagged(spec):
+    predictor = LatencyPredictor(
+        formula_table(spec, [1], keep=lambda key: key["op"] != "merge" or key["tokens_in"] >= 12)
+    )
+    assert not predictor.predict(PruneConfig.uniform(spec, merge_r=2, at=(0,)), spec).extrapolated
+    # 17 -> 15 -> 13 -> 11 tokens: the last merge starts at 11 tokens, below the grid's 12.
+    assert predictor.predict(PruneConfig.uniform(spec, merge_r=2, at=(0, 1, 2, 3)), spec).extrapolated
+
+
+def test_predictions_are_fast_enough_for_a_search():
+    block = BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196)
+    spec = ModelSpec(
+        name="deit_tiny_patch16_224",
+        family="vit",
+        blocks=(block,) * 12,
+        num_prefix_tokens=1,
+        image_size=(224, 224),
+        num_classes=1000,
+    )
+    predictor = LatencyPredictor(formula_table(spec, [1]))
+    rng = random.Random(0)
+    configs = [random_config(spec, rng, thresholds=False) for _ in range(200)]
+    assert any(c.has_merge for c in configs) and any(not c.has_merge and c.reduces_tokens for c in configs)
+    predictor.predict(configs[0], spec)  # builds the lookup arrays once, as a search does
+    best = 0.0
+    for _ in range(5):  # the best of a few rounds: a shared machine has slow moments
+        start = time.perf_counter()
+        for config in configs:
+            predictor.predict(config, spec)
+        best = max(best, len(configs) / (time.perf_counter() - start))
+    assert best >= 10_000, f"{best:.0f} predictions/s"

@@ -13,12 +13,13 @@ import pytest
 import timm
 import torch
 
-from latency_models.profiling import SHAPES, Timing, entry_id, plan, profile, token_grid, width_grid
+from latency_models.profiling import SHAPES, Timing, entry_id, kernel, plan, profile, token_grid, width_grid
 from latency_models.profiling import run as run_module
-from latency_models.profiling.kernels import AttentionHalf, MlpHalf, select_tokens
-from latency_models.schema import LatencyTable
+from latency_models.profiling.kernels import AttentionHalf, MlpHalf, merge_pairs, select_tokens
+from latency_models.schema import LatencyTable, MergeEntry
 from pruning.block import attention_heads, mlp_half
-from pruning.config import TopKReduction
+from pruning.config import MergeReduction, TopKReduction
+from pruning.merging import merge_tokens
 from pruning.tokens import TokenState, reduce_tokens
 
 FAST = Timing(passes=2, warmup=1, min_round_s=0.0005)
@@ -47,8 +48,10 @@ def test_attention_kernel_computes_what_the_runtime_computes(block):
     valid[1, 40:] = False
     with torch.inference_mode():
         for mask in (None, valid):
+            runtime_mask = None if mask is None else mask[:, None, None, :]  # as `pruning.tokens.attention_mask`
             for scored in (False, True):
-                heads, scores = attention_heads(block.attn, block.norm1(x), mask, "cls_attn" if scored else None)
+                want = "cls_attn" if scored else None
+                heads, scores = attention_heads(block.attn, block.norm1(x), runtime_mask, want)
                 expected = x + block.attn.proj(heads)
                 got, got_scores = kernel(x, mask, scored)
                 assert torch.allclose(got, expected, atol=1e-5)
@@ -82,6 +85,51 @@ def test_gather_selection_matches_the_runtime_top_k(package):
     got = select_tokens(x, scores, prefix=1, keep=20, method="gather", package=package)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n_patch", "r", "sized"), [(196, 8, False), (196, 98, True), (37, 5, True), (2, 1, False)])
+def test_merge_kernel_computes_what_the_runtime_computes(n_patch, r, sized):
+    generator = torch.Generator().manual_seed(n_patch + r)
+    B, prefix, heads, head_dim, C = 2, 1, 3, 16, 24
+    N = prefix + n_patch
+    x = torch.randn(B, N, C, generator=generator)
+    k = torch.randn(B, N, 3 * heads * head_dim, generator=generator).reshape(B, N, 3, heads, head_dim)
+    k = k.permute(2, 0, 3, 1, 4)[1]  # the keys as attention holds them: a view of the qkv output
+    size = torch.randint(1, 5, (B, N), generator=generator).float() if sized else torch.ones(B, N)
+    with torch.inference_mode():
+        expected = merge_tokens(
+            TokenState(x=x, n_prefix=prefix, size=size if sized else None), k.mean(1), MergeReduction(r=r)
+        )
+        tokens, sizes = merge_pairs(x, k, size, prefix, r)
+    assert tokens.shape == (B, N - r, C) == expected.x.shape
+    assert torch.allclose(tokens, expected.x, atol=1e-6)
+    assert torch.equal(sizes, expected.size)
+
+
+def test_merge_entry_kernel_runs_the_planned_merge():
+    key = {"op": "merge", "batch": 3, "embed_dim": 32, "tokens_in": 50, "tokens_out": 30, "prefix": 1, "heads": 2,
+           "head_dim": 8}  # fmt: skip
+    with torch.inference_mode():
+        tokens, sizes = kernel(key, torch.device("cpu"))()
+    assert tokens.shape == (3, 30, 32) and sizes.shape == (3, 30)  # 20 of the 49 patch tokens merged away
+
+
+def test_grid_plans_merges_of_up_to_half_the_patch_tokens_with_the_same_counts_in_every_row():
+    shape = SHAPES["deit_small_distilled_patch16_224"]  # two prefix tokens, never merged
+    merges = [k for k in plan(shape, [1, 4]) if k["op"] == "merge"]
+    assert {k["batch"] for k in merges} == {1, 4}
+    rows: dict[int, set[int]] = {}
+    for k in merges:
+        assert (k["prefix"], k["heads"], k["head_dim"], k["embed_dim"]) == (2, 6, 64, 384)
+        n_in, r = k["tokens_in"], k["tokens_in"] - k["tokens_out"]
+        assert 1 <= r <= (n_in - shape.prefix) // 2
+        rows.setdefault(n_in, set()).add(r)
+    grid = token_grid(shape.tokens, 16)
+    assert set(rows) == {n for n in grid if n - shape.prefix >= 2}
+    for n_in, counts in rows.items():
+        most = (n_in - shape.prefix) // 2
+        assert counts == {r for r in grid if r < most} | {most}, n_in
+    assert max(rows[shape.tokens]) == 98 and {1, 8, 16, 32} <= rows[shape.tokens]
 
 
 def test_grid_covers_every_head_count_and_only_allowed_widths():
@@ -135,12 +183,13 @@ def test_profile_writes_a_valid_table_and_resumes_an_interrupted_run(tmp_path, m
     assert table.device.kind == "measured" and table.device.batch_sizes == (2,)
     assert len(table.entries) == len(keys)
     assert all(e.median_ms > 0 for e in table.entries if e.op != "select" or e.tokens_out < e.tokens_in)
+    assert sum(isinstance(e, MergeEntry) for e in table.entries) == sum(k["op"] == "merge" for k in keys) > 0
 
 
 def test_the_profiler_runs_with_torch_alone(tmp_path):
     """Copied out of the project, with vitprune's other packages, pydantic and timm unimportable."""
     shutil.copytree(Path(__file__).parents[2] / "latency_models" / "profiling", tmp_path / "profiling")
-    keys = _small_keys()[:6]
+    keys = _small_keys()[:5] + [k for k in _small_keys() if k["op"] == "merge"][:1]
     (tmp_path / "keys.json").write_text(json.dumps(keys))
     script = """
 import sys

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import timm
 import torch
 
-from latency_models.profiling import Timing
-from latency_models.registry import Registry, UnknownDeviceError
-from latency_models.schema import TableError
-from latency_models.validate import validate
+from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
+from latency_models.profiling import Timing, entry_id, plan
+from latency_models.registry import Registry, UnknownDeviceError, complete_table
+from latency_models.schema import LatencyTable, TableError
+from latency_models.validate import random_config, token_kind, validate
 from pruning import PruneConfig, describe
 
 FAST = Timing(passes=1, warmup=1, min_round_s=0.0005)
@@ -106,3 +108,80 @@ def test_validation_report_compares_measured_and_predicted(registry, spec, small
     # The chart library is embedded (megabytes of it), never loaded from a CDN.
     assert len(html) > 1_000_000 and 'src="http' not in html
     assert json.loads(written[0].read_text())["summary"]["configs"] == 4
+
+
+def test_a_cached_table_made_before_merging_was_priced_gains_the_merge_entries(registry, spec, monkeypatch):
+    full = registry.table("host-cpu", spec, [1], progress=False)
+    path = registry.measured_path("host-cpu")
+    old = LatencyTable(device=full.device, entries=tuple(e for e in full.entries if e.op != "merge"))
+    old.save(path)
+    merging = PruneConfig.uniform(spec, merge_r=2, at=(0, 1))
+    assert not registry.ready("host-cpu", spec, [1])
+    with pytest.raises(CoverageError, match="merge entries"):
+        LatencyPredictor(old).predict(merging, spec)
+
+    import latency_models.registry as module
+
+    timed, real_profile = [], module.profile
+
+    def recording(keys, **kwargs):
+        timed.extend(keys)
+        return real_profile(keys, **kwargs)
+
+    monkeypatch.setattr(module, "profile", recording)
+    grown = registry.table("host-cpu", spec, [1], progress=False)
+    assert timed and {k["op"] for k in timed} == {"merge"}  # only what was missing is timed
+    assert grown.keys() == old.keys() | {entry_id(k) for k in plan(shape_of(spec), [1])}  # batch 1 asked for
+    assert LatencyTable.load(path) == grown and registry.ready("host-cpu", spec, [1])
+    kept = {e.model_dump_json() for e in old.entries}
+    assert all(e.model_dump_json() in kept for e in grown.entries if e.op != "merge")  # the rest is untouched
+    prediction = registry.predictor("host-cpu", spec, [1]).breakdown(merging, spec)
+    assert prediction.parts["merge"] > 0 and not prediction.extrapolated
+
+
+def test_validation_draws_merge_configs_and_reports_each_kind(registry, spec, small_vit):
+    predictor = registry.predictor("host-cpu", spec, [1])
+    assert predictor.covers_merge(spec, 1)
+    configs = 6
+
+    def kinds(seed: int) -> list[str]:  # the draws `validate` makes for `seed`
+        rng = random.Random(seed)
+        return [token_kind(random_config(spec, rng)) for _ in range(configs - 1)]
+
+    seed = next(s for s in range(200) if {"merge", "topk+merge"} <= set(kinds(s)))
+    report = validate(predictor, small_vit, configs=configs, batch=1, seed=seed, threads=1, timing=FAST, name="tiny32")
+    assert [r.kind for r in report.rows] == ["none", *kinds(seed)]
+    assert all(r.measured_ms > 0 and r.predicted_ms > 0 for r in report.rows)
+    by_kind = report.summary()["by_kind"]
+    assert by_kind["merge"]["configs"] == kinds(seed).count("merge")
+    assert sum(k["configs"] for k in by_kind.values()) == configs
+    assert by_kind["merge"]["mape"] == pytest.approx(
+        sum(abs(r.error()) for r in report.rows if r.kind == "merge") / by_kind["merge"]["configs"], abs=1e-4
+    )
+    assert "| topk+merge |" in report.to_markdown() and "merge 2@" in report.to_markdown()
+
+    # A table that does not price merging: merge configs are left out, or, when asked for, refused up front.
+    old = LatencyTable(
+        device=predictor.table.device, entries=tuple(e for e in predictor.table.entries if e.op != "merge")
+    )
+    with pytest.raises(CoverageError, match="merge entries"):
+        validate(LatencyPredictor(old), small_vit, configs=configs, seed=seed, threads=1, timing=FAST, merges=True)
+    without = validate(LatencyPredictor(old), small_vit, configs=3, seed=seed, threads=1, timing=FAST)
+    assert "merge" not in {r.kind for r in without.rows} and "topk+merge" not in {r.kind for r in without.rows}
+
+
+def test_complete_table_times_only_what_a_table_file_lacks(tmp_path, monkeypatch):
+    keys = [k for k in plan(shape_of(describe(timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1))), [1])
+            if k["op"] in ("select", "merge")]  # fmt: skip
+    path = tmp_path / "board.json"
+    first = complete_table(path, [k for k in keys if k["op"] == "select"], name="board", threads=1, timing=FAST)
+    assert {e.op for e in first.entries} == {"select"} and LatencyTable.load(path) == first
+
+    import latency_models.registry as module
+
+    timed, real_profile = [], module.profile
+    monkeypatch.setattr(module, "profile", lambda missing, **kw: timed.extend(missing) or real_profile(missing, **kw))
+    grown = complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
+    assert {k["op"] for k in timed} == {"merge"} and grown.keys() == {entry_id(k) for k in keys}
+    assert [e for e in grown.entries if e.op == "select"] == list(first.entries)
+    assert complete_table(path, keys, name="board") == grown and len(timed) == sum(k["op"] == "merge" for k in keys)

@@ -89,3 +89,28 @@ def test_merging_keeps_every_key_once_with_the_newer_value():
     assert len(merged.entries) == 3
     assert merged.device.batch_sizes == (1, 8)
     assert [e.median_ms for e in merged.entries if e.op == "attention"] == [0.9]
+
+
+MERGE = {"op": "merge", "batch": 1, "embed_dim": 192, "tokens_in": 197, "tokens_out": 189, "prefix": 1, "heads": 3,
+         "head_dim": 64, "median_ms": 0.2, "spread_ms": 0.01}  # fmt: skip
+
+
+def test_merge_entries_are_read_and_tables_without_them_still_load(tmp_path):
+    old = LatencyTable.parse(DOCUMENT)  # version 1 as written before merging was priced
+    assert {e.op for e in old.entries} == {"attention", "mlp"}
+    document = copy.deepcopy(DOCUMENT)
+    document["entries"].append(MERGE)
+    table = LatencyTable.parse(document)
+    table.save(tmp_path / "t.json")
+    assert LatencyTable.load(tmp_path / "t.json") == table
+    assert [e.op for e in table.entries] == ["attention", "mlp", "merge"] and table.entries[2].tokens_out == 189
+    assert len(old.merged(table).entries) == 3 and len(table.keys()) == 3
+
+    for field, value, message in (
+        ("head_dim", KeyError, r"entries\[2\] \(merge\)\.head_dim: Field required"),
+        ("heads", 0, r"entries\[2\] \(merge\)\.heads"),
+        ("package", False, r"entries\[2\] \(merge\)\.package: Extra inputs"),  # a merge is not a select
+    ):
+        entry = {k: v for k, v in MERGE.items() if k != field} | ({} if value is KeyError else {field: value})
+        with pytest.raises(TableError, match=message):
+            LatencyTable.parse(document | {"entries": [*DOCUMENT["entries"], entry]})
