@@ -82,7 +82,7 @@ def test_survivor_indices_must_match_counts_and_be_sorted():
 
 def test_unknown_fields_and_token_kinds_are_refused():
     with pytest.raises(ValidationError):
-        BlockConfig.model_validate({"heads": 1, "mlp_hidden": 8, "tokens": {"kind": "merge", "r": 3}})
+        BlockConfig.model_validate({"heads": 1, "mlp_hidden": 8, "tokens": {"kind": "prune", "r": 3}})
     with pytest.raises(ValidationError, match="Extra inputs"):
         BlockConfig.model_validate({"heads": 1, "mlp_hidden": 8, "head": 3})
 
