@@ -20,7 +20,7 @@ from latency_models.predictor import LatencyPredictor
 from latency_models.profiling import SHAPES, entry_id, plan
 from latency_models.schema import LatencyTable
 from pruning.config import PruneConfig, TopKReduction
-from pruning.spec import BlockSpec, ModelSpec
+from tests.latency_models.specs import DEIT_TINY
 
 TINY = SHAPES["deit_tiny_patch16_224"]
 SMALL = SHAPES["deit_small_patch16_224"]
@@ -316,15 +316,7 @@ def test_bigger_models_and_batches_cost_more(model):
 
 def test_predictor_reads_an_analytic_table():
     table = analytic_table(CPU, [TINY], [1])
-    block = BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196)
-    spec = ModelSpec(
-        name="deit_tiny_patch16_224",
-        family="vit",
-        blocks=(block,) * 12,
-        num_prefix_tokens=1,
-        image_size=(224, 224),
-        num_classes=1000,
-    )
+    spec = DEIT_TINY
     predictor = LatencyPredictor(table)
     dense = predictor.predict(PruneConfig.dense(spec), spec)
     assert dense.ms == pytest.approx(dense_ms(mobile_cpu_ms, CPU, TINY, 1), rel=1e-9)
@@ -336,14 +328,7 @@ def test_predictor_reads_an_analytic_table():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_predictor_prices_merging_from_an_analytic_table(name):
     params = PRESETS[name]
-    spec = ModelSpec(
-        name="deit_tiny_patch16_224",
-        family="vit",
-        blocks=(BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196),) * 12,
-        num_prefix_tokens=1,
-        image_size=(224, 224),
-        num_classes=1000,
-    )
+    spec = DEIT_TINY
     predictor = LatencyPredictor(analytic_table(params, [TINY], [1, 32]))
     for batch in (1, 32):
         dense = predictor.breakdown(PruneConfig.dense(spec), spec, batch)

@@ -17,7 +17,7 @@ from latency_models.profiling import plan
 from latency_models.schema import LatencyTable
 from latency_models.validate import random_config
 from pruning import BlockConfig, MergeReduction, PruneConfig, ThresholdReduction, TopKReduction, describe
-from pruning.spec import BlockSpec, ModelSpec
+from tests.latency_models.specs import DEIT_TINY
 
 CHAIN_EXTRA = 0.05
 
@@ -242,15 +242,7 @@ def test_merges_outside_the_measured_grid_are_flagged(spec):
 
 
 def test_predictions_are_fast_enough_for_a_search():
-    block = BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196)
-    spec = ModelSpec(
-        name="deit_tiny_patch16_224",
-        family="vit",
-        blocks=(block,) * 12,
-        num_prefix_tokens=1,
-        image_size=(224, 224),
-        num_classes=1000,
-    )
+    spec = DEIT_TINY
     predictor = LatencyPredictor(formula_table(spec, [1]))
     rng = random.Random(0)
     configs = [random_config(spec, rng, thresholds=False) for _ in range(200)]

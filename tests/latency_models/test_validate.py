@@ -7,16 +7,9 @@ from collections import Counter
 
 from latency_models.validate import random_config, summarise_config, token_kind
 from pruning.config import BlockConfig, MergeReduction, PruneConfig, TopKReduction
-from pruning.spec import BlockSpec, ModelSpec
+from tests.latency_models.specs import DEIT_TINY
 
-SPEC = ModelSpec(
-    name="deit_tiny_patch16_224",
-    family="vit",
-    blocks=(BlockSpec(heads=3, head_dim=64, embed_dim=192, mlp_hidden=768, tokens_in=196),) * 12,
-    num_prefix_tokens=1,
-    image_size=(224, 224),
-    num_classes=1000,
-)
+SPEC = DEIT_TINY
 
 
 def test_random_configs_merge_alone_and_around_top_k_and_never_with_thresholds():
