@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--configs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0, help="draws the random configs (another seed: other configs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -78,12 +79,20 @@ def main() -> int:
             start = time.monotonic()
             timing = Timing(passes=passes, warmup=VALIDATION_TIMING.warmup, min_round_s=VALIDATION_TIMING.min_round_s)
             report = validate(
-                predictor, model, configs=args.configs, batch=batch, threads=args.threads, timing=timing, name=name
+                predictor,
+                model,
+                configs=args.configs,
+                batch=batch,
+                seed=args.seed,
+                threads=args.threads,
+                timing=timing,
+                name=name,
             )
             stem = f"latency_accuracy_{name}_b{batch}"
             report.save(args.out / stem, plot=False)
             report.scatter_plot(args.work / f"{stem}.html")
             row = report.summary() | {
+                "seed": args.seed,
                 "grid_entries": len(keys),
                 "profile_s": round(profile_s, 1),
                 "validate_s": round(time.monotonic() - start, 1),

@@ -2,7 +2,8 @@
 
 Calibration = one half of the ImageNet sample, validation = the other half (seeded split, never
 seen by the search). Device = this machine's measured table at batch 32. For each budget (a share
-of the dense model's predicted latency) a full search runs; its best Pareto model (the one with
+of the dense model's predicted latency) a full search runs (token op --tokens: merging by default,
+per-block merge counts; or top-k keep ratios, or both); its best Pareto model (the one with
 the best calibration top-1, as a user would pick it; its validation top-1 is reported) is
 compared with the uniform top-k baseline at blocks 3/6/9 whose keep ratio gives the same
 predicted latency. Dense, best and baseline are then timed paired (interleaved rounds), so their
@@ -14,12 +15,13 @@ the same trials, sampler, seed and calibration / validation split, at the larges
 Its Pareto front spans every latency under that budget, so each smaller budget's figure is the
 best Pareto model under that budget (by calibration top-1 again): one search per op instead of one
 per op and budget, at the price of a front that the sampler tuned for the largest budget (a search
-aimed at the smaller budget could only do as well or better there). The top-k search at the largest
-budget is the main row's own study, reused. Against them stands ToMe's own schedule: the same merge
-count r at every block, with the r whose predicted latency is closest to the budget without going
-over, scored on the validation half. Dense, every op's best and ToMe are timed paired per budget.
+aimed at the smaller budget could only do as well or better there). The search of the main rows'
+token op (--tokens) at the largest budget is the main row's own study, reused. Against them
+stands ToMe's own schedule: the same merge count r at every block, with the r whose predicted
+latency is closest to the budget without going over, scored on the validation half. Dense,
+every op's best and ToMe are timed paired per budget.
 
-    python bench/search_quality.py --table runs/latency_bench/deit_tiny_patch16_224_b32.json
+    python bench/search_quality.py --table runs/latency_bench/deit_tiny_patch16_224_b32_merge.json
     python bench/search_quality.py --table ... --token-ops topk,merge,topk+merge
 
 Writes `<out>/search_quality.{json,md}`; studies and Pareto bundles go to `--work`.
@@ -118,9 +120,9 @@ def make_job(
     val: Path,
     sampler: str,
     trials: int,
+    tokens: str,
     cheap_first: int | None = None,
     seed: int = 0,
-    tokens: str = "topk",
 ) -> JobSpec:
     return JobSpec(
         model=MODEL,
@@ -147,10 +149,9 @@ def make_job(
     )
 
 
-def run_budget(args, ratio: float, calib: Path, val: Path, tokens: str = "topk") -> tuple[JobSpec, dict]:
-    job = make_job(args, ratio, calib, val, args.sampler, args.trials, seed=args.seed, tokens=tokens)
-    op = "" if tokens == "topk" else f"{tokens.replace('+', '-')}-"  # top-k: the main rows' folder
-    out = args.work / f"{job.sampler}-{op}budget-{ratio}-seed{job.seed}"
+def run_budget(args, ratio: float, calib: Path, val: Path, tokens: str) -> tuple[JobSpec, dict]:
+    job = make_job(args, ratio, calib, val, args.sampler, args.trials, tokens, seed=args.seed)
+    out = args.work / f"{job.sampler}-{tokens.replace('+', '-')}-budget-{ratio}-seed{job.seed}"
     result = run_search(job, f"sqlite:///{args.work / 'search.db'}", out, show_progress=True)
     return job, result.to_dict() | {"out": str(out)}
 
@@ -227,6 +228,9 @@ def main() -> int:
     parser.add_argument("--samplers", default="", help="also compare these samplers, e.g. tpe,nsga2,gp")
     parser.add_argument("--sampler-trials", type=int, default=80)
     parser.add_argument("--cheap-first", type=int, help="also run --sampler with cheap-first on this many images")
+    parser.add_argument(
+        "--tokens", default="merge", choices=("topk", "merge", "topk+merge"), help="the main searches' token op"
+    )
     parser.add_argument("--token-blocks", default="1,2,3,4,5,6,7,8,9,10")
     parser.add_argument(
         "--token-ops", default="", help="also compare token ops, one search each, e.g. topk,merge,topk+merge"
@@ -261,7 +265,7 @@ def main() -> int:
     rows = []
     for ratio in [float(r) for r in args.budgets.split(",")]:
         started = time.perf_counter()
-        job, result = run_budget(args, ratio, calib, val_dir)
+        job, result = run_budget(args, ratio, calib, val_dir, args.tokens)
         context = JobContext.from_study(
             optuna.load_study(study_name=job.study_name(), storage=f"sqlite:///{args.work / 'search.db'}")
         )
@@ -304,7 +308,7 @@ def main() -> int:
     for name, cheap in variants:
         ratio = float(args.budgets.split(",")[0])
         # Another seed than the main runs: a separate study (the seed is part of a job's identity).
-        job = make_job(args, ratio, calib, val_dir, name, args.sampler_trials, cheap, seed=args.seed + 1)
+        job = make_job(args, ratio, calib, val_dir, name, args.sampler_trials, args.tokens, cheap, seed=args.seed + 1)
         started = time.perf_counter()
         study, context = submit(job, open_storage(f"sqlite:///{args.work / 'search.db'}"))
         run_trials(study, context)  # the trials only: comparing samplers needs no Pareto bundles
@@ -327,7 +331,8 @@ def main() -> int:
         )
         print(json.dumps(samplers[-1]))
     token_ops = compare_token_ops(args, calib, val_dir, dense, spec, predictor) if args.token_ops else []
-    report = {"model": MODEL, "batch": args.batch, "table": table.device.model_dump(mode="json"), "rows": rows}
+    report = {"model": MODEL, "batch": args.batch, "tokens": args.tokens, "rows": rows}
+    report["table"] = table.device.model_dump(mode="json")
     report["samplers"] = samplers
     report["token_ops"] = token_ops
     report["command"] = "python bench/search_quality.py " + " ".join(
@@ -341,6 +346,8 @@ def main() -> int:
 
 def to_markdown(report: dict) -> str:
     lines = [
+        f"Main searches: token op {report.get('tokens', 'topk')}, batch {report['batch']}.",
+        "",
         "| budget | dense top-1 / ms | best Pareto top-1 / ms (pred.) | loss vs dense | baseline keep | "
         "baseline top-1 / ms | gain vs baseline | trials/min | search min |",
         "|---|---|---|--:|--:|---|--:|--:|--:|",
