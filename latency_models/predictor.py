@@ -5,7 +5,8 @@ A config runs as: patch embedding; per block the attention half at the tokens en
 has padded a batch of several images), the token reduction or merge, the MLP half at the tokens that
 survive; then the classifier. Each part is looked up in the table, interpolated between grid points
 (bilinear in tokens x heads, tokens x channels, tokens in x tokens out, tokens in x pairs merged;
-linear between batch sizes), and flagged when it lies outside the measured grid.
+linear between batch sizes), and flagged when it lies outside the measured grid. Blocks at token
+counts off the grid's multiples of 8 cost what a few measured off-grid counts say they add.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from latency_models.interpolate import expand_1d, expand_2d
-from latency_models.profiling import Shape
+from latency_models.profiling import Shape, offgrid_tokens
 from latency_models.schema import LatencyTable
 from pruning.config import MergeReduction, PruneConfig, ThresholdReduction
 from pruning.spec import ModelSpec
@@ -289,12 +290,17 @@ class LatencyPredictor:
         embed = rows("embed", image_size=shape.image_size, patch_size=shape.patch_size)
         chain = np.zeros(size_n)
         chained = [e for e in self._by_op.get("chain", []) if e.batch == batch and e.embed_dim == dim]
-        if chained:  # optional: analytic devices have no such effect
-            xs, values = _series(chained, "tokens")
-            chained_values, _ = expand_1d(xs, values, size_n)
+        if chained:  # optional: analytic devices have no such effects
+            probes = set(offgrid_tokens(shape.tokens))
+            xs, values = _series([e for e in chained if e.tokens not in probes], "tokens")
+            curve, _ = expand_1d(xs, values, size_n)
             # Signed: at large batches blocks run back to back can cost less than their halves
             # timed alone (the cold-weight copies of the halves overstate memory traffic there).
-            chain = chained_values - attention[(False, False)][:, heads] - mlp[:, hidden]
+            chain = curve - attention[(False, False)][:, heads] - mlp[:, hidden]
+            measured = {e.tokens: e.median_ms for e in chained if e.tokens in probes}
+            offgrid = _offgrid_factor(measured, curve, shape.tokens)
+            attention = {k: v * offgrid[:, None] for k, v in attention.items()}
+            mlp, chain = mlp * offgrid[:, None], chain * offgrid
         return _Lookup(embed[0].median_ms, head, chain, attention, mlp, select, merge, outside, False, merge_missing)
 
     def covers_merge(self, spec: ModelSpec, batch: int) -> bool:
@@ -340,6 +346,28 @@ def _grid2(entries: list, ax: str, ay: str | Callable, size_x: int, size_y: int)
             raise CoverageError(f"latency table: a row of {entries[0].op} entries has no values")
         row[:] = np.interp(ys, ys[known], row[known])  # constant past either end, linear in between
     return expand_2d(xs, ys, values, size_x, size_y)
+
+
+def _offgrid_factor(probes: dict[int, float], curve: np.ndarray, max_tokens: int, step: int = 8) -> np.ndarray:
+    """Per token count, 1 + how much more a block costs off the multiples of `step` than the grid
+    (timed at multiples) says, from the off-grid chain entries (`offgrid_tokens`): the median over
+    groups of each count's excess at the same distance past a multiple. A group's own multiple,
+    timed in the same profile, sets the level; the curve through the other chain entries only its
+    slope. Counts on the grid, at the small end and the two largest keep 1."""
+    factor = np.ones(len(curve))
+    excess: dict[int, list[float]] = {}
+    for base in (t for t in probes if t % step == 0):
+        for j in range(1, step):
+            if base + j in probes:
+                expected = probes[base] * curve[base + j] / curve[base]
+                excess.setdefault(j, []).append(probes[base + j] / expected - 1.0)
+    if not excess:  # a table made before off-grid counts were timed
+        return factor
+    by_offset = np.array([float(np.median(excess[j])) if j in excess else 0.0 for j in range(step)])
+    tokens = np.arange(len(curve))
+    off = (tokens > 2 * step) & (tokens < max_tokens - 1) & (tokens % step != 0)
+    factor[off] += by_offset[tokens[off] % step]
+    return factor
 
 
 def _scaled(look: _Lookup, factor: float) -> _Lookup:

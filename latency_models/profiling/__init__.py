@@ -23,7 +23,7 @@ not already sitting in cache from the previous call. Results are appended to `<o
 as they come, so an interrupted run resumes where it stopped.
 """
 
-from .grid import SCHEMA, SCHEMA_VERSION, SHAPES, Shape, entry_id, plan, token_grid, width_grid
+from .grid import SCHEMA, SCHEMA_VERSION, SHAPES, Shape, entry_id, offgrid_tokens, plan, token_grid, width_grid
 from .kernels import kernel
 from .run import Timing, profile, summarise, time_round
 
@@ -35,6 +35,7 @@ __all__ = [
     "Timing",
     "entry_id",
     "kernel",
+    "offgrid_tokens",
     "plan",
     "profile",
     "summarise",

@@ -56,6 +56,20 @@ def token_grid(max_tokens: int, step: int = 8) -> list[int]:
     return sorted(p for p in points if 1 <= p <= max_tokens)
 
 
+def offgrid_tokens(max_tokens: int, step: int = 8) -> list[int]:
+    """Chain entries that show what a token count off the grid costs: at about a quarter, a half and
+    three quarters of the range, a multiple of `step` that is not on the chain grid (an odd multiple)
+    and every count up to the next multiple. The token grid is timed at multiples of `step`, where
+    kernels run their vector loops without a tail, while a pruned model's counts almost never land
+    there. Each group is timed in one profile with its own multiple, so the predictor compares
+    counts measured in the same conditions (a table completed later gets whole new groups)."""
+    points = set()
+    for fraction in (0.25, 0.5, 0.75):
+        base = step * (2 * round(max_tokens * fraction / (2 * step)) + 1)  # an odd multiple of step
+        points.update(range(base, base + step))
+    return sorted(p for p in points if 2 * step < p < max_tokens - 1)
+
+
 def width_grid(full: int, round_to: int, points: int = 16) -> list[int]:
     """MLP widths to time: multiples of `round_to` (the only widths a config may have), zero and full."""
     step = round_to * max(1, math.ceil(full / round_to / points))
@@ -103,7 +117,7 @@ def plan(
                         )
             for width in widths:
                 keys.append({"op": "mlp", **base, "tokens": n, "mlp_hidden": width})
-        for n in token_grid(shape.tokens, select_step):
+        for n in sorted({*token_grid(shape.tokens, select_step), *offgrid_tokens(shape.tokens, token_step)}):
             keys.append(
                 {
                     "op": "chain",

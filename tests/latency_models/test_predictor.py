@@ -13,7 +13,7 @@ import timm
 
 from latency_models.interpolate import expand_1d, expand_2d
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
-from latency_models.profiling import plan
+from latency_models.profiling import offgrid_tokens, plan
 from latency_models.schema import LatencyTable
 from latency_models.validate import random_config
 from pruning import BlockConfig, MergeReduction, PruneConfig, ThresholdReduction, TopKReduction, describe
@@ -255,3 +255,35 @@ def test_predictions_are_fast_enough_for_a_search():
             predictor.predict(config, spec)
         best = max(best, len(configs) / (time.perf_counter() - start))
     assert best >= 10_000, f"{best:.0f} predictions/s"
+
+
+def test_blocks_at_token_counts_off_the_grid_cost_what_the_off_grid_chain_entries_add():
+    spec = DEIT_TINY
+    probes = set(offgrid_tokens(197))
+    assert probes and all(16 < t < 196 for t in probes) and any(t % 8 == 0 for t in probes)
+
+    def sawtooth(key: dict) -> dict:
+        # 1% more per token past a multiple of 8, as this shared host's CPU kernels roughly show.
+        if key["op"] == "chain" and key["tokens"] in probes:
+            return key | {"median_ms": key["median_ms"] * (1 + 0.01 * (key["tokens"] % 8))}
+        return key
+
+    smooth = LatencyPredictor(formula_table(spec, [1]))
+    table = formula_table(spec, [1])
+    toothed = LatencyPredictor(
+        table.model_copy(update={"entries": [type(e)(**sawtooth(e.model_dump())) for e in table.entries]})
+    )
+    plain, look = smooth.lookup(spec, 1), toothed.lookup(spec, 1)
+    for tokens, factor in ((123, 1.03), (150, 1.06), (121, 1.01), (120, 1.0), (12, 1.0), (196, 1.0), (197, 1.0)):
+        assert look.mlp[tokens] == pytest.approx(plain.mlp[tokens] * factor)
+        assert look.attention[(True, False)][tokens] == pytest.approx(plain.attention[(True, False)][tokens] * factor)
+        assert look.chain[tokens] == pytest.approx(plain.chain[tokens] * factor)
+    assert look.select[("gather", False)] == pytest.approx(plain.select[("gather", False)])  # token ops as measured
+
+    dense = PruneConfig.dense(spec)
+    assert toothed.predict(dense, spec).ms == pytest.approx(smooth.predict(dense, spec).ms)  # 197 is on the grid
+    # Top-k at block 1 leaves 1 + 122 = 123 tokens for blocks 2-11 (and the MLP of block 1).
+    config = PruneConfig.uniform(spec, keep_ratio=0.62, at=(1,))
+    blocks_after = 10 * (plain.attention[(False, False)][123, 3] + plain.chain[123] + plain.mlp[123, 768])
+    extra = toothed.predict(config, spec).ms - smooth.predict(config, spec).ms
+    assert extra == pytest.approx(0.03 * (blocks_after + plain.mlp[123, 768]))

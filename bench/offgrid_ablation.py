@@ -1,0 +1,77 @@
+"""What the off-grid factor buys: one validation's measured configs, predicted with and without it.
+
+Takes a table and the report `latency_accuracy.py` (or `vitprune lut validate`) wrote with it,
+rebuilds the same random configs from the report's seed, and prices each twice: with the table as
+it is, and with its off-grid chain entries removed (the predictor then interpolates between the
+grid's multiples of 8 alone). Both are compared with the same measurements, so the difference is
+the predictor's alone. No timing: seconds.
+
+    python bench/offgrid_ablation.py --table runs/latency_bench_t1v2/deit_tiny_patch16_224_b1.json \
+        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 3 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latency_models.predictor import LatencyPredictor, shape_of
+from latency_models.profiling import offgrid_tokens
+from latency_models.schema import LatencyTable
+from latency_models.validate import random_config
+from pruning import PruneConfig, describe, prune_model
+from pruning.loading import create_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", type=Path, required=True)
+    parser.add_argument("--report", type=Path, required=True, help="the validation report (.json) made with --table")
+    parser.add_argument("--seed", type=int, required=True, help="the seed the validation drew its configs with")
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--model", default="deit_tiny_patch16_224")
+    args = parser.parse_args()
+    table = LatencyTable.load(args.table)
+    rows = json.loads(args.report.read_text())["rows"]
+    dense = create_model(args.model)
+    spec = describe(dense, args.model)
+    probes = set(offgrid_tokens(shape_of(spec).tokens))
+    bare = table.model_copy(
+        update={"entries": [e for e in table.entries if not (e.op == "chain" and e.tokens in probes)]}
+    )
+    predictors = {"with the off-grid factor": LatencyPredictor(table), "without": LatencyPredictor(bare)}
+    # The configs exactly as `validate` drew them (same seed, same order, merging when the table prices it).
+    rng = random.Random(args.seed)
+    merges = predictors["without"].covers_merge(spec, args.batch)
+    configs = [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(len(rows) - 1)]
+    if [c.key() for c in configs] != [r["config"] for r in rows]:
+        parser.error("the report's configs are not the ones this seed draws: give the seed its validation used")
+    images = torch.randn(args.batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(args.seed))
+    kept = []
+    for config in configs:  # threshold configs are priced at the counts they keep on the validation's images
+        counts = None
+        if config.has_threshold:
+            pruned = prune_model(dense, config, name=args.model).eval()
+            with torch.inference_mode():
+                pruned(images)
+            counts = [int(c.max()) for c in pruned.last_token_counts]
+        kept.append(counts)
+    print(f"{args.model}, batch {args.batch}, {len(rows)} configs: error of the prediction against the measurement")
+    print("| predictor | against | within +-10% | MAPE | median error |")
+    print("|---|---|--:|--:|--:|")
+    for name, predictor in predictors.items():
+        predicted = np.array([predictor.predict(c, spec, args.batch, k).ms for c, k in zip(configs, kept, strict=True)])
+        for key, label in (("normalised_ms", "normalised"), ("measured_ms", "raw")):
+            error = predicted / np.array([r[key] for r in rows]) - 1
+            within, mape = np.mean(np.abs(error) <= 0.1), np.mean(np.abs(error))
+            print(f"| {name} | {label} | {100 * within:.0f}% | {100 * mape:.1f}% | {100 * np.median(error):+.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
