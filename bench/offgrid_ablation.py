@@ -23,8 +23,8 @@ import torch
 from latency_models.predictor import LatencyPredictor, shape_of
 from latency_models.profiling import offgrid_tokens
 from latency_models.schema import LatencyTable
-from latency_models.validate import random_config
-from pruning import PruneConfig, describe, prune_model
+from latency_models.validate import kept_counts, validation_configs
+from pruning import describe, prune_model
 from pruning.loading import create_model
 
 
@@ -46,21 +46,15 @@ def main() -> int:
     )
     predictors = {"with the off-grid factor": LatencyPredictor(table), "without": LatencyPredictor(bare)}
     # The configs exactly as `validate` drew them (same seed, same order, merging when the table prices it).
-    rng = random.Random(args.seed)
     merges = predictors["without"].covers_merge(spec, args.batch)
-    configs = [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(len(rows) - 1)]
+    configs = validation_configs(spec, len(rows), random.Random(args.seed), merges)
     if [c.key() for c in configs] != [r["config"] for r in rows]:
         parser.error("the report's configs are not the ones this seed draws: give the seed its validation used")
     images = torch.randn(args.batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(args.seed))
-    kept = []
-    for config in configs:  # threshold configs are priced at the counts they keep on the validation's images
-        counts = None
-        if config.has_threshold:
-            pruned = prune_model(dense, config, name=args.model).eval()
-            with torch.inference_mode():
-                pruned(images)
-            counts = [int(c.max()) for c in pruned.last_token_counts]
-        kept.append(counts)
+    # Threshold configs are priced at the counts they keep on the validation's images.
+    kept = [
+        kept_counts(prune_model(dense, c, name=args.model).eval(), images) if c.has_threshold else None for c in configs
+    ]
     print(f"{args.model}, batch {args.batch}, {len(rows)} configs: error of the prediction against the measurement")
     print("| predictor | against | within +-10% | MAPE | median error |")
     print("|---|---|--:|--:|--:|")

@@ -32,7 +32,15 @@ from pruning.model import describe, prune_model
 from pruning.spec import ModelSpec
 from pruning.timing import torch_threads
 
-__all__ = ["ValidationReport", "ValidationRow", "random_config", "token_kind", "validate"]
+__all__ = [
+    "ValidationReport",
+    "ValidationRow",
+    "kept_counts",
+    "random_config",
+    "token_kind",
+    "validate",
+    "validation_configs",
+]
 
 PROBE_TIMING = Timing()
 VALIDATION_TIMING = Timing(passes=5, warmup=1, min_round_s=0.1)
@@ -282,6 +290,21 @@ def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
     return f"{text}{' +pkg' if config.package_token and by_score else ''}, heads {heads[0]}/{heads[1]}, mlp {mlp:.2f}"
 
 
+def validation_configs(spec: ModelSpec, configs: int, rng: random.Random, merges: bool) -> list[PruneConfig]:
+    """The configs `validate` measures: the dense model, then `configs - 1` random ones from `rng`."""
+    return [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(configs - 1)]
+
+
+def kept_counts(pruned: nn.Module, images: torch.Tensor) -> list[int] | None:
+    """The widths a threshold config's batch of `images` runs at after each token reduction (the
+    longest image's count), which its prediction needs; None for other configs (counts are fixed)."""
+    if not pruned.config.has_threshold:
+        return None
+    with torch.inference_mode():
+        pruned(images)
+    return [int(c.max()) for c in pruned.last_token_counts]
+
+
 def validate(
     predictor: LatencyPredictor,
     dense: nn.Module,
@@ -317,17 +340,12 @@ def validate(
     images = images[:batch]
     if merges is None:
         merges = predictor.covers_merge(spec, batch)
-    candidates = [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(configs - 1)]
+    candidates = validation_configs(spec, configs, rng, merges)
     models, predictions = [], []
     for config in candidates:
         pruned = prune_model(dense, config, name=spec.name).eval()
-        kept = None
-        if config.has_threshold:
-            with torch.inference_mode():
-                pruned(images)
-            kept = [int(c.max()) for c in pruned.last_token_counts]
         models.append(pruned)
-        predictions.append(predictor.predict(config, spec, batch, kept_tokens=kept))
+        predictions.append(predictor.predict(config, spec, batch, kept_tokens=kept_counts(pruned, images)))
     rounds: list[list[list[float]]] = [[] for _ in candidates]
     speed: list[list[float]] = [[] for _ in candidates]  # probe now / probe in the table, per round
     cpu = torch.device("cpu")

@@ -268,8 +268,8 @@ def test_blocks_at_token_counts_off_the_grid_cost_what_the_off_grid_chain_entrie
             return key | {"median_ms": key["median_ms"] * (1 + 0.01 * (key["tokens"] % 8))}
         return key
 
-    smooth = LatencyPredictor(formula_table(spec, [1]))
     table = formula_table(spec, [1])
+    smooth = LatencyPredictor(table)
     toothed = LatencyPredictor(
         table.model_copy(update={"entries": [type(e)(**sawtooth(e.model_dump())) for e in table.entries]})
     )
