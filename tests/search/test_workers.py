@@ -266,6 +266,7 @@ while not go.exists():
 taken = []
 while (trial := study.ask()).user_attrs.get("slot"):
     taken.append(trial.number)
+    time.sleep(0.01)  # a trial's work: without it SQLite's unfair lock can let one process take every slot
 print(json.dumps(taken))
 """
 
