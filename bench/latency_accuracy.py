@@ -6,6 +6,11 @@ as real physically pruned models and compare with the predictor. Also times the 
 
     python bench/latency_accuracy.py --out bench/results --work runs/latency_bench
 
+At batch 32 on CPU, run it with a caching allocator preloaded (`LD_PRELOAD=libtcmalloc_minimal.so.4`):
+with glibc's malloc, big activations page-fault in a pattern that depends on what ran before, so
+the same block costs up to 10% more or less from one process state to the next. Each table records
+its allocator and is never completed under another.
+
 Tables already in `--work` are reused (delete them to re-measure). Writes
 `<out>/latency_accuracy.{json,md}` and one report per model and batch (the interactive
 scatter plots `*.html` go to `--work` with the tables, which are large and machine-specific).
@@ -92,6 +97,7 @@ def main() -> int:
             report.save(args.out / stem, plot=False)
             report.scatter_plot(args.work / f"{stem}.html")
             row = report.summary() | {
+                "runtime": predictor.table.device.runtime,
                 "seed": args.seed,
                 "grid_entries": len(keys),
                 "profile_s": round(profile_s, 1),
@@ -119,7 +125,8 @@ def _markdown(results: list[dict]) -> str:
             f"{100 * r['raw_within_10pct']:.0f}% | {r['grid_entries']} | {r['profile_s']:.0f} | "
             f"{r['predictions_per_s']:,} |"
         )
-    return "\n".join(lines) + "\n"
+    runtimes = sorted({r.get("runtime", "not recorded") for r in results})
+    return "\n".join(lines) + f"\n\nRuntime: {'; '.join(runtimes)}.\n"
 
 
 if __name__ == "__main__":

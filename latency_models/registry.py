@@ -25,7 +25,7 @@ import torch
 
 from latency_models.analytic import PRESETS, analytic_table
 from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, entry_id, plan, profile
+from latency_models.profiling import Timing, allocator, entry_id, plan, profile, runtime_name
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
@@ -76,6 +76,8 @@ class Registry:
         threads = self.threads if device == "host-cpu" else 0
         gpu = torch.cuda.get_device_name() if device == "cuda" else ""
         machine = f"{hardware_name()}|{gpu}|{os.cpu_count()}|{platform.machine()}|torch {torch.__version__}"
+        if (malloc := allocator()) != "system":  # tables from before allocators were told apart keep their names
+            machine += f"|{malloc}"
         digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
         suffix = f"-t{threads}" if threads else ""
         return self.root / "measured" / f"{device}-{digest}{suffix}.json"
@@ -194,12 +196,18 @@ def complete_table(
 ) -> LatencyTable:
     """The table at `path` with every entry of `keys`: the missing ones (all of them if there is no
     file yet, the merge entries of a table made before merging was priced) are timed on this machine
-    now and added; entries already there keep their values. Returns the table, saved back to `path`."""
+    now and added; entries already there keep their values. Returns the table, saved back to `path`.
+    Refuses to add to a table timed with another runtime (torch version, backend or allocator)."""
     cached = LatencyTable.load(path) if path.exists() else None
     have = cached.keys() if cached else set()
     missing = [k for k in keys if entry_id(k) not in have]
     if cached is not None and not missing:
         return cached
+    if cached is not None and cached.device.runtime != (runtime := runtime_name(torch.device(device))):
+        raise ValueError(
+            f"{path} was measured with {cached.device.runtime} and this process runs {runtime}: "
+            "entries timed now would not match; run with the table's runtime, or delete the file to re-measure"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".new.json")  # its .partial.jsonl lets an interrupted run resume
     timing = timing or Timing()

@@ -64,9 +64,9 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S, grace_s: int = GRACE_
                     heartbeat_stale_trial_callback=retry_callback(),
                 )
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            # Processes that start together on a new database race to create Optuna's tables; the loser
-            # finds them made when it tries again.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+            # Processes that start together on a new database race to create Optuna's tables (PostgreSQL
+            # says "type ... already exists" to the loser); the loser finds them made when it tries again.
             if attempt == STORAGE_ATTEMPTS - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))

@@ -25,7 +25,7 @@ as they come, so an interrupted run resumes where it stopped.
 
 from .grid import SCHEMA, SCHEMA_VERSION, SHAPES, Shape, entry_id, offgrid_tokens, plan, token_grid, width_grid
 from .kernels import kernel
-from .run import Timing, profile, summarise, time_round
+from .run import Timing, allocator, profile, runtime_name, summarise, time_round
 
 __all__ = [
     "SCHEMA",
@@ -33,11 +33,13 @@ __all__ = [
     "SHAPES",
     "Shape",
     "Timing",
+    "allocator",
     "entry_id",
     "kernel",
     "offgrid_tokens",
     "plan",
     "profile",
+    "runtime_name",
     "summarise",
     "time_round",
     "token_grid",

@@ -185,3 +185,27 @@ def test_complete_table_times_only_what_a_table_file_lacks(tmp_path, monkeypatch
     assert {k["op"] for k in timed} == {"merge"} and grown.keys() == {entry_id(k) for k in keys}
     assert [e for e in grown.entries if e.op == "select"] == list(first.entries)
     assert complete_table(path, keys, name="board") == grown and len(timed) == sum(k["op"] == "merge" for k in keys)
+
+
+def test_a_table_timed_with_another_allocator_is_neither_completed_nor_shared(tmp_path, monkeypatch):
+    import latency_models.profiling.run as run
+    import latency_models.registry as module
+
+    def run_with(malloc: str) -> None:
+        for where in (run, module):
+            monkeypatch.setattr(where, "allocator", lambda: malloc)
+
+    keys = [k for k in plan(shape_of(describe(timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1))), [1])
+            if k["op"] == "select"]  # fmt: skip
+    path = tmp_path / "board.json"
+    run_with("system")
+    table = complete_table(path, keys[:2], name="board", threads=1, timing=FAST, progress=False)
+    assert table.device.runtime == f"torch {torch.__version__} (cpu)"
+    system_cache = Registry(tmp_path, threads=1).measured_path("host-cpu")
+
+    run_with("tcmalloc")
+    assert run.runtime_name(torch.device("cpu")) == f"torch {torch.__version__} (cpu, tcmalloc)"
+    with pytest.raises(ValueError, match=r"measured with torch .* \(cpu\) and this process runs .*tcmalloc"):
+        complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
+    assert complete_table(path, keys[:2], name="board") == table  # nothing to add: read as it is
+    assert Registry(tmp_path, threads=1).measured_path("host-cpu") != system_cache

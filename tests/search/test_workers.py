@@ -332,3 +332,25 @@ def test_a_rerun_resumes_the_job_and_a_larger_count_adds_only_the_difference(tin
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 16 == len(study.get_trials())
     assert [t.values for t in complete[:12]] == [t.values for t in before]
+
+
+def test_opening_a_storage_retries_while_another_process_creates_its_tables(monkeypatch, tmp_path):
+    import search.study as study_module
+
+    real, calls = study_module.RDBStorage, []
+    lost_race = sqlalchemy.exc.ProgrammingError("CREATE TYPE studydirection", {}, Exception("already exists"))
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1 or "never" in url:  # PostgreSQL's answer to the process that lost the race
+            raise lost_race
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    storage = open_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+    calls.clear()
+    with pytest.raises(sqlalchemy.exc.ProgrammingError):  # an error that persists is not hidden
+        open_storage(f"sqlite:///{tmp_path / 'never.db'}")
+    assert len(calls) == study_module.STORAGE_ATTEMPTS
