@@ -18,7 +18,7 @@ import torch
 from timm.data import resolve_data_config
 
 from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, plan, profile
+from latency_models.profiling import Timing, plan, profile, runtime_name
 from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
 from latency_models.validate import VALIDATION_TIMING, validate
@@ -76,6 +76,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         predictor = LatencyPredictor(LatencyTable.load(args.table))
     else:
         predictor = Registry(threads=args.threads).predictor(args.device, spec, [args.batch])
+    info, here = predictor.table.device, runtime_name(torch.device("cpu"))
+    if info.kind == "measured" and "cuda" not in info.runtime and info.runtime != here:
+        print(
+            f"warning: the table was timed with {info.runtime} and this process runs {here}; "
+            "measurements here may not match it (preload the table's allocator, or re-profile)",
+            file=sys.stderr,
+        )
     images = None
     if args.data:
         found = load_image_folder(args.data, resolve_data_config({}, model=dense), max_images=args.batch)

@@ -102,9 +102,9 @@ def allocator() -> str:
 
     It matters at large batches on CPU: glibc's malloc hands big freed buffers back to the OS and
     takes fresh ones, whose first touch page-faults, in a pattern that depends on the history of
-    allocations. Measured at batch 32 (DeiT-Tiny, one thread), the same MLP half ran at 43.8 ms with
-    588 page faults per call or 47.2 ms with 2360, and a table entry read 59.8 ms; tcmalloc reuses
-    its memory and ran both at 0 faults. A table records the allocator it was timed with."""
+    allocations (`bench/allocator_faults.py`: DeiT-Tiny's MLP half at batch 32 took 60.1 ms with
+    8,334 faults per call, 44.5 ms with none under tcmalloc, which reuses its memory). A table
+    records the allocator it was timed with."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:

@@ -47,6 +47,22 @@ def test_validate_prices_an_analytic_device_and_reports(capsys, tmp_path):
     assert (tmp_path / "check.md").exists() and (tmp_path / "check.html").exists()
 
 
+def test_validate_warns_when_this_process_runs_another_runtime_than_the_table(capsys, tmp_path):
+    import timm
+
+    from latency_models.registry import Registry
+    from pruning import describe
+
+    spec = describe(timm.create_model("deit_tiny_patch16_224"), "deit_tiny_patch16_224")
+    analytic = Registry(tmp_path).table("fpga:zcu102", spec, [1])
+    device = analytic.device.model_copy(update={"kind": "measured", "runtime": "torch 0.0 (cpu, tcmalloc)"})
+    path = tmp_path / "board.json"
+    analytic.model_copy(update={"device": device}).save(path)
+    argv = ["lut", "validate", "--table", str(path), "--model", "deit_tiny_patch16_224", "--configs", "2"]
+    code, _, err = run(capsys, *argv, "--passes", "1", "--threads", "1", "--json")
+    assert code == 0 and "timed with torch 0.0 (cpu, tcmalloc) and this process runs torch" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
