@@ -8,8 +8,8 @@ as real physically pruned models and compare with the predictor. Also times the 
 
 At batch 32 on CPU, run it with a caching allocator preloaded (`LD_PRELOAD=libtcmalloc_minimal.so.4`):
 with glibc's malloc, big activations page-fault in a pattern that depends on what ran before, so
-the same block costs up to 10% more or less from one process state to the next. Each table records
-its allocator and is never completed under another.
+the same block can cost a third more in one process state than in another (`allocator_faults.py`).
+Each table records its allocator and is never completed under another.
 
 Tables already in `--work` are reused (delete them to re-measure). Writes
 `<out>/latency_accuracy.{json,md}` and one report per model and batch (the interactive
