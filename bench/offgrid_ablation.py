@@ -6,8 +6,9 @@ it is, and with its off-grid chain entries removed (the predictor then interpola
 grid's multiples of 8 alone). Both are compared with the same measurements, so the difference is
 the predictor's alone. No timing: seconds.
 
-    python bench/offgrid_ablation.py --table runs/latency_bench_t1v2/deit_tiny_patch16_224_b1.json \
-        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 3 --batch 1
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python bench/offgrid_ablation.py \
+        --table runs/latency_bench_t1_tc/deit_tiny_patch16_224_b1.json \
+        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 4 --batch 1
 """
 
 from __future__ import annotations
