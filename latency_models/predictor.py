@@ -6,7 +6,8 @@ has padded a batch of several images), the token reduction or merge, the MLP hal
 survive; then the classifier. Each part is looked up in the table, interpolated between grid points
 (bilinear in tokens x heads, tokens x channels, tokens in x tokens out, tokens in x pairs merged;
 linear between batch sizes), and flagged when it lies outside the measured grid. Blocks at token
-counts off the grid's multiples of 8 cost what a few measured off-grid counts say they add.
+counts off the grid's multiples of 8 cost what a few measured off-grid counts say they add; each
+reducing block, and the model's ends once, what the composites timed whole cost beyond their parts.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class Prediction:
 class _Lookup:
     """One (model shape, batch) expanded to dense arrays: value and extrapolation mask per part."""
 
-    embed: float
+    embed: float  # with what the whole dense model costs beyond its parts (once per forward pass)
     head: np.ndarray
     chain: np.ndarray  # [tokens]: what a block costs in a chain beyond (or below) its halves timed alone
+    reducing: dict[str, np.ndarray]  # topk/threshold/merge -> [tokens in]: a reducing block's in-model extra
     attention: dict[tuple[bool, bool], np.ndarray]  # (scored, masked) -> [tokens, heads]
     mlp: np.ndarray  # [tokens, hidden]
     select: dict[tuple[str, bool], np.ndarray]  # (method, package) -> [tokens_in, tokens_out]
@@ -85,6 +87,7 @@ class _Lookup:
             embed=mix(self.embed, other.embed),
             head=mix(self.head, other.head),
             chain=mix(self.chain, other.chain),
+            reducing={k: mix(v, other.reducing[k]) for k, v in self.reducing.items()},
             attention={k: mix(v, other.attention[k]) for k, v in self.attention.items() if k in other.attention},
             mlp=mix(self.mlp, other.mlp),
             select={k: mix(v, other.select[k]) for k, v in self.select.items() if k in other.select},
@@ -173,7 +176,7 @@ class LatencyPredictor:
                     if look.merge is None:
                         raise CoverageError(look.merge_missing)
                     # The package token (if a top-k made one) passes through unmatched.
-                    total += (cost := look.merge[prefix + n_patch, merged])
+                    total += (cost := look.merge[prefix + n_patch, merged] + look.reducing["merge"][tokens])
                     extrapolated |= bool(out["merge"][prefix + n_patch, merged])
                     if parts is not None:
                         parts["merge"] += cost
@@ -182,7 +185,8 @@ class LatencyPredictor:
                 method = "compact" if masked or isinstance(op, ThresholdReduction) else "gather"
                 fuse = config.package_token and (method == "compact" or kept < n_patch or package)
                 new_tokens = prefix + kept + int(fuse)
-                total += (cost := look.select[(method, fuse)][tokens, new_tokens])
+                kind = "topk" if method == "gather" else "threshold"
+                total += (cost := look.select[(method, fuse)][tokens, new_tokens] + look.reducing[kind][tokens])
                 extrapolated |= bool(out["select"][tokens, new_tokens])
                 if parts is not None:
                     parts["select"] += cost
@@ -289,6 +293,7 @@ class LatencyPredictor:
         head, _ = expand_1d(xs, values, size_n)
         embed = rows("embed", image_size=shape.image_size, patch_size=shape.patch_size)
         chain = np.zeros(size_n)
+        offgrid = np.ones(size_n)
         chained = [e for e in self._by_op.get("chain", []) if e.batch == batch and e.embed_dim == dim]
         if chained:  # optional: analytic devices have no such effects
             probes = set(offgrid_tokens(shape.tokens))
@@ -299,9 +304,55 @@ class LatencyPredictor:
             chain = curve - attention[(False, False)][:, heads] - mlp[:, hidden]
             measured = {e.tokens: e.median_ms for e in chained if e.tokens in probes}
             offgrid = _offgrid_factor(measured, curve, shape.tokens)
-            attention = {k: v * offgrid[:, None] for k, v in attention.items()}
-            mlp, chain = mlp * offgrid[:, None], chain * offgrid
-        return _Lookup(embed[0].median_ms, head, chain, attention, mlp, select, merge, outside, False, merge_missing)
+        look = _Lookup(embed[0].median_ms, head, chain, {}, attention, mlp, select, merge, outside, False)
+        look.merge_missing = merge_missing
+        # The composites are compared with on-grid parts, before blocks off the grid are scaled.
+        look.embed += self._ends(spec, batch, look)
+        look.reducing = self._reducing(spec, batch, look)
+        look.attention = {k: v * offgrid[:, None] for k, v in attention.items()}
+        look.mlp, look.chain = mlp * offgrid[:, None], chain * offgrid
+        return look
+
+    def _composites(self, op: str, spec: ModelSpec, batch: int) -> list:
+        """The table's `op` entries (model, reducing_chain) of `spec`'s dense block shape at `batch`."""
+        block = spec.blocks[0]
+        wanted = (batch, block.embed_dim, block.heads, block.head_dim, block.mlp_hidden)
+        return [
+            e for e in self._by_op.get(op, []) if (e.batch, e.embed_dim, e.heads, e.head_dim, e.mlp_hidden) == wanted
+        ]
+
+    def _ends(self, spec: ModelSpec, batch: int, look: _Lookup) -> float:
+        """What the whole dense model costs beyond its embedding, head and blocks (0 without a model entry)."""
+        shape = shape_of(spec)
+        wanted = (shape.tokens, shape.image_size, shape.patch_size, shape.num_classes)
+        for e in self._composites("model", spec, batch):
+            if (e.tokens, e.image_size, e.patch_size, e.num_classes) == wanted:
+                return e.median_ms - look.embed - look.head[e.tokens] - e.depth * _dense_block(look, spec, e.tokens)
+        return 0.0
+
+    def _reducing(self, spec: ModelSpec, batch: int, look: _Lookup) -> dict[str, np.ndarray]:
+        """Per kind of reduction and tokens in: what a reducing block costs in a model beyond its parts,
+        from the reducing chains (a dense block, then a reducing one): measured pair minus the table's
+        pair, interpolated over tokens, constant past the ends."""
+        heads, hidden, size_n = spec.blocks[0].heads, spec.blocks[0].mlp_hidden, len(look.chain)
+        points: dict[str, dict[int, float]] = {}
+        for e in self._composites("reducing_chain", spec, batch):
+            if e.prefix != spec.num_prefix_tokens or (e.reduction == "merge" and look.merge is None):
+                continue
+            if e.reduction == "merge":
+                op = look.attention[(False, False)][e.tokens, heads] + look.merge[e.tokens, e.tokens - e.tokens_out]
+            else:
+                method = "gather" if e.reduction == "topk" else "compact"
+                op = look.attention[(True, False)][e.tokens, heads]
+                op += look.select[(method, False)][e.tokens, e.tokens_out]
+            op += look.chain[e.tokens] + look.mlp[e.tokens_out, hidden]
+            points.setdefault(e.reduction, {})[e.tokens] = e.median_ms - _dense_block(look, spec, e.tokens) - op
+        tokens = np.arange(size_n)
+        reducing = {}
+        for kind in ("topk", "threshold", "merge"):
+            measured = sorted(points.get(kind, {0: 0.0}).items())
+            reducing[kind] = np.interp(tokens, [t for t, _ in measured], [v for _, v in measured])
+        return reducing
 
     def covers_merge(self, spec: ModelSpec, batch: int) -> bool:
         """Whether the table prices token merging for `spec` at `batch` (tables made before it was priced do not)."""
@@ -312,6 +363,12 @@ class LatencyPredictor:
             f"latency table '{self.device}' has no {what} (needed for {spec.name}); "
             f"profile this model shape at that batch size (vitprune profile --model {spec.name} --batch ...)"
         )
+
+
+def _dense_block(look: _Lookup, spec: ModelSpec, tokens: int) -> float:
+    """A dense block at `tokens` as the predictor prices it: its halves plus the chain correction."""
+    block = spec.blocks[0]
+    return look.attention[(False, False)][tokens, block.heads] + look.chain[tokens] + look.mlp[tokens, block.mlp_hidden]
 
 
 def _shape_key(spec: ModelSpec) -> tuple:
@@ -375,6 +432,7 @@ def _scaled(look: _Lookup, factor: float) -> _Lookup:
         embed=look.embed * factor,
         head=look.head * factor,
         chain=look.chain * factor,
+        reducing={k: v * factor for k, v in look.reducing.items()},
         attention={k: v * factor for k, v in look.attention.items()},
         mlp=look.mlp * factor,
         select={k: v * factor for k, v in look.select.items()},

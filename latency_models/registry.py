@@ -3,7 +3,8 @@
 - `host-cpu`: this machine's CPU, measured on first use for each model shape and batch size and
   cached, keyed by the machine (CPU model, core count, torch version) and the thread count. A cached
   table lacking entries that the grid now plans (the merge entries, for a table made before token
-  merging was priced) gets just those timed and added on its next use (`complete_table`).
+  merging was priced) gets just those timed, at the table's machine speed, and added on its next use
+  (`complete_table`).
 - `cuda`: this machine's GPU, the same way, when torch sees one.
 - `mobile-cpu:*`, `fpga:*`: the analytic presets (`latency_models.analytic`); they rank configs.
 - any other name: a table imported with `vitprune lut import` (e.g. measured on a user's device
@@ -197,7 +198,12 @@ def complete_table(
     """The table at `path` with every entry of `keys`: the missing ones (all of them if there is no
     file yet, the merge entries of a table made before merging was priced) are timed on this machine
     now and added; entries already there keep their values. Returns the table, saved back to `path`.
-    Refuses to add to a table timed with another runtime (torch version, backend or allocator)."""
+    Refuses to add to a table timed with another runtime (torch version, backend or allocator).
+
+    A shared machine's speed wanders by several percent between runs, and the predictor subtracts
+    entries timed in different runs (a reducing chain from its parts), so the table's probe (its dense
+    MLP half, per batch size) is timed again alongside the new entries and they are scaled by its
+    ratio: added at the speed the table was measured at."""
     cached = LatencyTable.load(path) if path.exists() else None
     have = cached.keys() if cached else set()
     missing = [k for k in keys if entry_id(k) not in have]
@@ -211,13 +217,43 @@ def complete_table(
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".new.json")  # its .partial.jsonl lets an interrupted run resume
     timing = timing or Timing()
-    fresh = profile(missing, name=name, out=scratch, device=device, threads=threads, timing=timing, progress=progress)
+    probes = _probes(cached, missing) if cached is not None else {}
+    keys = missing + [probe.model_dump(exclude={"median_ms", "spread_ms"}) for probe in probes.values()]
+    fresh = profile(keys, name=name, out=scratch, device=device, threads=threads, timing=timing, progress=progress)
     table = LatencyTable.parse(fresh, name)
     if cached is not None:
-        table = cached.merged(table)
+        table = cached.merged(_at_speed_of(table, probes))
     table.save(path)
     scratch.unlink(missing_ok=True)
     return table
+
+
+def _probes(table: LatencyTable, keys: list[dict]) -> dict[tuple[int, int], object]:
+    """Per (batch, embed dim) of `keys`: the table's widest MLP entry at the most tokens, if it has one."""
+    probes = {}
+    for entry in table.entries:
+        group = (entry.batch, entry.embed_dim)
+        if entry.op == "mlp" and any((k["batch"], k["embed_dim"]) == group for k in keys):
+            best = probes.get(group)
+            if best is None or (entry.tokens, entry.mlp_hidden) > (best.tokens, best.mlp_hidden):
+                probes[group] = entry
+    return probes
+
+
+def _at_speed_of(fresh: LatencyTable, probes: dict[tuple[int, int], object]) -> LatencyTable:
+    """`fresh` without its re-timed probes, each entry scaled by its group's probe: table ms / ms now."""
+    ids = {entry_id(p.model_dump()): p for p in probes.values()}
+    ratio = {
+        (e.batch, e.embed_dim): ids[entry_id(e.model_dump())].median_ms / e.median_ms
+        for e in fresh.entries
+        if entry_id(e.model_dump()) in ids and e.median_ms > 0
+    }
+    entries = []
+    for e in fresh.entries:
+        if entry_id(e.model_dump()) not in ids:
+            r = ratio.get((e.batch, e.embed_dim), 1.0)
+            entries.append(e.model_copy(update={"median_ms": e.median_ms * r, "spread_ms": e.spread_ms * r}))
+    return fresh.model_copy(update={"entries": tuple(entries)})
 
 
 def _coverage(table: LatencyTable) -> str:

@@ -5,7 +5,9 @@ entries keyed by what sets the cost of each part of a ViT: the attention half of
 heads, head dim, embed dim; fused or with scores; with or without key masks), the MLP half (tokens,
 embed dim, MLP hidden), each token reduction (tokens in and out, gather or compact, package token),
 token merging (tokens in and out, heads and head dim of the keys it matches on), patch embedding
-and the classifier head, all per batch size. Every entry keeps its median and its
+and the classifier head, all per batch size, and a few composites timed whole (dense blocks back to
+back, dense and reducing blocks in pairs, the whole dense model) for what parts cost together beyond
+their sum. Every entry keeps its median and its
 spread (p90 - p10) in milliseconds.
 """
 
@@ -31,6 +33,8 @@ __all__ = [
     "LatencyTable",
     "MergeEntry",
     "MlpEntry",
+    "ModelEntry",
+    "ReducingChainEntry",
     "SelectEntry",
     "TableError",
 ]
@@ -100,6 +104,41 @@ class ChainEntry(_Entry):
     blocks: Positive
 
 
+class ReducingChainEntry(_Entry):
+    """`pairs` pairs of distinct blocks, per pair: a dense block at `tokens`, then a block that cuts
+    them to `tokens_out` (`reduction`: top-k by class-attention scores, a threshold's mask-and-compact,
+    or a merge). The small ops of a token reduction (top-k, sorts, gathers, the matching) run nowhere
+    else in a forward pass, so in a model they start cold where the `select` and `merge` entries time
+    them back to back; the predictor adds what a pair costs beyond its parts to every reducing block,
+    interpolated over tokens."""
+
+    op: Literal["reducing_chain"] = "reducing_chain"
+    tokens: Positive
+    tokens_out: Positive
+    prefix: Count
+    heads: Positive
+    head_dim: Positive
+    mlp_hidden: Positive
+    reduction: Literal["topk", "threshold", "merge"]
+    pairs: Positive
+
+
+class ModelEntry(_Entry):
+    """The whole dense model once: embedding, `depth` blocks, classifier. The embedding and the head run
+    once per forward pass, between everything else; the predictor adds what the whole costs beyond its
+    parts (embedding, head and `chain` blocks) once per prediction."""
+
+    op: Literal["model"] = "model"
+    tokens: Positive
+    heads: Positive
+    head_dim: Positive
+    mlp_hidden: Positive
+    depth: Positive
+    image_size: Positive
+    patch_size: Positive
+    num_classes: Positive
+
+
 class MlpEntry(_Entry):
     op: Literal["mlp"] = "mlp"
     tokens: Positive
@@ -148,7 +187,15 @@ class HeadEntry(_Entry):
 
 
 Entry = Annotated[
-    AttentionEntry | ChainEntry | MlpEntry | SelectEntry | MergeEntry | EmbedEntry | HeadEntry,
+    AttentionEntry
+    | ChainEntry
+    | ReducingChainEntry
+    | ModelEntry
+    | MlpEntry
+    | SelectEntry
+    | MergeEntry
+    | EmbedEntry
+    | HeadEntry,
     Field(discriminator="op"),
 ]
 

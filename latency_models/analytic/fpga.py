@@ -49,6 +49,7 @@ from latency_models.analytic.mobile_cpu import (
     patch_count,
     select_counts,
 )
+from latency_models.profiling import composite_parts
 
 __all__ = ["FpgaParams", "fpga_ms"]
 
@@ -140,10 +141,9 @@ Op = tuple[float, float]  # (compute cycles, DDR bytes)
 def fpga_ms(params: FpgaParams, key: dict) -> float:
     """Milliseconds of the work behind table entry `key` (a dict as `profiling.plan` makes)."""
     op = key["op"]
-    if op == "chain":
-        # The model has no interaction between ops, so a block in a chain costs its two halves.
-        attention = {**key, "op": "attention", "scored": False, "masked": False}
-        return fpga_ms(params, attention) + fpga_ms(params, {**key, "op": "mlp"})
+    if (parts := composite_parts(key)) is not None:
+        # The model has no interaction between ops: a chain, a reducing chain or the whole model costs its parts.
+        return sum(fpga_ms(params, part) for part in parts)
     builders = {
         "attention": _attention,
         "mlp": _mlp,

@@ -33,6 +33,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from latency_models.profiling import composite_parts
+
 __all__ = ["CoreGroup", "MobileCpuParams", "merge_counts", "mobile_cpu_ms", "patch_count", "select_counts"]
 
 FP32 = 4
@@ -170,10 +172,9 @@ def mobile_cpu_ms(params: MobileCpuParams, key: dict) -> float:
         return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _attention(params, key))
     if op == "mlp":
         return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _mlp(params, key))
-    if op == "chain":
-        # The model has no interaction between ops, so a block in a chain costs its two halves.
-        attention = {**key, "op": "attention", "scored": False, "masked": False}
-        return mobile_cpu_ms(params, attention) + mobile_cpu_ms(params, {**key, "op": "mlp"})
+    if (parts := composite_parts(key)) is not None:
+        # The model has no interaction between ops: a chain, a reducing chain or the whole model costs its parts.
+        return sum(mobile_cpu_ms(params, part) for part in parts)
     if op == "select":
         return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _select(key))
     if op == "merge":

@@ -12,8 +12,9 @@ The JSON it writes follows `latency_models.schema` (validated when the table is 
 What is timed is the work the pruned runtime (`pruning.block`, `pruning.tokens`) does, op for op:
 the attention half of a block (LayerNorm, qkv, fused or explicit attention, projection, residual),
 the MLP half, each token reduction, token merging (`pruning.merging`), patch embedding and the
-classifier. A test runs these kernels
-and the runtime side by side on the same weights and checks that they compute the same values.
+classifier; and a few composites timed whole, for what parts cost together beyond their sum: dense
+blocks back to back, a dense and a token-reducing block in pairs, the whole dense model. A test runs
+these kernels and the runtime side by side on the same weights and checks that they compute the same values.
 
 Timing: passes over the whole grid, one warmed-up round per entry per pass; the figure is the
 median over passes of each round's median (rounds hit by a stall from another process are
@@ -23,7 +24,18 @@ not already sitting in cache from the previous call. Results are appended to `<o
 as they come, so an interrupted run resumes where it stopped.
 """
 
-from .grid import SCHEMA, SCHEMA_VERSION, SHAPES, Shape, entry_id, offgrid_tokens, plan, token_grid, width_grid
+from .grid import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    SHAPES,
+    Shape,
+    composite_parts,
+    entry_id,
+    offgrid_tokens,
+    plan,
+    token_grid,
+    width_grid,
+)
 from .kernels import kernel
 from .run import Timing, allocator, profile, runtime_name, summarise, time_round
 
@@ -34,6 +46,7 @@ __all__ = [
     "Shape",
     "Timing",
     "allocator",
+    "composite_parts",
     "entry_id",
     "kernel",
     "offgrid_tokens",

@@ -12,6 +12,8 @@ CHAIN_BLOCKS = 12
 """Dense blocks run back to back in a `chain` entry (see `latency_models.schema.ChainEntry`): the
 depth of DeiT/ViT Tiny, Small and Base, so the chain moves as many weights through the caches as
 the real model does."""
+REDUCING_PAIRS = 6
+"""Pairs of a dense and a token-reducing block in a `reducing_chain` entry: as many blocks as a chain."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,88 @@ def plan(
                                 }
                             )
         keys += merge_keys(shape, batch, select_tokens)
+        keys += composite_keys(shape, batch, select_tokens)
     return keys
+
+
+def composite_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
+    """The whole dense model, and reducing-chain entries for each kind of token reduction at about all,
+    three quarters, half, a quarter and an eighth of the tokens: top-k and threshold keep about half of
+    the patches, a merge an eighth. Every count lies on `tokens` (the select and merge grid), so the
+    predictor compares each pair with table entries at exactly its counts."""
+    block = {"heads": shape.heads, "head_dim": shape.head_dim, "mlp_hidden": shape.mlp_hidden}
+    keys = [
+        {
+            "op": "model",
+            "batch": batch,
+            "embed_dim": shape.embed_dim,
+            "tokens": shape.tokens,
+            **block,
+            "depth": CHAIN_BLOCKS,
+            "image_size": shape.image_size,
+            "patch_size": shape.patch_size,
+            "num_classes": shape.num_classes,
+        }
+    ]
+    usable = [n for n in tokens if n - shape.prefix >= 4]  # room to halve the patches and to merge a pair
+    if not usable:
+        return keys
+    patches = shape.tokens - shape.prefix
+    starts = sorted({_nearest(usable, shape.prefix + f * patches) for f in (1, 0.75, 0.5, 0.25, 0.125)})
+    for n_in in starts:
+        half = _nearest([n for n in tokens if shape.prefix < n < n_in], shape.prefix + (n_in - shape.prefix) / 2)
+        most = (n_in - shape.prefix) // 2
+        r = max(r for r in [*tokens, most] if r <= max(1, min(most, (n_in - shape.prefix) // 8)))
+        for reduction, n_out in (("topk", half), ("threshold", half), ("merge", n_in - r)):
+            keys.append(
+                {
+                    "op": "reducing_chain",
+                    "batch": batch,
+                    "embed_dim": shape.embed_dim,
+                    "tokens": n_in,
+                    "tokens_out": n_out,
+                    "prefix": shape.prefix,
+                    **block,
+                    "reduction": reduction,
+                    "pairs": REDUCING_PAIRS,
+                }
+            )
+    return keys
+
+
+def composite_parts(key: dict) -> list[dict] | None:
+    """The entry keys a composite entry (chain, reducing chain, model) is made of, per block, pair or
+    forward pass as its figure is; None for a part. A model without interactions between its parts
+    (an analytic one) prices a composite as their sum."""
+    op = key["op"]
+    if op not in ("chain", "reducing_chain", "model"):
+        return None
+    common = {"batch": key["batch"], "embed_dim": key["embed_dim"]}
+    n, hidden, heads = key["tokens"], key["mlp_hidden"], {"heads": key["heads"], "head_dim": key["head_dim"]}
+
+    def attention(tokens: int, scored: bool = False) -> dict:
+        return {"op": "attention", **common, "tokens": tokens, **heads, "scored": scored, "masked": False}
+
+    def mlp(tokens: int) -> dict:
+        return {"op": "mlp", **common, "tokens": tokens, "mlp_hidden": hidden}
+
+    if op == "chain":
+        return [attention(n), mlp(n)]
+    if op == "model":
+        ends = {"tokens": n, "image_size": key["image_size"], "patch_size": key["patch_size"]}
+        head = {"op": "head", **common, "tokens": n, "num_classes": key["num_classes"]}
+        return [{"op": "embed", **common, **ends}, *[attention(n), mlp(n)] * key["depth"], head]
+    cut = {"tokens_in": n, "tokens_out": key["tokens_out"], "prefix": key["prefix"]}
+    if key["reduction"] == "merge":
+        reduce = [attention(n), {"op": "merge", **common, **cut, **heads}]
+    else:
+        method = "gather" if key["reduction"] == "topk" else "compact"
+        reduce = [attention(n, scored=True), {"op": "select", **common, **cut, "method": method, "package": False}]
+    return [attention(n), mlp(n), *reduce, mlp(key["tokens_out"])]
+
+
+def _nearest(values: list[int], target: float) -> int:
+    return min(values, key=lambda v: (abs(v - target), v))
 
 
 def merge_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:

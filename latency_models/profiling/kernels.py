@@ -28,25 +28,26 @@ class AttentionHalf(nn.Module):
         self.proj = nn.Linear(heads * head_dim, dim)
 
     def forward(
-        self, x: torch.Tensor, valid: torch.Tensor | None, scored: bool
+        self, x: torch.Tensor, valid: torch.Tensor | None, scored: bool, keys: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output, and the class-attention scores (`scored`) or the keys (`keys`, for a merge)."""
         B, N, _ = x.shape
         if self.heads == 0:
             return x + self.proj(x.new_zeros(B, N, 0)), None
         q, k, v = self.qkv(self.norm1(x)).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         mask = None if valid is None else valid[:, None, None, :]
-        scores = None
+        extra = k if keys else None
         if scored:
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
             probs = logits.softmax(dim=-1)
             out = probs @ v
-            scores = probs[:, :, 0, :].mean(dim=1)
+            extra = probs[:, :, 0, :].mean(dim=1)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return x + self.ls1(self.proj(self.norm(out.transpose(1, 2).reshape(B, N, -1)))), scores
+        return x + self.ls1(self.proj(self.norm(out.transpose(1, 2).reshape(B, N, -1)))), extra
 
 
 class MlpHalf(nn.Module):
@@ -195,27 +196,62 @@ def kernel(key: dict, device: torch.device, cold_bytes: int = 32 << 20) -> Calla
         images = rand(B, 3, key["image_size"], key["image_size"])
         return lambda: mods[cycle(len(mods))](images)
     if op == "chain":
-        blocks = [
-            (
-                AttentionHalf(D, key["heads"], key["head_dim"]).to(device).eval(),
-                MlpHalf(D, key["mlp_hidden"]).to(device).eval(),
-            )
-            for _ in range(key["blocks"])
-        ]
-        x = rand(B, key["tokens"], D)
-
-        def chain() -> torch.Tensor:
-            y = x
-            for attention, mlp in blocks:
-                y = mlp(attention(y, None, False)[0])
-            return y
-
-        return chain
+        blocks, x = _blocks(key, key["blocks"], device), rand(B, key["tokens"], D)
+        return lambda: _through(blocks, x)
+    if op == "model":
+        blocks = _blocks(key, key["depth"], device)
+        prefix = key["tokens"] - (key["image_size"] // key["patch_size"]) ** 2
+        embed = Embed(D, key["patch_size"], key["tokens"], prefix).to(device).eval()
+        head = Head(D, key["num_classes"]).to(device).eval()
+        images = rand(B, 3, key["image_size"], key["image_size"])
+        return lambda: head(_through(blocks, embed(images)))
+    if op == "reducing_chain":
+        return _reducing_chain(key, device, rand)
     if op == "head":
         mods = _copies(lambda: Head(D, key["num_classes"]), device, cold_bytes)
         x = rand(B, key["tokens"], D)
         return lambda: mods[cycle(len(mods))](x)
     raise ValueError(f"unknown op {op!r}")
+
+
+def _blocks(key: dict, count: int, device: torch.device) -> list[tuple[AttentionHalf, MlpHalf]]:
+    """`count` distinct dense blocks of `key`'s shape: run in turn, their weights stream as a model's do."""
+    return [
+        (
+            AttentionHalf(key["embed_dim"], key["heads"], key["head_dim"]).to(device).eval(),
+            MlpHalf(key["embed_dim"], key["mlp_hidden"]).to(device).eval(),
+        )
+        for _ in range(count)
+    ]
+
+
+def _through(blocks: list[tuple[AttentionHalf, MlpHalf]], x: torch.Tensor) -> torch.Tensor:
+    for attention, mlp in blocks:
+        x = mlp(attention(x, None, False)[0])
+    return x
+
+
+def _reducing_chain(key: dict, device: torch.device, rand: Callable[..., torch.Tensor]) -> Callable[[], object]:
+    """Pairs of a dense block and a block reducing its tokens, each pair from the same input."""
+    B, N, prefix, reduction = key["batch"], key["tokens"], key["prefix"], key["reduction"]
+    dense, reducing = _blocks(key, key["pairs"], device), _blocks(key, key["pairs"], device)
+    x = rand(B, N, key["embed_dim"])
+    size = torch.ones(B, N, device=device)
+    keep = key["tokens_out"] - prefix
+    method = "gather" if reduction == "topk" else "compact"
+
+    def pairs() -> None:
+        for (attention, mlp), (reducing_attention, reducing_mlp) in zip(dense, reducing, strict=True):
+            y = _through([(attention, mlp)], x)
+            if reduction == "merge":
+                y, keys = reducing_attention(y, None, False, keys=True)
+                y = merge_pairs(y, keys, size, prefix, N - key["tokens_out"])[0]
+            else:
+                y, scores = reducing_attention(y, None, True)
+                y = select_tokens(y, scores, prefix, keep, method, package=False)
+            reducing_mlp(y)
+
+    return pairs
 
 
 class _Cycle:

@@ -172,7 +172,8 @@ def profile(
                 done = rounds.setdefault(entry_id(key), [])
                 if len(done) > n:
                     continue
-                per_call = key.get("blocks", 1)  # a chain entry is the time of one of its blocks
+                # A chain entry is the time of one of its blocks, a reducing chain's of one of its pairs.
+                per_call = key.get("blocks") or key.get("pairs") or 1
                 done.append([t / per_call for t in time_round(kernel(key, dev), dev, timing)])
                 sink.write(json.dumps({"id": entry_id(key), "ms": [round(t, 5) for t in done[-1]]}) + "\n")
                 sink.flush()

@@ -17,7 +17,7 @@ from latency_models.analytic import (
     mobile_cpu_ms,
 )
 from latency_models.predictor import LatencyPredictor
-from latency_models.profiling import SHAPES, entry_id, plan
+from latency_models.profiling import SHAPES, composite_parts, entry_id, plan
 from latency_models.schema import LatencyTable
 from pruning.config import PruneConfig, TopKReduction
 from tests.latency_models.specs import DEIT_TINY
@@ -136,12 +136,16 @@ def test_shapes_are_deduplicated():
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_chain_entry_is_its_two_halves(model):
+def test_composite_entries_are_the_sum_of_their_parts(model):
     params, cost = MODELS[model]
     key = {**attention(TINY, 100, 3, 4), **mlp(TINY, 100, 768, 4), "op": "chain", "blocks": 6}
     del key["scored"], key["masked"]
     halves = cost(params, attention(TINY, 100, 3, 4)) + cost(params, mlp(TINY, 100, 768, 4))
     assert cost(params, key) == pytest.approx(halves)
+    composites = [k for k in plan(TINY, [1]) if k["op"] in ("model", "reducing_chain")]
+    assert len(composites) > 1
+    for key in composites:
+        assert cost(params, key) == pytest.approx(sum(cost(params, part) for part in composite_parts(key)))
 
 
 # -- monotone costs ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import timm
 
 from latency_models.interpolate import expand_1d, expand_2d
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
-from latency_models.profiling import offgrid_tokens, plan
+from latency_models.profiling import composite_parts, offgrid_tokens, plan
 from latency_models.schema import LatencyTable
 from latency_models.validate import random_config
 from pruning import BlockConfig, MergeReduction, PruneConfig, ThresholdReduction, TopKReduction, describe
@@ -38,8 +38,17 @@ def merge(b, n_in, r):
     return b * (0.004 * n_in + 0.002 * r + 0.03)
 
 
-def cost(key: dict) -> float:
+def composite_extra(key: dict) -> float:
+    """What a composite entry adds to its parts in the formula table: only the chain correction of each
+    dense block it runs, so reducing chains and the whole model add nothing on top of that."""
+    blocks = {"chain": 1, "model": key.get("depth", 0), "reducing_chain": 2}[key["op"]]
+    return key["batch"] * CHAIN_EXTRA * blocks
+
+
+def cost(key: dict, extra=composite_extra) -> float:
     b, op = key["batch"], key["op"]
+    if (parts := composite_parts(key)) is not None:
+        return sum(cost(part) for part in parts) + extra(key)
     if op == "merge":
         return merge(b, key["tokens_in"], key["tokens_in"] - key["tokens_out"])
     if op == "attention":
@@ -48,8 +57,6 @@ def cost(key: dict) -> float:
         return mlp(b, key["tokens"], key["mlp_hidden"])
     if op == "select":
         return select(b, key["tokens_in"], key["tokens_out"], key["package"], key["method"])
-    if op == "chain":
-        return attention(b, key["tokens"], key["heads"]) + mlp(b, key["tokens"], key["mlp_hidden"]) + b * CHAIN_EXTRA
     if op == "embed":
         return 1.0 * b
     return b * 0.002 * key["tokens"]  # head
@@ -61,8 +68,9 @@ def spec():
     return describe(model, "tiny64")
 
 
-def formula_table(spec, batches, keep=lambda key: True) -> LatencyTable:
-    entries = [k | {"median_ms": cost(k), "spread_ms": 0.0} for k in plan(shape_of(spec), batches) if keep(k)]
+def formula_table(spec, batches, keep=lambda key: True, extra=composite_extra) -> LatencyTable:
+    keys = plan(shape_of(spec), batches)
+    entries = [k | {"median_ms": cost(k, extra), "spread_ms": 0.0} for k in keys if keep(k)]
     device = {
         "name": "formula",
         "kind": "analytic",
@@ -287,3 +295,38 @@ def test_blocks_at_token_counts_off_the_grid_cost_what_the_off_grid_chain_entrie
     blocks_after = 10 * (plain.attention[(False, False)][123, 3] + plain.chain[123] + plain.mlp[123, 768])
     extra = toothed.predict(config, spec).ms - smooth.predict(config, spec).ms
     assert extra == pytest.approx(0.03 * (blocks_after + plain.mlp[123, 768]))
+
+
+def test_reducing_blocks_and_the_model_ends_add_what_the_composites_measure_beyond_their_parts(spec):
+    # Reducing pairs cost more than their parts by an amount linear in the tokens they start from (so
+    # interpolation between the measured starts is exact), the whole model 0.3 ms per image more.
+    slope = {"topk": 0.004, "threshold": 0.006, "merge": 0.01}
+
+    def extra(key: dict) -> float:
+        added = composite_extra(key)
+        if key["op"] == "reducing_chain":
+            added += key["batch"] * slope[key["reduction"]] * key["tokens"]
+        return added + (0.3 * key["batch"] if key["op"] == "model" else 0.0)
+
+    plain = LatencyPredictor(formula_table(spec, [1, 4]))
+    costly = LatencyPredictor(formula_table(spec, [1, 4], extra=extra))
+    starts = {e.tokens for e in costly.table.entries if e.op == "reducing_chain"}
+    assert starts == {6, 8, 12, 17}  # the top-k below starts from 14 tokens: interpolated between 12 and 17
+
+    dense = PruneConfig.dense(spec)
+    assert costly.predict(dense, spec, 4).ms - plain.predict(dense, spec, 4).ms == pytest.approx(4 * 0.3)
+    blocks = [BlockConfig(heads=3, mlp_hidden=768)] * 4
+    blocks[0] = BlockConfig(heads=3, mlp_hidden=768, tokens=MergeReduction(r=3))  # 17 -> 14 tokens
+    blocks[1] = BlockConfig(heads=3, mlp_hidden=768, tokens=TopKReduction(keep_ratio=0.6))  # 14 -> 1 + 8
+    config = PruneConfig(blocks=tuple(blocks))
+    added = 0.3 + slope["merge"] * 17 + slope["topk"] * 14
+    assert costly.predict(config, spec, 1).ms - plain.predict(config, spec, 1).ms == pytest.approx(added)
+    parts = costly.breakdown(config, spec, 1).parts
+    assert parts["merge"] - plain.breakdown(config, spec, 1).parts["merge"] == pytest.approx(slope["merge"] * 17)
+
+    # A threshold compacts (per-image widths): priced with the threshold pairs, at the width it keeps.
+    blocks = [BlockConfig(heads=3, mlp_hidden=768)] * 4
+    blocks[2] = BlockConfig(heads=3, mlp_hidden=768, tokens=ThresholdReduction(threshold=1.0))
+    config = PruneConfig(blocks=tuple(blocks))
+    gap = costly.predict(config, spec, 4, kept_tokens=[5]).ms - plain.predict(config, spec, 4, kept_tokens=[5]).ms
+    assert gap == pytest.approx(4 * (0.3 + slope["threshold"] * 17))

@@ -13,7 +13,17 @@ import pytest
 import timm
 import torch
 
-from latency_models.profiling import SHAPES, Timing, entry_id, kernel, plan, profile, token_grid, width_grid
+from latency_models.profiling import (
+    SHAPES,
+    Timing,
+    composite_parts,
+    entry_id,
+    kernel,
+    plan,
+    profile,
+    token_grid,
+    width_grid,
+)
 from latency_models.profiling import run as run_module
 from latency_models.profiling.kernels import AttentionHalf, MlpHalf, merge_pairs, select_tokens
 from latency_models.schema import LatencyTable, MergeEntry
@@ -210,3 +220,20 @@ sys.exit(main(["--shape", "deit_tiny_patch16_224", "--batch", "1", "--out", "unu
     assert "grid:" in done.stderr
     table = LatencyTable.load(tmp_path / "t.json")
     assert table.device.name == "phone" and len(table.entries) == 6
+
+
+def test_composites_start_on_the_select_and_merge_grid_and_their_kernels_run():
+    shape = replace(SHAPES["deit_tiny_patch16_224"], tokens=17, image_size=64, num_classes=10)
+    keys = plan(shape, [2])
+    have = {entry_id(k) for k in keys}
+    composites = [k for k in keys if composite_parts(k) is not None and k["op"] != "chain"]
+    assert {k["op"] for k in composites} == {"model", "reducing_chain"}
+    assert {k["reduction"] for k in composites if k["op"] == "reducing_chain"} == {"topk", "threshold", "merge"}
+    for key in composites:
+        # Every token op is a planned entry, so the predictor compares each pair with the entries at exactly
+        # its counts (the MLP after a merge is interpolated between token counts, smooth there).
+        assert all(entry_id(part) in have for part in composite_parts(key) if part["op"] != "mlp"), key
+        with torch.inference_mode():
+            out = kernel(key, torch.device("cpu"))()
+        if key["op"] == "model":
+            assert out.shape == (2, 10)  # logits: embedding, the blocks and the head all ran

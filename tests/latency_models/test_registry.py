@@ -130,7 +130,8 @@ def test_a_cached_table_made_before_merging_was_priced_gains_the_merge_entries(r
 
     monkeypatch.setattr(module, "profile", recording)
     grown = registry.table("host-cpu", spec, [1], progress=False)
-    assert timed and {k["op"] for k in timed} == {"merge"}  # only what was missing is timed
+    # Only what was missing is timed, beside the probe that puts it at the table's machine speed.
+    assert timed and {k["op"] for k in timed} == {"merge", "mlp"} and sum(k["op"] == "mlp" for k in timed) == 1
     assert grown.keys() == old.keys() | {entry_id(k) for k in plan(shape_of(spec), [1])}  # batch 1 asked for
     assert LatencyTable.load(path) == grown and registry.ready("host-cpu", spec, [1])
     kept = {e.model_dump_json() for e in old.entries}
@@ -182,7 +183,7 @@ def test_complete_table_times_only_what_a_table_file_lacks(tmp_path, monkeypatch
     timed, real_profile = [], module.profile
     monkeypatch.setattr(module, "profile", lambda missing, **kw: timed.extend(missing) or real_profile(missing, **kw))
     grown = complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
-    assert {k["op"] for k in timed} == {"merge"} and grown.keys() == {entry_id(k) for k in keys}
+    assert {k["op"] for k in timed} == {"merge"} and grown.keys() == {entry_id(k) for k in keys}  # no MLP: no probe
     assert [e for e in grown.entries if e.op == "select"] == list(first.entries)
     assert complete_table(path, keys, name="board") == grown and len(timed) == sum(k["op"] == "merge" for k in keys)
 
@@ -209,3 +210,29 @@ def test_a_table_timed_with_another_allocator_is_neither_completed_nor_shared(tm
         complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
     assert complete_table(path, keys[:2], name="board") == table  # nothing to add: read as it is
     assert Registry(tmp_path, threads=1).measured_path("host-cpu") != system_cache
+
+
+def test_entries_added_to_a_table_are_scaled_to_the_speed_it_was_measured_at(tmp_path, monkeypatch):
+    import latency_models.registry as module
+
+    keys = [k for k in plan(shape_of(describe(timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1))), [1])
+            if k["op"] in ("mlp", "merge")]  # fmt: skip
+    real_profile, slowdown, timed = module.profile, [1.0], []
+
+    def machine(missing, **kw):  # every entry costs a made-up figure of its key, times the machine's slowdown
+        timed.extend(missing)
+        table = real_profile(missing, **kw)
+        for entry in table["entries"]:
+            entry["median_ms"] = slowdown[0] * (1 + len(entry_id(entry)) % 7)
+        return table
+
+    monkeypatch.setattr(module, "profile", machine)
+    path = tmp_path / "board.json"
+    first = complete_table(path, [k for k in keys if k["op"] == "mlp"], name="board", threads=1, timing=FAST)
+    slowdown[0], timed[:] = 2.0, []  # later, the shared machine runs at half speed
+    grown = complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
+    probe = max((e for e in first.entries), key=lambda e: (e.tokens, e.mlp_hidden))
+    assert entry_id(probe.model_dump()) in {entry_id(k) for k in timed}  # re-timed beside the new entries
+    assert [e for e in grown.entries if e.op == "mlp"] == list(first.entries)  # kept as they were
+    merges = [e for e in grown.entries if e.op == "merge"]
+    assert merges and all(e.median_ms == pytest.approx(1 + len(entry_id(e.model_dump())) % 7) for e in merges)
