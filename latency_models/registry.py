@@ -4,7 +4,7 @@
   cached, keyed by the machine (CPU model, core count, torch version) and the thread count. A cached
   table lacking entries that the grid now plans (the merge entries, for a table made before token
   merging was priced) gets just those timed, at the table's machine speed, and added on its next use
-  (`complete_table`).
+  (`complete_table`; composites compared with their parts only come with them, see `to_time`).
 - `cuda`: this machine's GPU, the same way, when torch sees one.
 - `mobile-cpu:*`, `fpga:*`: the analytic presets (`latency_models.analytic`); they rank configs.
 - any other name: a table imported with `vitprune lut import` (e.g. measured on a user's device
@@ -26,12 +26,12 @@ import torch
 
 from latency_models.analytic import PRESETS, analytic_table
 from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, allocator, entry_id, plan, profile, runtime_name
+from latency_models.profiling import Timing, allocator, composite_parts, entry_id, plan, profile, runtime_name
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "complete_table"]
+__all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "complete_table", "to_time"]
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MEASURED = ("host-cpu", "cuda")
@@ -140,8 +140,7 @@ class Registry:
         path = self.measured_path(device)
         if not path.exists():
             return False
-        have = LatencyTable.load(path).keys()
-        return all(entry_id(k) in have for k in plan(shape_of(spec), sorted(set(batches))))
+        return not to_time(LatencyTable.load(path).keys(), plan(shape_of(spec), sorted(set(batches))))
 
     def predictor(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyPredictor:
         predictor = LatencyPredictor(self.table(device, spec, batches, progress))
@@ -200,13 +199,13 @@ def complete_table(
     now and added; entries already there keep their values. Returns the table, saved back to `path`.
     Refuses to add to a table timed with another runtime (torch version, backend or allocator).
 
-    A shared machine's speed wanders by several percent between runs, and the predictor subtracts
-    entries timed in different runs (a reducing chain from its parts), so the table's probe (its dense
-    MLP half, per batch size) is timed again alongside the new entries and they are scaled by its
-    ratio: added at the speed the table was measured at."""
+    A shared machine's speed wanders by several percent between runs, and a prediction sums entries
+    of both runs, so the table's probe (its dense MLP half, per batch size) is timed again alongside
+    the new entries and they are scaled by its ratio: added at the speed the table was measured at.
+    Reducing chains and whole models come only with their parts (`to_time`)."""
     cached = LatencyTable.load(path) if path.exists() else None
     have = cached.keys() if cached else set()
-    missing = [k for k in keys if entry_id(k) not in have]
+    missing = to_time(have, keys)
     if cached is not None and not missing:
         return cached
     if cached is not None and cached.device.runtime != (runtime := runtime_name(torch.device(device))):
@@ -226,6 +225,21 @@ def complete_table(
     table.save(path)
     scratch.unlink(missing_ok=True)
     return table
+
+
+def to_time(have: set[str], keys: list[dict]) -> list[dict]:
+    """The entries of `keys` that a table holding `have` (entry ids) lacks and can gain: all of them,
+    except reducing chains and whole models whose parts the table already holds. Those composites are
+    compared with their parts, and timed in another run than the parts were, the machine's drift
+    between the two runs (a few percent) would swamp the fraction of a millisecond they measure: a
+    table gains them only with their parts, when measured anew or for a new shape or batch size."""
+    missing = [k for k in keys if entry_id(k) not in have]
+    return [
+        k
+        for k in missing
+        if k["op"] not in ("reducing_chain", "model")
+        or not any(entry_id(part) in have for part in composite_parts(k))
+    ]
 
 
 def _probes(table: LatencyTable, keys: list[dict]) -> dict[tuple[int, int], object]:

@@ -11,7 +11,7 @@ import torch
 
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import Timing, entry_id, plan
-from latency_models.registry import Registry, UnknownDeviceError, complete_table
+from latency_models.registry import Registry, UnknownDeviceError, complete_table, to_time
 from latency_models.schema import LatencyTable, TableError
 from latency_models.validate import random_config, token_kind, validate
 from pruning import PruneConfig, describe
@@ -236,3 +236,14 @@ def test_entries_added_to_a_table_are_scaled_to_the_speed_it_was_measured_at(tmp
     assert [e for e in grown.entries if e.op == "mlp"] == list(first.entries)  # kept as they were
     merges = [e for e in grown.entries if e.op == "merge"]
     assert merges and all(e.median_ms == pytest.approx(1 + len(entry_id(e.model_dump())) % 7) for e in merges)
+
+
+def test_composites_are_added_only_with_their_parts():
+    shape = shape_of(describe(timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1)))
+    batch_1, batch_2 = plan(shape, [1]), plan(shape, [2])
+    composite = {"reducing_chain", "model"}
+    old = {entry_id(k) for k in batch_1 if k["op"] not in composite}  # a table made before composites were timed
+    assert to_time(old, batch_1) == []  # its parts were timed in another run: no composite to compare with them
+    grown = to_time(old, batch_1 + batch_2)  # a new batch size: its composites come with their parts
+    assert grown == batch_2 and {k["op"] for k in grown} >= composite
+    assert to_time(set(), batch_1) == batch_1
