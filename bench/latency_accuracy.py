@@ -1,7 +1,7 @@
 """How well a measured latency table predicts real pruned models on this machine.
 
 For DeiT-Tiny and DeiT-Small at batch 1 and batch 32: measure the table (`latency_models.profiling`),
-then time >= 50 random pruned configs (top-k and threshold token reductions, head and MLP pruning)
+then time >= 50 random pruned configs (top-k, threshold and merging token reductions, head and MLP pruning)
 as real physically pruned models and compare with the predictor. Also times the predictor itself.
 
     python bench/latency_accuracy.py --out bench/results --work runs/latency_bench
@@ -11,7 +11,8 @@ with glibc's malloc, big activations page-fault in a pattern that depends on wha
 the same block can cost a third more in one process state than in another (`allocator_faults.py`).
 Each table records its allocator and is never completed under another.
 
-Tables already in `--work` are reused (delete them to re-measure). Writes
+Tables already in `--work` are reused (delete them to re-measure); entries they lack are timed and
+added where they can be (`latency_models.registry.to_time`). Writes
 `<out>/latency_accuracy.{json,md}` and one report per model and batch (the interactive
 scatter plots `*.html` go to `--work` with the tables, which are large and machine-specific).
 """

@@ -1,14 +1,15 @@
-"""What the off-grid factor buys: one validation's measured configs, predicted with and without it.
+"""What the predictor's measured corrections buy: one validation's configs, priced with and without each.
 
 Takes a table and the report `latency_accuracy.py` (or `vitprune lut validate`) wrote with it,
-rebuilds the same random configs from the report's seed, and prices each twice: with the table as
-it is, and with its off-grid chain entries removed (the predictor then interpolates between the
-grid's multiples of 8 alone). Both are compared with the same measurements, so the difference is
-the predictor's alone. No timing: seconds.
+rebuilds the same random configs from the report's seed, and prices each three times: with the
+table as it is; without its off-grid chain entries (the predictor then interpolates between the
+grid's multiples of 8 alone); and without its reducing chains and whole-model entry (token
+reductions, embedding and head then cost their entries timed alone). All are compared with the same
+measurements, so the differences are the predictor's alone. No timing: seconds.
 
-    LD_PRELOAD=libtcmalloc_minimal.so.4 python bench/offgrid_ablation.py \
-        --table runs/latency_bench_t1_tc/deit_tiny_patch16_224_b1.json \
-        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 4 --batch 1
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python bench/correction_ablation.py \
+        --table runs/latency_bench_t1_v3/deit_tiny_patch16_224_b1.json \
+        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 5 --batch 1
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def main() -> int:
     dense = create_model(args.model)
     spec = describe(dense, args.model)
     probes = set(offgrid_tokens(shape_of(spec).tokens))
-    bare = table.model_copy(
-        update={"entries": [e for e in table.entries if not (e.op == "chain" and e.tokens in probes)]}
-    )
-    predictors = {"with the off-grid factor": LatencyPredictor(table), "without": LatencyPredictor(bare)}
+
+    def without(drop) -> LatencyPredictor:
+        return LatencyPredictor(table.model_copy(update={"entries": [e for e in table.entries if not drop(e)]}))
+
+    predictors = {
+        "as it is": LatencyPredictor(table),
+        "without off-grid entries": without(lambda e: e.op == "chain" and e.tokens in probes),
+        "without reducing chains and model": without(lambda e: e.op in ("reducing_chain", "model")),
+    }
     # The configs exactly as `validate` drew them (same seed, same order, merging when the table prices it).
-    merges = predictors["without"].covers_merge(spec, args.batch)
+    merges = predictors["as it is"].covers_merge(spec, args.batch)
     configs = validation_configs(spec, len(rows), random.Random(args.seed), merges)
     if [c.key() for c in configs] != [r["config"] for r in rows]:
         parser.error("the report's configs are not the ones this seed draws: give the seed its validation used")
@@ -57,7 +63,7 @@ def main() -> int:
         kept_counts(prune_model(dense, c, name=args.model).eval(), images) if c.has_threshold else None for c in configs
     ]
     print(f"{args.model}, batch {args.batch}, {len(rows)} configs: error of the prediction against the measurement")
-    print("| predictor | against | within +-10% | MAPE | median error |")
+    print("| table | against | within +-10% | MAPE | median error |")
     print("|---|---|--:|--:|--:|")
     for name, predictor in predictors.items():
         predicted = np.array([predictor.predict(c, spec, args.batch, k).ms for c, k in zip(configs, kept, strict=True)])
