@@ -12,7 +12,7 @@ CHAIN_BLOCKS = 12
 """Dense blocks run back to back in a `chain` entry (see `latency_models.schema.ChainEntry`): the
 depth of DeiT/ViT Tiny, Small and Base, so the chain moves as many weights through the caches as
 the real model does."""
-REDUCING_PAIRS = 6
+REDUCING_PAIRS = CHAIN_BLOCKS // 2
 """Pairs of a dense and a token-reducing block in a `reducing_chain` entry: as many blocks as a chain."""
 
 
@@ -157,8 +157,8 @@ def plan(
 def composite_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
     """The whole dense model, and reducing-chain entries for each kind of token reduction at about all,
     three quarters, half, a quarter and an eighth of the tokens: top-k and threshold keep about half of
-    the patches, a merge an eighth. Every count lies on `tokens` (the select and merge grid), so the
-    predictor compares each pair with table entries at exactly its counts."""
+    the patches, a merge an eighth. Every token op's counts lie on `tokens` (the select and merge grid),
+    so the predictor compares each pair with those entries at exactly its counts."""
     block = {"heads": shape.heads, "head_dim": shape.head_dim, "mlp_hidden": shape.mlp_hidden}
     keys = [
         {
