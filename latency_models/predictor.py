@@ -7,7 +7,8 @@ survive; then the classifier. Each part is looked up in the table, interpolated 
 (bilinear in tokens x heads, tokens x channels, tokens in x tokens out, tokens in x pairs merged;
 linear between batch sizes), and flagged when it lies outside the measured grid. Blocks at token
 counts off the grid's multiples of 8 cost what a few measured off-grid counts say they add; each
-reducing block, and the model's ends once, what the composites timed whole cost beyond their parts.
+reducing block what the reducing chains timed whole cost beyond their parts; and every block is
+scaled by the whole dense model timed as one over its parts (`_blocks_scale`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Prediction:
 class _Lookup:
     """One (model shape, batch) expanded to dense arrays: value and extrapolation mask per part."""
 
-    embed: float  # with what the whole dense model costs beyond its parts (once per forward pass)
+    embed: float
     head: np.ndarray
     chain: np.ndarray  # [tokens]: what a block costs in a chain beyond (or below) its halves timed alone
     reducing: dict[str, np.ndarray]  # topk/threshold/merge -> [tokens in]: a reducing block's in-model extra
@@ -73,6 +74,7 @@ class _Lookup:
     select: dict[tuple[str, bool], np.ndarray]  # (method, package) -> [tokens_in, tokens_out]
     merge: np.ndarray | None  # [tokens_in, pairs merged]; None where the table has no merge entries
     outside: dict[str, np.ndarray]
+    blocks_scale: float = 1.0  # the whole dense model timed as one over its parts (`_blocks_scale`)
     batch_extrapolated: bool = False
     merge_missing: str = ""
     """Why `merge` is None: the CoverageError to raise when a config merges tokens."""
@@ -93,6 +95,7 @@ class _Lookup:
             select={k: mix(v, other.select[k]) for k, v in self.select.items() if k in other.select},
             merge=None if self.merge is None or other.merge is None else mix(self.merge, other.merge),
             outside={k: v | other.outside[k] for k, v in self.outside.items() if k in other.outside},
+            blocks_scale=mix(self.blocks_scale, other.blocks_scale),
             batch_extrapolated=extrapolated,
             merge_missing=self.merge_missing or other.merge_missing,
         )
@@ -142,9 +145,7 @@ class LatencyPredictor:
         masked = package = False
         out = look.outside
         extrapolated = look.batch_extrapolated
-        total = look.embed
-        if parts is not None:
-            parts["embed"] = look.embed
+        total = 0.0  # the blocks
         reduction = 0
         for cfg in config.blocks:
             op = cfg.tokens
@@ -196,9 +197,11 @@ class LatencyPredictor:
             extrapolated |= bool(out["mlp"][tokens, cfg.mlp_hidden])
             if parts is not None:
                 parts["mlp"] += cost
-        total += look.head[tokens]
+        total = look.embed + look.blocks_scale * total + look.head[tokens]
         if parts is not None:
-            parts["head"] = float(look.head[tokens])
+            for part in ("attention", "select", "merge", "mlp"):
+                parts[part] *= look.blocks_scale
+            parts["embed"], parts["head"] = look.embed, float(look.head[tokens])
         return Prediction(ms=float(total), extrapolated=extrapolated, parts=parts or {})
 
     def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:
@@ -304,10 +307,10 @@ class LatencyPredictor:
             chain = curve - attention[(False, False)][:, heads] - mlp[:, hidden]
             measured = {e.tokens: e.median_ms for e in chained if e.tokens in probes}
             offgrid = _offgrid_factor(measured, curve, shape.tokens)
-        look = _Lookup(embed[0].median_ms, head, chain, {}, attention, mlp, select, merge, outside, False)
+        look = _Lookup(embed[0].median_ms, head, chain, {}, attention, mlp, select, merge, outside)
         look.merge_missing = merge_missing
         # The composites are compared with on-grid parts, before blocks off the grid are scaled.
-        look.embed += self._ends(spec, batch, look)
+        look.blocks_scale = self._blocks_scale(spec, batch, look)
         look.reducing = self._reducing(spec, batch, look)
         look.attention = {k: v * offgrid[:, None] for k, v in attention.items()}
         look.mlp, look.chain = mlp * offgrid[:, None], chain * offgrid
@@ -321,14 +324,17 @@ class LatencyPredictor:
             e for e in self._by_op.get(op, []) if (e.batch, e.embed_dim, e.heads, e.head_dim, e.mlp_hidden) == wanted
         ]
 
-    def _ends(self, spec: ModelSpec, batch: int, look: _Lookup) -> float:
-        """What the whole dense model costs beyond its embedding, head and blocks (0 without a model entry)."""
+    def _blocks_scale(self, spec: ModelSpec, batch: int, look: _Lookup) -> float:
+        """The dense model's blocks timed in it over the table's price for them (1 without a model entry).
+        A factor, not a sum once per pass: what the model entry adds to its parts (-5% to +4% of the
+        model, more than its embedding and head cost) lies in its blocks, so a config gets it pro rata."""
         shape = shape_of(spec)
         wanted = (shape.tokens, shape.image_size, shape.patch_size, shape.num_classes)
         for e in self._composites("model", spec, batch):
             if (e.tokens, e.image_size, e.patch_size, e.num_classes) == wanted:
-                return e.median_ms - look.embed - look.head[e.tokens] - e.depth * _dense_block(look, spec, e.tokens)
-        return 0.0
+                blocks = e.depth * _dense_block(look, spec, e.tokens)
+                return float((e.median_ms - look.embed - look.head[e.tokens]) / blocks)
+        return 1.0
 
     def _reducing(self, spec: ModelSpec, batch: int, look: _Lookup) -> dict[str, np.ndarray]:
         """Per kind of reduction and tokens in: what a reducing block costs in a model beyond its parts,
@@ -438,6 +444,7 @@ def _scaled(look: _Lookup, factor: float) -> _Lookup:
         select={k: v * factor for k, v in look.select.items()},
         merge=None if look.merge is None else look.merge * factor,
         outside=look.outside,
+        blocks_scale=look.blocks_scale,
         batch_extrapolated=True,
         merge_missing=look.merge_missing,
     )
