@@ -4,12 +4,12 @@ Takes a table and the report `latency_accuracy.py` (or `vitprune lut validate`) 
 rebuilds the same random configs from the report's seed, and prices each three times: with the
 table as it is; without its off-grid chain entries (the predictor then interpolates between the
 grid's multiples of 8 alone); and without its reducing chains and whole-model entry (token
-reductions, embedding and head then cost their entries timed alone). All are compared with the same
+reductions then cost their entries timed alone, and no block is scaled). All are compared with the same
 measurements, so the differences are the predictor's alone. No timing: seconds.
 
     LD_PRELOAD=libtcmalloc_minimal.so.4 python bench/correction_ablation.py \
         --table runs/latency_bench_t1_v3/deit_tiny_patch16_224_b1.json \
-        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 5 --batch 1
+        --report bench/results/threads1/latency_accuracy_deit_tiny_patch16_224_b1.json --seed 6 --batch 1
 """
 
 from __future__ import annotations
