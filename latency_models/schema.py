@@ -124,9 +124,8 @@ class ReducingChainEntry(_Entry):
 
 
 class ModelEntry(_Entry):
-    """The whole dense model once: embedding, `depth` blocks, classifier. The embedding and the head run
-    once per forward pass, between everything else; the predictor adds what the whole costs beyond its
-    parts (embedding, head and `chain` blocks) once per prediction."""
+    """The whole dense model once: embedding, `depth` blocks, classifier. The predictor scales every
+    block of a prediction by what the whole costs over its parts (embedding, head and `chain` blocks)."""
 
     op: Literal["model"] = "model"
     tokens: Positive
