@@ -330,7 +330,7 @@ def test_reducing_blocks_add_what_the_composites_measure_and_the_model_scales_ev
     config[0] = BlockConfig(heads=3, mlp_hidden=768, tokens=MergeReduction(r=3))  # 17 -> 14 tokens
     config[1] = BlockConfig(heads=3, mlp_hidden=768, tokens=TopKReduction(keep_ratio=0.6))  # 14 -> 1 + 8
     config = PruneConfig(blocks=tuple(config))
-    # Fewer tokens, cheaper blocks: a smaller share of the model's 0.3 ms than the dense model gets.
+    # Its blocks, each reducing block's excess included, times the same factor: a share in proportion.
     expected = scale[1] * (blocks(plain, config, 1) + slope["merge"] * 17 + slope["topk"] * 14)
     assert blocks(costly, config, 1) == pytest.approx(expected)
     parts = costly.breakdown(config, spec, 1).parts
