@@ -25,9 +25,12 @@ from latency_models.profiling import Timing, time_round
 from latency_models.schema import LatencyTable
 from pruning import PruneConfig, describe, prune_model
 from pruning.block import attention_half, mlp_half
-from pruning.config import BlockConfig, MergeReduction, NoReduction, TopKReduction
+from pruning.config import BlockConfig
 from pruning.loading import create_model
 from pruning.timing import torch_threads
+from pruning.tokens import NoReduction
+from pruning.tokens.merge import MergeReduction
+from pruning.tokens.topk import TopKReduction
 
 TIMING = Timing(passes=5, warmup=2, min_round_s=0.1)
 

@@ -6,7 +6,7 @@ Run by hand (never from the tests):
 
 For batch 1 and 32 and r = 4, 8, 16, 32 pairs merged out of the 197 tokens entering a block, it times
 
-- the runtime's merge (`pruning.merging.merge_tokens` on a `TokenState`, sizes all one as at a first merge),
+- the runtime's merge (`pruning.tokens.merge.merge_tokens` on a `TokenState`, sizes all one as at a first merge),
 - the profiler's merge kernel (`latency_models.profiling.kernels.merge_pairs`, which also averages the
   keys over heads, as the merging block's attention does for it),
 - a whole later block (`pruning.block.block_forward`: attention and MLP) at 197 tokens and at 197 - r
@@ -42,9 +42,9 @@ from latency_models.profiling import Timing, summarise, time_round
 from latency_models.profiling.kernels import merge_pairs
 from latency_models.profiling.run import hardware_name
 from pruning.block import block_forward
-from pruning.config import BlockConfig, MergeReduction
-from pruning.merging import merge_tokens
+from pruning.config import BlockConfig
 from pruning.tokens import TokenState
+from pruning.tokens.merge import MergeReduction, merge_tokens
 
 TOKENS, PREFIX = 197, 1
 COUNTS = (4, 8, 16, 32)
@@ -121,7 +121,7 @@ def to_markdown(result: dict) -> str:
         "",
         f"{result['hardware']}, {result['threads']} torch threads, torch {result['torch']}; "
         f"load average {result['load_before']} before, {result['load_after']} after. "
-        f"Merge of r pairs out of {TOKENS} tokens; 'merge op' is `pruning.merging.merge_tokens`, 'kernel' the "
+        f"Merge of r pairs out of {TOKENS} tokens; 'merge op' is `pruning.tokens.merge.merge_tokens`, 'kernel' the "
         "profiler's copy (which also averages the keys over heads); a block is attention + MLP "
         "(`pruning.block.block_forward`) at 197 tokens vs at 197 - r merged tokens with the size bias, timed in "
         "adjacent rounds; 'saved' is the median over passes of their difference. 'merge / saved' is how many "

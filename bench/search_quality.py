@@ -104,7 +104,7 @@ def tome_config(predictor: LatencyPredictor, spec, target_ms: float, batch: int)
     every = tuple(range(len(spec.blocks)))
     priced = []
     for r in range(1, spec.blocks[0].tokens_in // 2 + 1):  # more than half the tokens never merge at once
-        config = PruneConfig.uniform(spec, merge_r=r, at=every)
+        config = PruneConfig.uniform(spec, r=r, at=every)
         ms = predictor.predict(config, spec, batch).ms
         if ms <= target_ms:
             priced.append((ms, -r, config))  # at equal latency the gentler merge

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning.config import BlockConfig, ScoreKind
-from pruning.merging import merge_tokens
-from pruning.tokens import TokenState, attention_mask, reduce_tokens
+from pruning.tokens import TokenState, attention_mask
 
 __all__ = ["attention_half", "attention_heads", "block_forward", "mlp_half", "mlp_hidden"]
 
@@ -70,12 +69,10 @@ def attention_half(
 ) -> TokenState:
     """The residual attention branch, then this block's token reduction (if any)."""
     op = cfg.tokens
-    want = None if op.kind == "none" else "keys" if op.kind == "merge" else score
+    want = score if op.needs == "scores" else op.needs
     heads_out, extra = attention_heads(block.attn, block.norm1(state.x), attention_mask(state), want)
     state = replace(state, x=state.x + block.ls1(block.attn.proj(heads_out)))
-    if op.kind == "merge":
-        return merge_tokens(state, extra, op)
-    return reduce_tokens(state, extra, op, package_token) if op.kind != "none" else state
+    return op.apply(state, extra, package_token)
 
 
 def mlp_half(block: nn.Module, state: TokenState) -> TokenState:

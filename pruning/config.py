@@ -12,24 +12,14 @@ names the block and the field in its message.
 from __future__ import annotations
 
 import hashlib
-import math
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pruning.spec import ModelSpec
+from pruning.tokens import TOKEN_OPS, NoReduction, TokenReduction, token_op
 
-__all__ = [
-    "BlockConfig",
-    "ConfigError",
-    "MergeReduction",
-    "NoReduction",
-    "PruneConfig",
-    "ScoreKind",
-    "ThresholdReduction",
-    "TokenReduction",
-    "TopKReduction",
-]
+__all__ = ["BlockConfig", "ConfigError", "PruneConfig", "ScoreKind"]
 
 ScoreKind = Literal["cls_attn", "head_weighted"]
 """How token scores are made from a block's attention.
@@ -48,53 +38,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class NoReduction(_Frozen):
-    kind: Literal["none"] = "none"
-
-
-class TopKReduction(_Frozen):
-    """Keep `ceil(keep_ratio * N)` of the N patch tokens that enter this block's MLP."""
-
-    kind: Literal["topk"] = "topk"
-    keep_ratio: float = Field(gt=0.0, le=1.0)
-
-    def kept(self, n_tokens: int) -> int:
-        return max(1, math.ceil(self.keep_ratio * n_tokens))
-
-
-class ThresholdReduction(_Frozen):
-    """Keep the patch tokens whose score is at least `threshold` times the mean score (AS-ViT).
-
-    Scores are normalised so that their mean over the image's patch tokens is 1: `threshold=1.0`
-    keeps the tokens that receive more than a uniform share of attention. The best-scoring token
-    always survives, so an image never loses every patch token.
-    """
-
-    kind: Literal["threshold"] = "threshold"
-    threshold: float = Field(gt=0.0, allow_inf_nan=False)
-
-
-class MergeReduction(_Frozen):
-    """Merge `r` pairs of similar patch tokens into one each (ToMe), between attention and MLP.
-
-    Bipartite soft matching on this block's attention keys (averaged over heads): the patch tokens
-    alternate into two sets, each token of the first set is paired with its most similar token of
-    the second, and the `r` most similar pairs are averaged, weighted by how many original patches
-    each token already holds. Those sizes then bias every later attention (proportional
-    attention), so a merged token counts as the patches it stands for. Class, distillation and
-    package tokens are never merged. At most half of the patch tokens can merge at one block.
-    """
-
-    kind: Literal["merge"] = "merge"
-    r: int = Field(ge=1)
-
-    def kept(self, n_tokens: int) -> int:
-        return n_tokens - min(self.r, n_tokens // 2)
-
-
-TokenReduction = Annotated[
-    NoReduction | TopKReduction | ThresholdReduction | MergeReduction, Field(discriminator="kind")
-]
+_OP_FIELDS = {name: op for op in TOKEN_OPS.values() for name in op.model_fields if name != "kind"}
+"""Field name -> the token op it belongs to (field names are unique across ops)."""
 
 
 class BlockConfig(_Frozen):
@@ -128,7 +73,7 @@ class BlockConfig(_Frozen):
 
     @property
     def reduces_tokens(self) -> bool:
-        return self.tokens.kind != "none"
+        return self.tokens.reduces
 
 
 class PruneConfig(_Frozen):
@@ -150,33 +95,29 @@ class PruneConfig(_Frozen):
         cls,
         spec: ModelSpec,
         *,
-        keep_ratio: float | None = None,
         at: tuple[int, ...] = (),
-        threshold: float | None = None,
-        merge_r: int | None = None,
         head_ratio: float = 1.0,
         mlp_ratio: float = 1.0,
         **options,
     ) -> PruneConfig:
-        """A common shape: the same token reduction at blocks `at`, the same head/MLP ratios everywhere."""
-        if sum(x is not None for x in (keep_ratio, threshold, merge_r)) > 1:
-            raise ConfigError("give one of keep_ratio (top-k), threshold and merge_r, not several")
+        """A common shape: the same token op at blocks `at`, the same head/MLP ratios everywhere.
+
+        The token op is named by its fields among `options` (`keep_ratio=0.7` for top-k,
+        `threshold=1.0`, `r=8` for a merge); the other options are PruneConfig's own."""
+        fields = {name: options.pop(name) for name in list(options) if name in _OP_FIELDS}
+        fields = {name: value for name, value in fields.items() if value is not None}  # None: not given
+        owners = {_OP_FIELDS[name] for name in fields}
+        if len(owners) > 1:
+            raise ConfigError(f"give the fields of one token op, not several: {', '.join(sorted(fields))}")
+        op = owners.pop()(**fields) if owners else NoReduction()
         round_to = cls(blocks=(), **options).round_to  # validates the options before they are used
         blocks = []
         for i, b in enumerate(spec.blocks):
-            tokens: NoReduction | TopKReduction | ThresholdReduction | MergeReduction = NoReduction()
-            if i in at:
-                if keep_ratio is not None:
-                    tokens = TopKReduction(keep_ratio=keep_ratio)
-                elif threshold is not None:
-                    tokens = ThresholdReduction(threshold=threshold)
-                elif merge_r is not None:
-                    tokens = MergeReduction(r=merge_r)
             heads = b.heads if head_ratio >= 1.0 else max(1, round(b.heads * head_ratio))
             hidden = b.mlp_hidden
             if mlp_ratio < 1.0:
                 hidden = max(round_to, round(b.mlp_hidden * mlp_ratio / round_to) * round_to)
-            blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=tokens))
+            blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=op if i in at else NoReduction()))
         return cls(blocks=tuple(blocks), **options)
 
     @property
@@ -184,12 +125,16 @@ class PruneConfig(_Frozen):
         return any(b.reduces_tokens for b in self.blocks)
 
     @property
-    def has_threshold(self) -> bool:
-        return any(b.tokens.kind == "threshold" for b in self.blocks)
+    def per_image(self) -> bool:
+        """Some block keeps a different number of tokens in every image (thresholds): batches are padded."""
+        return any(b.tokens.per_image for b in self.blocks)
 
-    @property
-    def has_merge(self) -> bool:
-        return any(b.tokens.kind == "merge" for b in self.blocks)
+    has_threshold = per_image  # the name its callers grew up with
+
+    def uses(self, kind: str) -> bool:
+        """Whether some block runs the token op `kind`."""
+        token_op(kind)  # refuses unknown kinds
+        return any(b.tokens.kind == kind for b in self.blocks)
 
     def key(self) -> str:
         """A stable short hash of the structure, for caches and deduplication."""
@@ -211,15 +156,19 @@ class PruneConfig(_Frozen):
             raise ConfigError(
                 f"blocks: the config lists {len(self.blocks)} blocks but {spec.name} has {len(spec.blocks)}"
             )
-        if self.has_merge and self.has_threshold:
-            # Thresholds give each image its own token count (padded batches); merging pairs tokens
-            # by fixed counts and its sizes would have to follow every padding.
-            raise ConfigError("tokens: merge and threshold cannot be combined in one config; use merge with topk")
-        if self.has_merge and spec.family != "vit":
-            raise ConfigError(
-                f"tokens: merge is supported on plain ViT/DeiT models; {spec.name} pools a token grid"
-                " between stages, which merged tokens no longer form"
-            )
+        ops = {type(b.tokens) for b in self.blocks}
+        for fixed in (op for op in ops if op.fixed_counts):
+            for varying in (op for op in ops if op.per_image):
+                # A per-image op gives each image its own token count (padded batches); an op that
+                # pairs tokens by fixed counts would have to follow every padding.
+                raise ConfigError(
+                    f"tokens: {fixed.kind_name()} and {varying.kind_name()} cannot be combined in one config"
+                )
+            if not fixed.grid_ok and spec.family != "vit":
+                raise ConfigError(
+                    f"tokens: {fixed.kind_name()} is supported on plain ViT/DeiT models; {spec.name} pools a token"
+                    " grid between stages, which its tokens no longer form"
+                )
         for i, (cfg, dense) in enumerate(zip(self.blocks, spec.blocks, strict=True)):
             where = f"block {i}"
             if cfg.heads > dense.heads:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.config import BlockConfig
 from pruning.flops import count_flops, count_params
 from pruning.model import PrunedViT
 
@@ -93,22 +92,12 @@ def _block_lines(pruned: PrunedViT) -> list[str]:
     rows = ["| block | heads kept | MLP hidden kept | token reduction |", "|---:|---|---|---|"]
     for i, (block, dense) in enumerate(zip(pruned.config.blocks, pruned.spec.blocks, strict=True)):
         rows.append(
-            f"| {i} | {block.heads}/{dense.heads} | {block.mlp_hidden}/{dense.mlp_hidden} | {_token_op(block)} |"
+            f"| {i} | {block.heads}/{dense.heads} | {block.mlp_hidden}/{dense.mlp_hidden} | {block.tokens.card()} |"
         )
     if pruned.config.reduces_tokens:
         package = "yes" if pruned.config.package_token else "no"
         rows += ["", f"Token scores: `{pruned.config.score}`; package token (fusion of dropped tokens): {package}."]
     return rows
-
-
-def _token_op(block: BlockConfig) -> str:
-    if block.tokens.kind == "topk":
-        return f"top-k, keep {block.tokens.keep_ratio:.0%} of patch tokens"
-    if block.tokens.kind == "threshold":
-        return f"threshold, keep score >= {block.tokens.threshold:g} x mean"
-    if block.tokens.kind == "merge":
-        return f"merge {block.tokens.r} pairs of similar patch tokens (ToMe)"
-    return "-"
 
 
 def _metric_lines(metrics: Mapping[str, Any]) -> list[str]:

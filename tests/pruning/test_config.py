@@ -6,7 +6,9 @@ import pytest
 import timm
 from pydantic import ValidationError
 
-from pruning import BlockConfig, ConfigError, PruneConfig, ThresholdReduction, TopKReduction, describe
+from pruning import BlockConfig, ConfigError, PruneConfig, describe
+from pruning.tokens.threshold import ThresholdReduction
+from pruning.tokens.topk import TopKReduction
 
 
 @pytest.fixture(scope="module")

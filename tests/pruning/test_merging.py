@@ -10,22 +10,15 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from pruning import (
-    BlockConfig,
-    ConfigError,
-    MergeReduction,
-    PruneConfig,
-    ThresholdReduction,
-    TopKReduction,
-    describe,
-    prune_model,
-)
+from pruning import BlockConfig, ConfigError, PruneConfig, describe, prune_model
 from pruning.block import attention_heads
 from pruning.data import load_image_folder
 from pruning.export import export_onnx, verify_onnx
 from pruning.loading import create_model
-from pruning.merging import merge_tokens
 from pruning.tokens import TokenState, attention_mask
+from pruning.tokens.merge import MergeReduction, merge_tokens
+from pruning.tokens.threshold import ThresholdReduction
+from pruning.tokens.topk import TopKReduction
 
 
 def _reference_merge(x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, prefix: int, r: int):
@@ -105,15 +98,15 @@ def test_proportional_attention_counts_a_merged_token_as_its_copies():
 
 def test_merge_cannot_mix_with_thresholds_or_grid_pooling():
     spec = describe(timm.create_model("deit_tiny_patch16_224", pretrained=False))
-    blocks = list(PruneConfig.uniform(spec, merge_r=8, at=(0, 1)).blocks)
+    blocks = list(PruneConfig.uniform(spec, r=8, at=(0, 1)).blocks)
     blocks[5] = blocks[5].model_copy(update={"tokens": ThresholdReduction(threshold=1.0)})
     with pytest.raises(ConfigError, match="merge and threshold"):
         PruneConfig(blocks=tuple(blocks)).check(spec)
     pit = describe(timm.create_model("pit_ti_224", pretrained=False))
     with pytest.raises(ConfigError, match="pools a token grid"):
-        PruneConfig.uniform(pit, merge_r=4, at=(1,)).check(pit)
+        PruneConfig.uniform(pit, r=4, at=(1,)).check(pit)
     with pytest.raises(ConfigError, match="not several"):
-        PruneConfig.uniform(spec, merge_r=4, keep_ratio=0.5, at=(1,))
+        PruneConfig.uniform(spec, r=4, keep_ratio=0.5, at=(1,))
     with pytest.raises(ValueError):
         MergeReduction(r=0)
 
@@ -131,7 +124,7 @@ def images(dense, imagenet_dir: Path) -> torch.Tensor:
 
 def _mixed(spec) -> PruneConfig:
     """ToMe r=8 everywhere but block 6, which keeps 70% by top-k; fewer heads and MLP channels late."""
-    blocks = list(PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12)), package_token=True).blocks)
+    blocks = list(PruneConfig.uniform(spec, r=8, at=tuple(range(12)), package_token=True).blocks)
     blocks[6] = BlockConfig(heads=3, mlp_hidden=768, tokens=TopKReduction(keep_ratio=0.7))
     for i in (10, 11):
         blocks[i] = blocks[i].model_copy(update={"heads": 2, "mlp_hidden": 384})
@@ -140,7 +133,7 @@ def _mixed(spec) -> PruneConfig:
 
 def test_real_deit_merges_physically_and_keeps_its_predictions(dense, images):
     spec = describe(dense)
-    pruned = prune_model(dense, PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12))))
+    pruned = prune_model(dense, PruneConfig.uniform(spec, r=8, at=tuple(range(12))))
     with torch.inference_mode():
         dense_top1 = dense(images).argmax(1)
         logits = pruned(images)
@@ -152,7 +145,7 @@ def test_real_deit_merges_physically_and_keeps_its_predictions(dense, images):
 @pytest.mark.parametrize("config", ["uniform", "mixed"])
 def test_merging_is_batch_invariant_and_deterministic(dense, images, config):
     spec = describe(dense)
-    cfg = PruneConfig.uniform(spec, merge_r=13, at=tuple(range(12))) if config == "uniform" else _mixed(spec)
+    cfg = PruneConfig.uniform(spec, r=13, at=tuple(range(12))) if config == "uniform" else _mixed(spec)
     pruned = prune_model(dense, cfg, calibration=[images[:16]], recover=config == "mixed")
     picked = images[:10]
     with torch.inference_mode():
