@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
+from pruning.tokens.merge import MERGE_STEP
+from pruning.tokens.topk import KEEP_STEP
 
 __all__ = ["SAMPLERS", "TOKEN_MODES", "JobSpec", "SearchSpace"]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
-KEEP_STEP = 0.05
-"""Keep ratios are searched on a 0.05 grid: finer steps change a 196-token block by < 10 tokens."""
-THRESHOLD_STEP = 0.05
-MERGE_STEP = 2
-"""Merge counts are searched on a grid of 2: over a group of three blocks a step moves about six tokens,
-close to one 0.05 keep-ratio step at a 196-token block."""
 
-TokenMode = Literal["topk", "threshold", "merge", "topk+merge", "none"]
-TOKEN_MODES: tuple[str, ...] = get_args(TokenMode)
+TOKEN_MODES: tuple[str, ...] = token_modes()
+"""What `SearchSpace.tokens` may say: each token op of the registry alone, the pairs that mix, none."""
 
 
 class _Strict(BaseModel):
@@ -47,10 +45,11 @@ class SearchSpace(_Strict):
       matter where tokens are dropped by score (top-k, threshold); merging drops no token.
     """
 
-    tokens: TokenMode = Field(
+    tokens: str = Field(
         default="topk",
-        description="token reduction searched: topk, threshold, merge (ToMe), topk+merge (top-k at token_blocks, "
-        "merging elsewhere) or none",
+        description="token reduction searched: " + ", ".join(TOKEN_MODES) + " (a mixed mode runs its first op at "
+        "token_blocks and its second elsewhere)",
+        json_schema_extra={"enum": list(TOKEN_MODES)},
     )
     token_blocks: tuple[int, ...] = Field(
         default=(3, 6, 9),
@@ -89,19 +88,10 @@ class SearchSpace(_Strict):
         f"block ({MERGE_STEP} steps from 0 = no merging; at most half a block's tokens merge)",
     )
 
-    @field_validator("tokens", mode="before")
+    @field_validator("tokens")
     @classmethod
-    def _known_mode(cls, value: object) -> object:
-        if isinstance(value, str) and "+" in value and value not in TOKEN_MODES:
-            parts = set(value.split("+"))
-            if "threshold" in parts and "merge" in parts:
-                raise ValueError(
-                    "merge cannot be combined with threshold: thresholds give each image its own token count, "
-                    "merging needs the same count for every image; use topk+merge"
-                )
-            if parts == {"topk", "merge"}:
-                raise ValueError("write the mixed mode as topk+merge")
-            raise ValueError(f"tokens={value!r}: the only mixed mode is topk+merge")
+    def _known_mode(cls, value: str) -> str:
+        mode_ops(value)  # ValueError naming the unknown op or the mix that cannot work
         return value
 
     @field_validator("token_blocks")
@@ -138,29 +128,36 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _something_searched(self) -> SearchSpace:
-        if self.tokens == "none" and not (self.heads or self.mlp):
+        if not self.ops and not (self.heads or self.mlp):
+            modes = [m for m in TOKEN_MODES if m != "none"]
             raise ValueError(
-                "the space searches nothing: set tokens to topk, threshold, merge or topk+merge,"
+                f"the space searches nothing: set tokens to {', '.join(modes[:-1])} or {modes[-1]},"
                 " or heads or mlp to true"
             )
-        if self.tokens in ("topk", "threshold", "topk+merge") and not self.token_blocks:
+        if any(op.axis.per == "block" for op in self.ops) and not self.token_blocks:
             raise ValueError(f"tokens={self.tokens} needs token_blocks, the blocks that reduce tokens by score")
         return self
 
     @property
-    def topk(self) -> bool:
-        """Top-k keep ratios are searched (tokens=topk or topk+merge)."""
-        return self.tokens in ("topk", "topk+merge")
-
-    @property
-    def merges(self) -> bool:
-        """Merge counts are searched (tokens=merge or topk+merge)."""
-        return self.tokens in ("merge", "topk+merge")
+    def ops(self) -> list[type[TokenOp]]:
+        """The token ops searched, in the order `tokens` names them."""
+        return mode_ops(self.tokens)
 
     @property
     def scores_tokens(self) -> bool:
         """Some block may drop tokens by score, so the score kind and the package token matter."""
-        return self.tokens in ("topk", "threshold", "topk+merge")
+        return any(op.needs == "scores" for op in self.ops)
+
+    def unused_fields(self) -> set[str]:
+        """Fields of token ops this space does not search that stay out of a job's study key
+        (`SearchAxis.key_when_unsearched`): ops added later, so older jobs keep their study names."""
+        searched = set(self.ops)
+        return {
+            field
+            for op in TOKEN_OPS.values()
+            if op.axis is not None and op not in searched and not op.axis.key_when_unsearched
+            for field in op.axis.fields
+        }
 
 
 class JobSpec(_Strict):
@@ -210,12 +207,12 @@ class JobSpec(_Strict):
     def study_key(self) -> str:
         """Names the study: everything that changes what a trial means, not how many trials are asked.
 
-        The merge fields change nothing unless the space merges; leaving them out otherwise keeps the
-        key (and so the study) of every job that does not merge what it was before they existed.
+        The fields of a token op added after the first release change nothing unless the space searches
+        it; leaving them out otherwise keeps the key (and so the study) of every job written before it.
         """
         unused: dict = {"trials": True, "onnx": True}
-        if not self.space.merges:
-            unused["space"] = {"merge_group": True, "merge_max": True}
+        if skipped := self.space.unused_fields():
+            unused["space"] = dict.fromkeys(sorted(skipped), True)
         identity = self.model_dump_json(exclude=unused)
         return hashlib.sha256(identity.encode()).hexdigest()[:12]
 

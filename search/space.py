@@ -1,11 +1,11 @@
 """From a SearchSpace and a model to Optuna parameters and back to PruneConfigs.
 
-Parameters are named after what they set: `keep_3` (top-k keep ratio at block 3), `threshold_3`,
-`merge_0-2` (ToMe merge count at each of blocks 0..2), `heads_0-2` / `mlp_0-2` (heads or MLP
-channels of blocks 0..2, when blocks are grouped), `score`, `package_token`. A parameter at its
-"keep everything" end (keep 1.0, threshold 0, merge 0, all heads) leaves that part dense, so the
-dense model is a point of the space. With top-k and merging both searched, a block whose keep
-ratio is below 1 runs top-k and every other block merges its group's count.
+Every token op says how it is searched (`SearchAxis` of `pruning.tokens`): parameters named after
+what they set, e.g. `keep_3` (top-k keep ratio at block 3) or `merge_0-2` (merge count at each of
+blocks 0..2); besides them `heads_0-2` / `mlp_0-2` (heads or MLP channels of blocks 0..2, when
+blocks are grouped), `score`, `package_token`. A parameter at its "keep everything" end (`off`, all
+heads) leaves that part dense, so the dense model is a point of the space. With two token ops
+searched, a block where the first one reduces runs it, and every other block runs the second.
 """
 
 from __future__ import annotations
@@ -15,20 +15,14 @@ from collections.abc import Iterator
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from pruning import BlockConfig, MergeReduction, NoReduction, PruneConfig, ThresholdReduction, TopKReduction
+from pruning import BlockConfig, NoReduction, PruneConfig, TokenOp
 from pruning.spec import ModelSpec
-from search.job import KEEP_STEP, MERGE_STEP, THRESHOLD_STEP, SearchSpace
+from search.job import SearchSpace
 
 __all__ = ["SpaceError", "TrialSpace"]
 
-BASELINE_KEEPS = (0.5, 0.6, 0.7, 0.8, 0.9)
-"""Warm-start keep ratios: the EViT-style uniform top-k configs every search must beat."""
-BASELINE_BLOCKS = (3, 6, 9)
 BASELINE_RATIOS = (0.5, 0.75)
 """Warm-start uniform head / MLP ratios."""
-BASELINE_MERGES = (4, 8, 12, 16)
-"""Warm-start ToMe schedules: the same merge count at every block, as ToMe itself runs (DeiT-Tiny's
-usual r=13 at all twelve blocks about halves its latency)."""
 
 
 class SpaceError(ValueError):
@@ -41,41 +35,45 @@ class TrialSpace:
     def __init__(self, space: SearchSpace, spec: ModelSpec) -> None:
         self.space = space
         self.spec = spec
+        self.ops = space.ops
         depth = len(spec.blocks)
         bad = [b for b in space.token_blocks if b >= depth or not spec.blocks[b].can_reduce_tokens]
-        if space.tokens in ("topk", "threshold", "topk+merge") and bad:
+        if any(op.axis.per == "block" for op in self.ops) and bad:
             raise SpaceError(f"token_blocks {bad}: {spec.name} has blocks 0..{depth - 1} that can reduce tokens")
-        if space.merges and spec.family != "vit":
-            raise SpaceError(
-                f"tokens={space.tokens}: merging is supported on plain ViT/DeiT models, not on {spec.name}"
-                " (it pools a token grid that merged tokens no longer form); use tokens=topk"
-            )
+        for op in self.ops:
+            if not op.grid_ok and spec.family != "vit":
+                raise SpaceError(
+                    f"tokens={space.tokens}: {op.kind_name()} is supported on plain ViT/DeiT models, not on"
+                    f" {spec.name} (it pools a token grid that these tokens no longer form); use tokens=topk"
+                )
         self.groups = _groups(depth, space.group)
-        # Block index -> the merge parameter that sets it; blocks that cannot reduce tokens never merge.
-        self.merge_names: dict[int, str] = {}
-        for group in _groups(depth, space.merge_group) if space.merges else ():
-            for index in group:
-                if spec.blocks[index].can_reduce_tokens:
-                    self.merge_names[index] = f"merge_{_name(group)}"
+        # Op kind -> block index -> the parameter that sets the op there.
+        self.op_params: dict[str, dict[int, str]] = {op.kind_name(): self._op_params(op) for op in self.ops}
+        self._op_of = {name: op for op in self.ops for name in self.op_params[op.kind_name()].values()}
         self.distributions = dict(self._distributions())
+
+    def _op_params(self, op: type[TokenOp]) -> dict[int, str]:
+        axis, blocks = op.axis, self.spec.blocks
+        if axis.per == "block":
+            return {b: f"{axis.prefix}_{b}" for b in self.space.token_blocks}
+        names = {}
+        for group in _groups(len(blocks), getattr(self.space, axis.group_field)):
+            for index in group:
+                if blocks[index].can_reduce_tokens:  # blocks that cannot reduce tokens never do
+                    names[index] = f"{axis.prefix}_{_name(group)}"
+        return names
 
     # -- distributions --------------------------------------------------------------------------
 
     def _distributions(self) -> Iterator[tuple[str, BaseDistribution]]:
         space = self.space
-        if space.topk:
-            for b in space.token_blocks:
-                yield f"keep_{b}", FloatDistribution(space.keep_min, 1.0, step=KEEP_STEP)
-        elif space.tokens == "threshold":
-            top = round(space.threshold_max / THRESHOLD_STEP) * THRESHOLD_STEP
-            for b in space.token_blocks:
-                yield f"threshold_{b}", FloatDistribution(0.0, top, step=THRESHOLD_STEP)
-        for name in dict.fromkeys(self.merge_names.values()):
-            first = min(i for i, n in self.merge_names.items() if n == name)
-            # More than half of a block's tokens never merge (MergeReduction.kept): a larger r adds nothing.
-            half = self.spec.blocks[first].tokens_in // 2
-            top = max(MERGE_STEP, min(space.merge_max, half) // MERGE_STEP * MERGE_STEP)
-            yield name, IntDistribution(0, top, step=MERGE_STEP)
+        for op in self.ops:
+            params = self.op_params[op.kind_name()]
+            for name in dict.fromkeys(params.values()):
+                first = min(i for i, n in params.items() if n == name)
+                low, high, step = op.search_range(space, self.spec.blocks[first])
+                kind = IntDistribution if isinstance(step, int) else FloatDistribution
+                yield name, kind(low, high, step=step)
         for group in self.groups:
             dense = self.spec.blocks[group[0]]
             if space.heads:
@@ -86,7 +84,7 @@ class TrialSpace:
                 low = max(step, round(dense.mlp_hidden * space.min_mlp_ratio / step) * step)
                 top = dense.mlp_hidden // step * step
                 yield f"mlp_{_name(group)}", IntDistribution(min(low, top), top, step=step)
-        # Score kind and package token only act where tokens are dropped by score, never on merges.
+        # Score kind and package token only act where tokens are dropped by score.
         if len(space.score) > 1 and space.scores_tokens:
             yield "score", CategoricalDistribution(list(space.score))
         if space.package_token == "search" and space.scores_tokens:
@@ -109,9 +107,9 @@ class TrialSpace:
             if hidden >= dense.mlp_hidden // space.round_to * space.round_to:
                 hidden = dense.mlp_hidden  # the top of the grid is the dense width
             blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=self._tokens(params, index)))
-        # Without a reduction by score (none, or merges only), score kind and package token change
-        # nothing: one config, one key.
-        scored = any(b.tokens.kind in ("topk", "threshold") for b in blocks)
+        # Without a reduction by score (none, or ops that need no scores), score kind and package
+        # token change nothing: one config, one key.
+        scored = any(b.tokens.needs == "scores" for b in blocks)
         package = params.get("package_token", space.package_token == "on")
         return PruneConfig(
             blocks=tuple(blocks),
@@ -120,27 +118,19 @@ class TrialSpace:
             round_to=space.round_to,
         )
 
-    def _tokens(self, params: dict, index: int) -> NoReduction | TopKReduction | ThresholdReduction | MergeReduction:
-        keep = params.get(f"keep_{index}")
-        if keep is not None and keep < 1.0:
-            return TopKReduction(keep_ratio=round(keep, 4))
-        threshold = params.get(f"threshold_{index}")
-        if threshold is not None and threshold > 0.0:
-            return ThresholdReduction(threshold=round(threshold, 4))
-        r = params.get(self.merge_names.get(index, ""))
-        if r:
-            return MergeReduction(r=int(r))
+    def _tokens(self, params: dict, index: int) -> TokenOp:
+        """The first searched op that reduces at block `index`."""
+        for op in self.ops:
+            value = params.get(self.op_params[op.kind_name()].get(index, ""))
+            if value is not None and (made := op.from_search(value)) is not None:
+                return made
         return NoReduction()
 
     def dense_params(self) -> dict:
         params = {}
         for name, dist in self.distributions.items():
-            if name.startswith("keep_"):
-                params[name] = 1.0
-            elif name.startswith("threshold_"):
-                params[name] = 0.0
-            elif name.startswith("merge_"):
-                params[name] = 0
+            if name in self._op_of:
+                params[name] = self._op_of[name].axis.off
             elif isinstance(dist, IntDistribution):
                 params[name] = dist.high
             elif name == "package_token":
@@ -153,48 +143,51 @@ class TrialSpace:
         """The parameters that remove the most: the lower bound of any trial's latency."""
         params = self.dense_params()
         for name, dist in self.distributions.items():
-            if name.startswith(("threshold_", "merge_")):
-                params[name] = dist.high
-            elif name.startswith("keep_") or isinstance(dist, IntDistribution):
+            if name in self._op_of:
+                params[name] = dist.high if self._op_of[name].axis.cheapest == "high" else dist.low
+            elif isinstance(dist, IntDistribution):
                 params[name] = dist.low
-        if self.space.tokens == "topk+merge":
+        if len(self.ops) > 1:
             self._fewest_tokens(params)
         return params
 
     def _fewest_tokens(self, params: dict) -> None:
-        """Mixed mode: at each top-k block, top-k or the group's merge, whichever leaves fewer tokens.
+        """Mixed mode: at each block, whichever searched op leaves the fewest tokens.
 
-        Top-k at keep_min is not always the cheaper one: a high keep_min drops fewer tokens than a
-        full merge. Counts only fall block by block, so the fewest at every block is the fewest overall.
+        The first op at its cheapest end is not always the cheaper one (a high keep_min drops fewer
+        tokens than a full merge); where it loses, it is turned off, handing the block to the next.
+        Counts only fall block by block, so the fewest at every block is the fewest overall.
         """
         n = self.spec.blocks[0].tokens_in
         for index in range(len(self.spec.blocks)):
-            r = params.get(self.merge_names.get(index, ""))
-            merged = MergeReduction(r=r).kept(n) if r else n
-            keep = params.get(f"keep_{index}")
-            if keep is not None and keep < 1.0:
-                kept = TopKReduction(keep_ratio=keep).kept(n)
-                if merged < kept:
-                    params[f"keep_{index}"] = 1.0  # keep 1 hands the block to the merge
-                n = min(kept, merged)
-            else:
-                n = merged
+            candidates = []
+            for op in self.ops:
+                name = self.op_params[op.kind_name()].get(index)
+                if name is not None and (made := op.from_search(params[name])) is not None:
+                    candidates.append((made.kept(n), op, name))
+            if not candidates:
+                continue
+            fewest = min(kept for kept, _, _ in candidates)
+            for kept, op, name in candidates:
+                if kept == fewest:
+                    break
+                params[name] = op.axis.off
+            n = fewest
 
     def warm_starts(self) -> list[dict]:
-        """Dense first, then the obvious baselines: uniform top-k at 3/6/9, ToMe's uniform merge count at
-        every block, uniform head / MLP ratios."""
+        """Dense first, then the obvious baselines: each token op's uniform configs (uniform top-k at
+        3/6/9, ToMe's uniform merge count at every block), uniform head / MLP ratios."""
         dense = self.dense_params()
         starts = [dense]
-        keeps = [n for n in self.distributions if n.startswith("keep_")]
-        at = [n for n in keeps if int(n.split("_")[1]) in BASELINE_BLOCKS] or keeps
-        for keep in BASELINE_KEEPS:
-            if keeps and keep >= self.space.keep_min:
-                starts.append(dense | {n: keep for n in at})
-        merges = [n for n in self.distributions if n.startswith("merge_")]
-        for r in BASELINE_MERGES if merges else ():
-            # Keep ratios stay at 1: every block merges, ToMe's own schedule. A count over a group's
-            # range is capped there (small models); the duplicates this makes are dropped below.
-            starts.append(dense | {n: min(r, self.distributions[n].high) for n in merges})
+        for op in self.ops:
+            axis, params = op.axis, self.op_params[op.kind_name()]
+            names = list(dict.fromkeys(params.values()))
+            at = [params[b] for b in axis.baseline_blocks if b in params] or names
+            for value in axis.baselines if names else ():
+                # A value under a parameter's range is not a baseline of this space; one over it is
+                # capped there (small models); the duplicates this makes are dropped below.
+                if value >= min(self.distributions[n].low for n in at):
+                    starts.append(dense | {n: min(value, self.distributions[n].high) for n in at})
         for kind in ("heads", "mlp"):
             names = [n for n in self.distributions if n.startswith(f"{kind}_")]
             for ratio in BASELINE_RATIOS if names else ():

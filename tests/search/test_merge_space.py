@@ -34,7 +34,7 @@ def test_merge_counts_are_searched_per_stage_of_three_blocks_by_default(spec):
     assert ops(config) == [("none", None)] * 3 + [("merge", 6)] * 3 + [("none", None)] * 3 + [("merge", 12)] * 3
     assert not config.package_token and config.score == "cls_attn"
     config.check(spec)
-    assert space.config(space.cheapest_params()) == PruneConfig.uniform(spec, merge_r=24, at=EVERY_BLOCK)
+    assert space.config(space.cheapest_params()) == PruneConfig.uniform(spec, r=24, at=EVERY_BLOCK)
 
 
 @pytest.mark.parametrize(("size", "names"), [(1, [f"merge_{i}" for i in range(12)]), (12, ["merge_0-11"])])
@@ -94,7 +94,7 @@ def test_mixed_cheapest_config_takes_whichever_op_keeps_fewer_tokens(spec):
 
 
 def test_warm_starts_include_tome_uniform_merges_and_in_mixed_mode_the_top_k_baselines(spec):
-    tome = [PruneConfig.uniform(spec, merge_r=r, at=EVERY_BLOCK) for r in (4, 8, 12, 16)]
+    tome = [PruneConfig.uniform(spec, r=r, at=EVERY_BLOCK) for r in (4, 8, 12, 16)]
     merge_only = TrialSpace(SearchSpace(tokens="merge", merge_group=1), spec)
     starts = [merge_only.config(p) for p in merge_only.warm_starts()]
     assert starts[0].is_dense_for(spec) and starts[1:] == tome
@@ -112,7 +112,7 @@ def test_warm_starts_include_tome_uniform_merges_and_in_mixed_mode_the_top_k_bas
 def test_top_k_and_threshold_spaces_search_no_merge(spec):
     for tokens in ("topk", "threshold", "none"):
         space = TrialSpace(SearchSpace(tokens=tokens, heads=True), spec)
-        assert not [n for n in space.distributions if n.startswith("merge_")] and not space.merge_names
+        assert not [n for n in space.distributions if n.startswith("merge_")] and not space.op_params.get("merge")
 
 
 def test_merge_modes_ignore_token_blocks_the_model_lacks_but_mixed_mode_does_not(spec):
@@ -123,6 +123,6 @@ def test_merge_modes_ignore_token_blocks_the_model_lacks_but_mixed_mode_does_not
 
 def test_merging_is_refused_on_models_that_pool_a_token_grid(spec):
     pooled = spec.model_copy(update={"family": "pit"})
-    with pytest.raises(SpaceError, match="tokens=merge: merging is supported on plain ViT"):
+    with pytest.raises(SpaceError, match="tokens=merge: merge is supported on plain ViT"):
         TrialSpace(SearchSpace(tokens="merge"), pooled)
     TrialSpace(SearchSpace(tokens="topk"), pooled)
