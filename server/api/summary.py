@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pruning.tokens import TOKEN_OPS
+
 __all__ = ["summarise"]
 
 
@@ -12,12 +14,9 @@ def summarise(config: dict[str, Any]) -> str:
     tokens = []
     for index, block in enumerate(blocks):
         op = block.get("tokens", {})
-        if op.get("kind") == "topk":
-            tokens.append(f"keep {op['keep_ratio']:g}@{index}")
-        elif op.get("kind") == "threshold":
-            tokens.append(f"thr {op['threshold']:g}@{index}")
-        elif op.get("kind") == "merge":
-            tokens.append(f"merge {op['r']}@{index}")
+        words = TOKEN_OPS[op["kind"]].model_validate(op).summary() if op.get("kind") in TOKEN_OPS else ""
+        if words:
+            tokens.append(f"{words}@{index}")
     parts = [", ".join(tokens) or "all tokens"]
     heads = [block.get("heads") for block in blocks]
     mlp = [block.get("mlp_hidden") for block in blocks]

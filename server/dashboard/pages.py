@@ -14,7 +14,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from search.job import SAMPLERS, JobSpec, SearchSpace
+from pruning.tokens import TOKEN_OPS
+from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
 from server.dashboard.static import asset_version
 from server.db.models import Job, PrunedModel
 
@@ -37,6 +38,8 @@ def _render(
         "title": title,
         "asset_version": asset_version(),
         "plotly_version": plotly.__version__,
+        # How each token op changes token counts, for the pages' token plots (app.js tokenCounts).
+        "token_rules": {kind: op.count_rule for kind, op in TOKEN_OPS.items() if op.count_rule},
     }
     return templates.TemplateResponse(request, template, common | context, status_code=status_code)
 
@@ -80,5 +83,12 @@ def submit_page(request: Request) -> HTMLResponse:
     # The form's defaults come from the schema itself, so the page never drifts from what the API assumes.
     defaults = {name: JobSpec.model_fields[name].default for name in FORM_DEFAULTS}
     return _render(
-        request, "submit.html", "submit", "New job", defaults=defaults, space=SearchSpace(), samplers=SAMPLERS
+        request,
+        "submit.html",
+        "submit",
+        "New job",
+        defaults=defaults,
+        space=SearchSpace(),
+        samplers=SAMPLERS,
+        token_modes=TOKEN_MODES,
     )

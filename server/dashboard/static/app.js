@@ -112,12 +112,13 @@ const VP = (() => {
   }
 
   /**
-   * Patch tokens each block's MLP and the later blocks run on, starting from `start` tokens. Top-k keeps
-   * ceil(r·N) of the N tokens that reach it (the same float arithmetic as the server); merging removes
-   * min(r, N/2) of them; the package token
-   * exists from the first block that really drops tokens. Threshold blocks keep a number per image, so
-   * counts from one on are unknown (`n` null, `bound` the most they can be). Without `start` (null: the
-   * dense structure is not known yet), `n` is the share of the patch tokens kept.
+   * Patch tokens each block's MLP and the later blocks run on, starting from `start` tokens. Each token
+   * op's count rule comes from the server's registry (`TOKEN_RULES`, kind -> [rule, field]): "ratio"
+   * keeps ceil(x·N) of the N tokens that reach it (the same float arithmetic as the server), "pairs"
+   * removes min(x, N/2) of them, "per_image" keeps a number per image, so counts from there on are
+   * unknown (`n` null, `bound` the most they can be). The package token exists from the first block
+   * that really drops tokens by ratio. Without `start` (null: the dense structure is not known yet),
+   * `n` is the share of the patch tokens kept.
    */
   function tokenCounts(config, start) {
     let n = start ?? 1;
@@ -125,14 +126,15 @@ const VP = (() => {
     let perImage = false;
     return config.blocks.map((block, index) => {
       const op = block.tokens || { kind: "none" };
-      if (op.kind === "threshold") perImage = true;
-      else if (op.kind === "topk" && !perImage) {
-        const kept = start == null ? op.keep_ratio * n : Math.max(1, Math.ceil(op.keep_ratio * n));
+      const [rule, field] = window.TOKEN_RULES[op.kind] || [];
+      if (rule === "per_image") perImage = true;
+      else if (rule === "ratio" && !perImage) {
+        const kept = start == null ? op[field] * n : Math.max(1, Math.ceil(op[field] * n));
         if (config.package_token && (kept < n || pkg)) pkg = true;
         n = kept;
-      } else if (op.kind === "merge" && !perImage) {
-        // ToMe: r pairs merge, at most half of the tokens; without `start` the share is approximate.
-        n = start == null ? n * (1 - Math.min(op.r / 196, 0.5)) : n - Math.min(op.r, Math.floor(n / 2));
+      } else if (rule === "pairs" && !perImage) {
+        // At most half of the tokens pair up; without `start` the share is approximate (196 patches).
+        n = start == null ? n * (1 - Math.min(op[field] / 196, 0.5)) : n - Math.min(op[field], Math.floor(n / 2));
       }
       return { index, op, n: perImage ? null : n, bound: n, pkg: !perImage && pkg };
     });
