@@ -69,6 +69,8 @@ class TokenOp(BaseModel):
     """How the dashboard follows token counts: ("ratio", field) keeps ceil(field * N); ("pairs", field)
     removes min(field, N // 2); ("per_image", "") makes later counts unknown; None keeps all."""
     axis: ClassVar[SearchAxis | None] = None
+    widen: ClassVar[str] = ""
+    """How a user widens this op's search when no config meets a budget, e.g. 'raise merge_max'."""
 
     @classmethod
     def kind_name(cls) -> str:

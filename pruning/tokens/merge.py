@@ -47,6 +47,7 @@ class MergeReduction(TokenOp):
     order: ClassVar[int] = 3
     title: ClassVar[str] = "ToMe merge counts per group of merge_group blocks"
     count_rule: ClassVar = ("pairs", "r")
+    widen: ClassVar[str] = "raise merge_max"
     axis: ClassVar = SearchAxis(
         prefix="merge",
         per="group",

@@ -35,6 +35,7 @@ class ThresholdReduction(TokenOp):
     order: ClassVar[int] = 2
     title: ClassVar[str] = "AS-ViT score thresholds at token_blocks"
     count_rule: ClassVar = ("per_image", "")
+    widen: ClassVar[str] = "raise threshold_max, more token_blocks"
     axis: ClassVar = SearchAxis(prefix="threshold", per="block", off=0.0, cheapest="high", fields=("threshold_max",))
 
     def apply(self, state: TokenState, extra: torch.Tensor, package_token: bool) -> TokenState:
