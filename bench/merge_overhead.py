@@ -19,7 +19,7 @@ Blocks rotate over the 12 blocks of a randomly initialised DeiT-Tiny (latency do
 weights), so their weights are not cached from the previous call, as in a real forward pass. Every
 figure is the profiler's: the median over passes of each round's median, rounds interleaved over all
 items so a slow period of the shared machine hits a few rounds of many items. Writes
-`<out>/merge_overhead.json` and a README-ready `<out>/merge_overhead.md`.
+`<out>/merge_overhead.json` and a Markdown `<out>/merge_overhead.md` (quoted in docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ DIR (default: $VITPRUNE_DATA_DIR) holds `deit_tiny_patch16_224/model.safetensors
 and for weight recovery, the second half (validation) only for the reported figures.
 
 Writes `<out>/pruning.json` (every figure, latency spreads, machine info) and `<out>/pruning.md`
-(a Markdown table for the README and the command line that produced it).
+(a Markdown table for docs/benchmarks.md and the command line that produced it).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run by hand against a running service (never from the tests):
 
-    python bench/screenshot.py --server http://127.0.0.1:8000 --job 1 --out docs/job.png
+    python bench/screenshot.py --server http://127.0.0.1:8000 --job 1 --out docs/dashboard-job.png
 
 Drives headless Chromium with playwright; the browser is /usr/bin/chromium unless VITPRUNE_CHROMIUM
 names another. The page is captured once its plot is drawn and the job's data has stopped loading.
