@@ -47,12 +47,12 @@ def test_dense_config_scores_full_agreement(setup):
     [
         lambda spec: PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,), package_token=True),
         lambda spec: PruneConfig.uniform(spec, threshold=0.8, at=(1, 3), package_token=True),
-        lambda spec: PruneConfig.uniform(spec, merge_r=1, at=(1, 2, 3)),  # a merge is the first change
+        lambda spec: PruneConfig.uniform(spec, r=1, at=(1, 2, 3)),  # a merge is the first change
         lambda spec: PruneConfig(  # top-k beside merges, as tokens=topk+merge makes them
             blocks=(
-                *PruneConfig.uniform(spec, merge_r=1, at=(1,)).blocks[:2],
+                *PruneConfig.uniform(spec, r=1, at=(1,)).blocks[:2],
                 PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,)).blocks[2],
-                PruneConfig.uniform(spec, merge_r=1, at=(3,)).blocks[3],
+                PruneConfig.uniform(spec, r=1, at=(3,)).blocks[3],
             ),
             package_token=True,
         ),

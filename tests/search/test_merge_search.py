@@ -46,7 +46,7 @@ def test_warm_starts_hold_the_top_k_baselines_and_tome_uniform_merging(mixed):
     _, _, study, context = mixed
     tried = configs(study)
     assert tried[0].is_dense_for(context.spec)
-    assert PruneConfig.uniform(context.spec, merge_r=2, at=(0, 1, 2, 3)) in tried  # 4 tokens: r=2 at most
+    assert PruneConfig.uniform(context.spec, r=2, at=(0, 1, 2, 3)) in tried  # 4 tokens: r=2 at most
     assert PruneConfig.uniform(context.spec, keep_ratio=0.7, at=(1, 2)) in tried
 
 
