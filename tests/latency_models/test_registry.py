@@ -11,7 +11,7 @@ import torch
 
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import Timing, entry_id, plan
-from latency_models.registry import Registry, UnknownDeviceError, complete_table, to_time
+from latency_models.registry import DeviceProfile, Registry, UnknownDeviceError, complete_table, to_time
 from latency_models.schema import LatencyTable, TableError
 from latency_models.validate import random_config, token_kind, validate
 from pruning import PruneConfig, describe
@@ -41,7 +41,7 @@ def test_host_cpu_is_measured_on_first_use_then_read_from_the_cache(registry, sp
     assert path.exists() and path.name.endswith("-t1.json")
     assert first.device.kind == "measured" and first.device.threads == 1
 
-    import latency_models.registry as module
+    import latency_models.devices.completion as module
 
     def no_profiling(*args, **kwargs):
         raise AssertionError("a covered shape was profiled again")
@@ -92,6 +92,67 @@ def test_analytic_presets_are_listed_and_price_any_vit(registry, spec):
         assert 0 < pruned < dense
 
 
+def test_every_device_is_one_backend_found_by_its_name(registry, spec):
+    for listed in registry.devices():
+        assert registry.backend(listed.name).profile() == listed
+    fpga = registry.backend("fpga")  # a bare analytic model name stands for its default preset
+    assert registry.aliases()["fpga"] == fpga.name == "fpga:zcu102"
+    assert registry.table("fpga", spec, [1]) is registry.table("fpga:zcu102", spec, [1])  # priced once
+    assert fpga.details()["parameters"]["name"] == "fpga:zcu102" and registry.backend("host-cpu").details() == {}
+    with pytest.raises(UnknownDeviceError, match=r"unknown analytic device 'fpga:nope'; presets: "):
+        registry.table("fpga:nope", spec, [1])
+    assert registry.ready("fpga:nope", spec, [1])  # `table` answers at once, with the error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_without_a_gpu_is_listed_unavailable_and_refused_with_the_reason(registry, spec):
+    assert not {d.name: d for d in registry.devices()}["cuda"].available
+    assert registry.ready("cuda", spec, [1])  # nothing to time first: `table` says at once why not
+    with pytest.raises(UnknownDeviceError, match="torch sees no CUDA GPU"):
+        registry.table("cuda", spec, [1])
+
+
+def test_a_new_device_kind_is_one_class_and_one_registration(spec, tmp_path, monkeypatch):
+    import latency_models.registry as module
+
+    class Board:  # a DeviceBackend
+        name = "npu-demo"
+
+        def profile(self) -> DeviceProfile:
+            return DeviceProfile(self.name, "fitted", "a made-up NPU", True, "any ViT")
+
+        def ready(self, spec, batches) -> bool:
+            return True
+
+        def table(self, spec, batches, progress=True) -> LatencyTable:
+            return Registry(tmp_path).table("fpga", spec, batches)
+
+        def details(self) -> dict:
+            return {}
+
+    class Boards:  # a DeviceKind
+        def __init__(self, settings) -> None:
+            self.settings, self.aliases = settings, {"npu": "npu-demo"}
+
+        def claims(self, name: str) -> bool:
+            return name.startswith("npu")
+
+        def listed(self) -> list[Board]:
+            return [Board()]
+
+        def backend(self, name: str) -> Board | None:
+            return Board() if self.aliases.get(name, name) == "npu-demo" else None
+
+    monkeypatch.setattr(module, "KINDS", (*module.KINDS, Boards))
+    registry = Registry(tmp_path, threads=1)
+    assert [d.name for d in registry.devices() if d.kind == "fitted"] == ["npu-demo"]
+    assert registry.backend("npu").name == "npu-demo" and registry.predictor("npu", spec, [1])
+    with pytest.raises(UnknownDeviceError, match=r"known devices: host-cpu, cuda, .*npu-demo"):
+        registry.table("npu-other", spec, [1])
+    with pytest.raises(ValueError, match="not a built-in name"):  # its names are not free for imports
+        registry.imported_path("npu-board")
+
+
 def test_validation_report_compares_measured_and_predicted(registry, spec, small_vit, tmp_path):
     predictor = registry.predictor("host-cpu", spec, [1])
     report = validate(predictor, small_vit, configs=4, batch=1, threads=1, timing=FAST, name="tiny32")
@@ -115,12 +176,12 @@ def test_a_cached_table_made_before_merging_was_priced_gains_the_merge_entries(r
     path = registry.measured_path("host-cpu")
     old = LatencyTable(device=full.device, entries=tuple(e for e in full.entries if e.op != "merge"))
     old.save(path)
-    merging = PruneConfig.uniform(spec, merge_r=2, at=(0, 1))
+    merging = PruneConfig.uniform(spec, r=2, at=(0, 1))
     assert not registry.ready("host-cpu", spec, [1])
     with pytest.raises(CoverageError, match="merge entries"):
         LatencyPredictor(old).predict(merging, spec)
 
-    import latency_models.registry as module
+    import latency_models.devices.completion as module
 
     timed, real_profile = [], module.profile
 
@@ -178,7 +239,7 @@ def test_complete_table_times_only_what_a_table_file_lacks(tmp_path, monkeypatch
     first = complete_table(path, [k for k in keys if k["op"] == "select"], name="board", threads=1, timing=FAST)
     assert {e.op for e in first.entries} == {"select"} and LatencyTable.load(path) == first
 
-    import latency_models.registry as module
+    import latency_models.devices.completion as module
 
     timed, real_profile = [], module.profile
     monkeypatch.setattr(module, "profile", lambda missing, **kw: timed.extend(missing) or real_profile(missing, **kw))
@@ -189,8 +250,8 @@ def test_complete_table_times_only_what_a_table_file_lacks(tmp_path, monkeypatch
 
 
 def test_a_table_timed_with_another_allocator_is_neither_completed_nor_shared(tmp_path, monkeypatch):
+    import latency_models.devices.measured as module
     import latency_models.profiling.run as run
-    import latency_models.registry as module
 
     def run_with(malloc: str) -> None:
         for where in (run, module):
@@ -213,7 +274,7 @@ def test_a_table_timed_with_another_allocator_is_neither_completed_nor_shared(tm
 
 
 def test_entries_added_to_a_table_are_scaled_to_the_speed_it_was_measured_at(tmp_path, monkeypatch):
-    import latency_models.registry as module
+    import latency_models.devices.completion as module
 
     keys = [k for k in plan(shape_of(describe(timm.create_model("deit_tiny_patch16_224", img_size=32, depth=1))), [1])
             if k["op"] in ("mlp", "merge")]  # fmt: skip

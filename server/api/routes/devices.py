@@ -13,8 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from latency_models.analytic import PRESETS
-from latency_models.registry import KIND_DEFAULTS, Registry
+from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
 from server.api.deps import RegistryDep, SessionDep
 from server.api.routing import JSONRoute, parse_json
@@ -44,24 +43,18 @@ TABLE_BODY = {
 @router.get("")
 def devices(registry: RegistryDep) -> list[dict[str, Any]]:
     """Every device a job can name: host-cpu (measured on first use), cuda, analytic presets, imported tables."""
-    aliases = {preset: kind for kind, preset in KIND_DEFAULTS.items()}
+    aliases = {device: alias for alias, device in registry.aliases().items()}
     return [asdict(d) | {"alias": aliases.get(d.name)} for d in registry.devices()]
 
 
 @router.get("/{name}")
 def device(name: str, registry: RegistryDep) -> dict[str, Any]:
     """One device; imported and analytic ones with their metadata (runtime, threads, parameters and sources)."""
-    name = KIND_DEFAULTS.get(name, name)
+    name = registry.aliases().get(name, name)
     found = {d.name: d for d in registry.devices()}
     if name not in found:
         raise HTTPException(404, f"unknown device {name!r}; known: {', '.join(sorted(found))}")
-    result = asdict(found[name])
-    if name in PRESETS:
-        result["parameters"] = PRESETS[name].model_dump(mode="json")
-    elif found[name].kind == "imported":
-        table = LatencyTable.load(registry.imported_path(name))
-        result["table"] = table.device.model_dump(mode="json") | {"entries": len(table.entries)}
-    return result
+    return asdict(found[name]) | registry.backend(name).details()
 
 
 @router.post("", status_code=201, openapi_extra=TABLE_BODY)

@@ -1,0 +1,68 @@
+"""Devices we cannot time: the analytic presets of `latency_models.analytic`, named `<model>:<preset>`
+(e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. Their tables are
+computed, for any ViT shape, and kept in memory for the registry's lifetime.
+
+A new analytic model and its presets live in `latency_models.analytic` (its `PRESETS` lists them
+here); its bare name's default preset goes into `DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latency_models.analytic import PRESETS, analytic_table
+from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
+from latency_models.predictor import shape_of
+from latency_models.schema import LatencyTable
+from pruning.spec import ModelSpec
+
+__all__ = ["DEFAULTS", "AnalyticDevice", "AnalyticKind"]
+
+DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"}
+"""A bare analytic model name names its default preset."""
+
+
+class AnalyticDevice:
+    """One preset: a table priced by its analytic model, for any ViT shape and batch sizes."""
+
+    def __init__(self, name: str, params: Any, tables: dict[tuple, LatencyTable]) -> None:
+        self.name = name
+        self.params = params
+        self._tables = tables  # shared by the kind's devices, keyed by preset, shape and batches
+
+    def profile(self) -> DeviceProfile:
+        model = self.name.split(":", 1)[0]
+        return DeviceProfile(self.name, "analytic", f"analytic {model} model, {self.params.hardware}", True, "any ViT")
+
+    def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
+        return True
+
+    def table(self, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyTable:
+        key = (self.name, shape_of(spec), tuple(sorted(set(batches))))
+        if key not in self._tables:
+            self._tables[key] = analytic_table(self.params, [shape_of(spec)], sorted(set(batches)))
+        return self._tables[key]
+
+    def details(self) -> dict[str, Any]:
+        return {"parameters": self.params.model_dump(mode="json")}
+
+
+class AnalyticKind:
+    """Every name with a ':' and every bare model name of `DEFAULTS`; the presets are listed by name."""
+
+    aliases = DEFAULTS
+
+    def __init__(self, settings: DeviceSettings) -> None:
+        self._tables: dict[tuple, LatencyTable] = {}
+
+    def claims(self, name: str) -> bool:
+        return ":" in name or name in self.aliases
+
+    def listed(self) -> list[AnalyticDevice]:
+        return [AnalyticDevice(name, params, self._tables) for name, params in sorted(PRESETS.items())]
+
+    def backend(self, name: str) -> AnalyticDevice:
+        name = self.aliases.get(name, name)
+        if name not in PRESETS:
+            raise UnknownDeviceError(f"unknown analytic device {name!r}; presets: {', '.join(sorted(PRESETS))}")
+        return AnalyticDevice(name, PRESETS[name], self._tables)

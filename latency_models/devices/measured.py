@@ -1,0 +1,160 @@
+"""Devices of this machine that torch runs on: timed on first use for each model shape and batch size,
+and cached in the profiles directory under `measured/`.
+
+The cache file is keyed by the machine (CPU model, core count, architecture, torch version, the
+allocator when it is not the system's, the GPU's name for `cuda`) and, for the CPU, the thread count,
+so a table is only ever reused where it was measured. A cached table lacking entries that the grid now
+plans gets just those timed and added (`complete_table`).
+
+A new runtime of this machine (another accelerator torch can drive) is one `MeasuredDevice` subclass
+here, added to `MEASURED`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage
+from latency_models.devices.completion import complete_table, to_time
+from latency_models.predictor import shape_of
+from latency_models.profiling import allocator, plan
+from latency_models.profiling.run import hardware_name
+from latency_models.schema import LatencyTable
+from pruning.spec import ModelSpec
+
+__all__ = ["MEASURED", "Cuda", "HostCpu", "MeasuredDevice", "MeasuredKind", "measured_device"]
+
+
+class MeasuredDevice:
+    """A device of this machine, measured with torch into a cached table that grows as it is used."""
+
+    torch_device = "cpu"
+    """Where the profiler runs its kernels."""
+
+    def __init__(self, name: str, settings: DeviceSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads it is timed with, part of its cache name (None: not the CPU's to set)."""
+        return None
+
+    def available(self) -> bool:
+        return True
+
+    def description(self) -> str:
+        return f"this machine's {self.name}"
+
+    def gpu(self) -> str:
+        """The accelerator's name, part of the machine its cache is keyed by ('' for none)."""
+        return ""
+
+    @property
+    def path(self) -> Path:
+        """The cache file: one per machine, runtime and thread count."""
+        machine = f"{hardware_name()}|{self.gpu()}|{os.cpu_count()}|{platform.machine()}|torch {torch.__version__}"
+        if (malloc := allocator()) != "system":  # tables from before allocators were told apart keep their names
+            machine += f"|{malloc}"
+        digest = hashlib.sha256(machine.encode()).hexdigest()[:12]
+        suffix = f"-t{self.threads}" if self.threads else ""
+        return self.settings.root / "measured" / f"{self.name}-{digest}{suffix}.json"
+
+    def unavailable(self) -> UnknownDeviceError:
+        return UnknownDeviceError(f"device {self.name!r}: not available on this machine")
+
+    # -- DeviceBackend ----------------------------------------------------------------------------
+
+    def profile(self) -> DeviceProfile:
+        available = self.available()
+        path = self.path if available else None
+        covers = coverage(LatencyTable.load(path)) if path and path.exists() else "measured on first use"
+        return DeviceProfile(self.name, "measured", self.description(), available, covers)
+
+    def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
+        if not self.available():
+            return True  # `table` answers at once: with the reason it cannot measure here
+        path = self.path
+        if not path.exists():
+            return False
+        return not to_time(LatencyTable.load(path).keys(), plan(shape_of(spec), sorted(set(batches))))
+
+    def table(self, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyTable:
+        if not self.available():
+            raise self.unavailable()
+        return complete_table(
+            self.path,
+            plan(shape_of(spec), sorted(set(batches))),
+            name=self.name,
+            device=self.torch_device,
+            threads=self.threads,
+            timing=self.settings.timing,
+            progress=progress,
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {}
+
+
+class HostCpu(MeasuredDevice):
+    """This machine's CPU, at the registry's thread count (a table per thread count)."""
+
+    @property
+    def threads(self) -> int:
+        return self.settings.threads
+
+    def description(self) -> str:
+        return f"this machine's CPU, {self.threads} threads"
+
+
+class Cuda(MeasuredDevice):
+    """This machine's GPU, when torch sees one."""
+
+    torch_device = "cuda"
+
+    def available(self) -> bool:
+        return torch.cuda.is_available()
+
+    def description(self) -> str:
+        return "this machine's GPU"
+
+    def gpu(self) -> str:
+        return torch.cuda.get_device_name()
+
+    def unavailable(self) -> UnknownDeviceError:
+        return UnknownDeviceError(f"device {self.name!r}: torch sees no CUDA GPU on this machine")
+
+
+MEASURED: dict[str, type[MeasuredDevice]] = {"host-cpu": HostCpu, "cuda": Cuda}
+"""The measured devices by name, in the order they are listed."""
+
+
+def measured_device(name: str, settings: DeviceSettings) -> MeasuredDevice:
+    """The measured device `name` (any other name: the plain cache naming, with no threads or GPU)."""
+    return MEASURED.get(name, MeasuredDevice)(name, settings)
+
+
+class MeasuredKind:
+    """The devices of this machine: `host-cpu`, and `cuda` (listed, and available when torch sees a GPU)."""
+
+    aliases: Mapping[str, str] = MappingProxyType({})
+
+    def __init__(self, settings: DeviceSettings) -> None:
+        self.settings = settings
+
+    def claims(self, name: str) -> bool:
+        return name in MEASURED
+
+    def listed(self) -> list[MeasuredDevice]:
+        return [device(name, self.settings) for name, device in MEASURED.items()]
+
+    def backend(self, name: str) -> MeasuredDevice:
+        return MEASURED[name](name, self.settings)
