@@ -52,9 +52,9 @@ def main() -> int:
         "without off-grid entries": without(lambda e: e.op == "chain" and e.tokens in probes),
         "without reducing chains and model": without(lambda e: e.op in ("reducing_chain", "model")),
     }
-    # The configs exactly as `validate` drew them (same seed, same order, merging when the table prices it).
-    merges = predictors["as it is"].covers_merge(spec, args.batch)
-    configs = validation_configs(spec, len(rows), random.Random(args.seed), merges)
+    # The configs exactly as `validate` drew them (same seed, same order, the token ops the table prices).
+    unpriced = predictors["as it is"].unpriced(spec, args.batch)
+    configs = validation_configs(spec, len(rows), random.Random(args.seed), unpriced)
     if [c.key() for c in configs] != [r["config"] for r in rows]:
         parser.error("the report's configs are not the ones this seed draws: give the seed its validation used")
     images = torch.randn(args.batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(args.seed))

@@ -7,7 +7,7 @@ Run by hand (never from the tests):
 For batch 1 and 32 and r = 4, 8, 16, 32 pairs merged out of the 197 tokens entering a block, it times
 
 - the runtime's merge (`pruning.tokens.merge.merge_tokens` on a `TokenState`, sizes all one as at a first merge),
-- the profiler's merge kernel (`latency_models.profiling.kernels.merge_pairs`, which also averages the
+- the profiler's merge kernel (`latency_models.profiling.ops.merge.merge_pairs`, which also averages the
   keys over heads, as the merging block's attention does for it),
 - a whole later block (`pruning.block.block_forward`: attention and MLP) at 197 tokens and at 197 - r
   merged tokens (with the size bias of proportional attention): the difference is what each later
@@ -39,7 +39,7 @@ import timm
 import torch
 
 from latency_models.profiling import Timing, summarise, time_round
-from latency_models.profiling.kernels import merge_pairs
+from latency_models.profiling.ops.merge import merge_pairs
 from latency_models.profiling.run import hardware_name
 from pruning.block import block_forward
 from pruning.config import BlockConfig

@@ -1,14 +1,16 @@
 """Predicted latency of a PruneConfig on a device: the sum of its parts, read from a latency table.
 
 A config runs as: patch embedding; per block the attention half at the tokens entering the block
-(explicit attention with scores where the block reduces tokens by score, key masks once a threshold
-has padded a batch of several images), the token reduction or merge, the MLP half at the tokens that
+(explicit attention with scores where the block reduces tokens by score, key masks once a per-image
+op has padded a batch of several images), the block's token op, the MLP half at the tokens that
 survive; then the classifier. Each part is looked up in the table, interpolated between grid points
-(bilinear in tokens x heads, tokens x channels, tokens in x tokens out, tokens in x pairs merged;
-linear between batch sizes), and flagged when it lies outside the measured grid. Blocks at token
-counts off the grid's multiples of 8 cost what a few measured off-grid counts say they add; each
-reducing block what the reducing chains timed whole cost beyond their parts; and every block is
-scaled by the whole dense model timed as one over its parts (`_blocks_scale`).
+(bilinear in tokens x heads, tokens x channels, and over the two axes of each token op's entries;
+linear between batch sizes), and flagged when it lies outside the measured grid. What a token op
+costs and how it changes the tokens that flow on is its pricing module's (`latency_models.profiling.ops`);
+this module follows the flow. Blocks at token counts off the grid's multiples of 8 cost what a few
+measured off-grid counts say they add; each reducing block what the reducing chains timed whole
+cost beyond their parts; and every block is scaled by the whole dense model timed as one over its
+parts (`_blocks_scale`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 
 from latency_models.interpolate import expand_1d, expand_2d
 from latency_models.profiling import Shape, offgrid_tokens
+from latency_models.profiling.ops import ENTRY_KINDS, PRICINGS, TokenFlow, pricing
 from latency_models.schema import LatencyTable
-from pruning.config import MergeReduction, PruneConfig, ThresholdReduction
+from pruning.config import PruneConfig
 from pruning.spec import ModelSpec
 
 __all__ = ["CoverageError", "LatencyPredictor", "Prediction", "shape_of"]
@@ -58,7 +61,8 @@ class Prediction:
     extrapolated: bool
     """True when some part lies outside the table's grid (tokens, widths or batch size)."""
     parts: dict[str, float] = field(default_factory=dict)
-    """Milliseconds per kind of part (embed, attention, select, merge, mlp, head); filled by `breakdown`."""
+    """Milliseconds per kind of part (embed, attention, the entry kind of each token op, mlp, head);
+    filled by `breakdown`."""
 
 
 @dataclass
@@ -68,16 +72,21 @@ class _Lookup:
     embed: float
     head: np.ndarray
     chain: np.ndarray  # [tokens]: what a block costs in a chain beyond (or below) its halves timed alone
-    reducing: dict[str, np.ndarray]  # topk/threshold/merge -> [tokens in]: a reducing block's in-model extra
+    reducing: dict[str, np.ndarray]  # a token op's correction -> [tokens in]: a reducing block's in-model extra
     attention: dict[tuple[bool, bool], np.ndarray]  # (scored, masked) -> [tokens, heads]
     mlp: np.ndarray  # [tokens, hidden]
-    select: dict[tuple[str, bool], np.ndarray]  # (method, package) -> [tokens_in, tokens_out]
-    merge: np.ndarray | None  # [tokens_in, pairs merged]; None where the table has no merge entries
+    ops: dict[str, dict]  # token-op entry kind -> {variant: [tokens in, second axis]}, as its `arrays` builds
     outside: dict[str, np.ndarray]
     blocks_scale: float = 1.0  # the whole dense model timed as one over its parts (`_blocks_scale`)
     batch_extrapolated: bool = False
-    merge_missing: str = ""
-    """Why `merge` is None: the CoverageError to raise when a config merges tokens."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Entry kinds the table lacks (made before they were priced): the CoverageError for a config using them."""
+
+    def entries(self, op: str) -> dict:
+        """The arrays of token-op entry kind `op`; CoverageError where the table has none."""
+        if op not in self.ops:
+            raise CoverageError(self.missing[op])
+        return self.ops[op]
 
     def blend(self, other: _Lookup, weight: float, extrapolated: bool) -> _Lookup:
         """(1 - weight) * self + weight * other, part by part (linear interpolation in batch size)."""
@@ -92,12 +101,15 @@ class _Lookup:
             reducing={k: mix(v, other.reducing[k]) for k, v in self.reducing.items()},
             attention={k: mix(v, other.attention[k]) for k, v in self.attention.items() if k in other.attention},
             mlp=mix(self.mlp, other.mlp),
-            select={k: mix(v, other.select[k]) for k, v in self.select.items() if k in other.select},
-            merge=None if self.merge is None or other.merge is None else mix(self.merge, other.merge),
+            ops={
+                op: {k: mix(v, other.ops[op][k]) for k, v in arrays.items() if k in other.ops[op]}
+                for op, arrays in self.ops.items()
+                if op in other.ops
+            },
             outside={k: v | other.outside[k] for k, v in self.outside.items() if k in other.outside},
             blocks_scale=mix(self.blocks_scale, other.blocks_scale),
             batch_extrapolated=extrapolated,
-            merge_missing=self.merge_missing or other.merge_missing,
+            missing={**other.missing, **self.missing},
         )
 
 
@@ -131,7 +143,7 @@ class LatencyPredictor:
         self, config: PruneConfig, spec: ModelSpec, batch: int = 1, kept_tokens: Sequence[float] | None = None
     ) -> Prediction:
         """Like `predict`, with the milliseconds of each kind of part."""
-        parts = {"embed": 0.0, "attention": 0.0, "select": 0.0, "merge": 0.0, "mlp": 0.0, "head": 0.0}
+        parts = {"embed": 0.0, "attention": 0.0, **{op: 0.0 for op in ENTRY_KINDS}, "mlp": 0.0, "head": 0.0}
         return self._run(config, spec, batch, kept_tokens, parts)
 
     def _run(self, config, spec, batch, kept_tokens, parts) -> Prediction:
@@ -139,69 +151,53 @@ class LatencyPredictor:
         reducing = sum(b.reduces_tokens for b in config.blocks)
         if kept_tokens is not None and len(kept_tokens) != reducing:
             raise ValueError(f"kept_tokens lists {len(kept_tokens)} counts but the config reduces tokens at {reducing}")
-        prefix = spec.num_prefix_tokens
-        n_patch = spec.blocks[0].tokens_in
-        tokens = prefix + n_patch
-        masked = package = False
+        prefix, n_patch = spec.num_prefix_tokens, spec.blocks[0].tokens_in
+        flow = TokenFlow(prefix=prefix, tokens=prefix + n_patch, n_patch=n_patch)
         out = look.outside
         extrapolated = look.batch_extrapolated
         total = 0.0  # the blocks
         reduction = 0
         for cfg in config.blocks:
             op = cfg.tokens
-            # A merging block runs fused attention (it needs keys, not scores). Once tokens were
-            # merged, every attention adds log(size) to its keys, and is priced as an unmasked one.
-            # Measured (DeiT-Tiny shapes, 2 threads): the bias adds 0.6-1.5% to fused attention and
-            # 0.7-2.6% to attention with scores at batch 1 (17 to 197 tokens), within the +-2% noise
-            # fused at batch 32; with scores at batch 32 and 197 tokens its add over the logits takes
-            # 0.41 ms of ~23 ms, while the masked entries' masked_fill takes 1.84 ms (they would overstate it).
-            scored = op.kind in ("topk", "threshold")
-            attn = look.attention[(scored, masked)]
-            total += (cost := attn[tokens, cfg.heads] + look.chain[tokens])
-            extrapolated |= bool(out["attention"][tokens, cfg.heads])
+            # A block reducing tokens by score runs explicit attention that returns them; one that needs
+            # keys (a merge) runs fused attention. Once tokens were merged, every attention adds
+            # log(size) to its keys, and is priced as an unmasked one. Measured (DeiT-Tiny shapes,
+            # 2 threads): the bias adds 0.6-1.5% to fused attention and 0.7-2.6% to attention with
+            # scores at batch 1 (17 to 197 tokens), within the +-2% noise fused at batch 32; with
+            # scores at batch 32 and 197 tokens its add over the logits takes 0.41 ms of ~23 ms, while
+            # the masked entries' masked_fill takes 1.84 ms (they would overstate it).
+            attn = look.attention[(op.needs == "scores", flow.masked)]
+            total += (cost := attn[flow.tokens, cfg.heads] + look.chain[flow.tokens])
+            extrapolated |= bool(out["attention"][flow.tokens, cfg.heads])
             if parts is not None:
                 parts["attention"] += cost
-            if op.kind != "none":
+            if cfg.reduces_tokens:
                 if kept_tokens is not None:
-                    kept = max(1, min(n_patch, math.ceil(kept_tokens[reduction])))
-                elif isinstance(op, ThresholdReduction):
+                    kept = max(1, min(flow.n_patch, math.ceil(kept_tokens[reduction])))
+                elif op.per_image:
                     raise ValueError(
-                        "this config keeps tokens by threshold: pass kept_tokens (the measured token counts)"
+                        f"this config keeps tokens by {op.kind}: pass kept_tokens (the measured token counts)"
                     )
                 else:
-                    kept = op.kept(n_patch)
+                    kept = op.kept(flow.n_patch)
                 reduction += 1
-            if isinstance(op, MergeReduction):
-                merged = n_patch - kept
-                if merged > 0:  # nothing to pair up (one patch token left): the runtime does no work
-                    if look.merge is None:
-                        raise CoverageError(look.merge_missing)
-                    # The package token (if a top-k made one) passes through unmatched.
-                    total += (cost := look.merge[prefix + n_patch, merged] + look.reducing["merge"][tokens])
-                    extrapolated |= bool(out["merge"][prefix + n_patch, merged])
-                    if parts is not None:
-                        parts["merge"] += cost
-                tokens, n_patch = prefix + kept + int(package), kept
-            elif op.kind != "none":
-                method = "compact" if masked or isinstance(op, ThresholdReduction) else "gather"
-                fuse = config.package_token and (method == "compact" or kept < n_patch or package)
-                new_tokens = prefix + kept + int(fuse)
-                kind = "topk" if method == "gather" else "threshold"
-                total += (cost := look.select[(method, fuse)][tokens, new_tokens] + look.reducing[kind][tokens])
-                extrapolated |= bool(out["select"][tokens, new_tokens])
+                priced = pricing(op.kind)
+                cost, outside = priced.price(look, flow, kept, config.package_token)
+                total += cost
+                extrapolated |= outside
                 if parts is not None:
-                    parts["select"] += cost
-                masked = masked or (batch > 1 and isinstance(op, ThresholdReduction))
-                tokens, n_patch, package = new_tokens, kept, fuse
-            total += (cost := look.mlp[tokens, cfg.mlp_hidden])
-            extrapolated |= bool(out["mlp"][tokens, cfg.mlp_hidden])
+                    parts[priced.entry.op] += cost
+                if op.per_image and batch > 1:  # a padded batch: attention masks its keys from here on
+                    flow.masked = True
+            total += (cost := look.mlp[flow.tokens, cfg.mlp_hidden])
+            extrapolated |= bool(out["mlp"][flow.tokens, cfg.mlp_hidden])
             if parts is not None:
                 parts["mlp"] += cost
-        total = look.embed + look.blocks_scale * total + look.head[tokens]
+        total = look.embed + look.blocks_scale * total + look.head[flow.tokens]
         if parts is not None:
-            for part in ("attention", "select", "merge", "mlp"):
+            for part in ("attention", *ENTRY_KINDS, "mlp"):
                 parts[part] *= look.blocks_scale
-            parts["embed"], parts["head"] = look.embed, float(look.head[tokens])
+            parts["embed"], parts["head"] = look.embed, float(look.head[flow.tokens])
         return Prediction(ms=float(total), extrapolated=extrapolated, parts=parts or {})
 
     def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:
@@ -245,7 +241,6 @@ class LatencyPredictor:
     def _build_at(self, spec: ModelSpec, batch: int) -> _Lookup:
         shape = shape_of(spec)
         dim, heads, head_dim, hidden = shape.embed_dim, shape.heads, shape.head_dim, shape.mlp_hidden
-        prefix = shape.prefix
         size_n = shape.tokens + 2  # + a package token after keeping every patch, + index 0
         where = f"embed_dim={dim}, batch={batch}"
 
@@ -275,22 +270,14 @@ class LatencyPredictor:
         for scored in (False, True):
             attention.setdefault((scored, True), attention[(scored, False)])
         mlp, outside["mlp"] = _grid2(rows("mlp"), "tokens", "mlp_hidden", size_n, hidden + 1)
-        select = {}
-        for method in ("gather", "compact"):
-            for package in (False, True):
-                found = rows("select", prefix=prefix, method=method, package=package)
-                select[(method, package)], outside["select"] = _grid2(found, "tokens_in", "tokens_out", size_n, size_n)
-        merge, merge_missing = None, ""
-        try:
-            found = rows("merge", prefix=prefix, heads=heads, head_dim=head_dim)
-        except CoverageError as error:  # a table made before merging was priced: fine unless a config merges
-            merge_missing = (
-                f"{error}. Tables made before token merging was priced lack these entries; a cached host-cpu "
-                "or cuda table gains them the next time it is used"
-            )
-        else:
-            # Indexed by the pairs merged, r = tokens_in - tokens_out: the grid has the same r in every row.
-            merge, outside["merge"] = _grid2(found, "tokens_in", _merged, size_n, size_n)
+        ops, missing = {}, {}
+        for kind in ENTRY_KINDS.values():  # each token op's own entries, as its pricing module reads them
+            try:
+                ops[kind.op], outside[kind.op] = kind.arrays(rows, _grid2, shape, size_n)
+            except CoverageError as error:
+                if kind.absent is None:
+                    raise
+                missing[kind.op] = f"{error}. {kind.absent}"  # fine unless a config uses the op
         head_rows = rows("head", num_classes=spec.num_classes)
         xs, values = _series(head_rows, "tokens")
         head, _ = expand_1d(xs, values, size_n)
@@ -307,8 +294,7 @@ class LatencyPredictor:
             chain = curve - attention[(False, False)][:, heads] - mlp[:, hidden]
             measured = {e.tokens: e.median_ms for e in chained if e.tokens in probes}
             offgrid = _offgrid_factor(measured, curve, shape.tokens)
-        look = _Lookup(embed[0].median_ms, head, chain, {}, attention, mlp, select, merge, outside)
-        look.merge_missing = merge_missing
+        look = _Lookup(embed[0].median_ms, head, chain, {}, attention, mlp, ops, outside, missing=missing)
         # The composites are compared with on-grid parts, before blocks off the grid are scaled.
         look.blocks_scale = self._blocks_scale(spec, batch, look)
         look.reducing = self._reducing(spec, batch, look)
@@ -337,32 +323,30 @@ class LatencyPredictor:
         return 1.0
 
     def _reducing(self, spec: ModelSpec, batch: int, look: _Lookup) -> dict[str, np.ndarray]:
-        """Per kind of reduction and tokens in: what a reducing block costs in a model beyond its parts,
-        from the reducing chains (a dense block, then a reducing one): measured pair minus the table's
-        pair, interpolated over tokens, constant past the ends."""
+        """Per token op's correction and tokens in: what a reducing block costs in a model beyond its
+        parts, from the reducing chains (a dense block, then a reducing one): measured pair minus the
+        table's pair, interpolated over tokens, constant past the ends."""
         heads, hidden, size_n = spec.blocks[0].heads, spec.blocks[0].mlp_hidden, len(look.chain)
         points: dict[str, dict[int, float]] = {}
         for e in self._composites("reducing_chain", spec, batch):
-            if e.prefix != spec.num_prefix_tokens or (e.reduction == "merge" and look.merge is None):
+            op = PRICINGS[e.reduction]
+            if e.prefix != spec.num_prefix_tokens or op.entry.op not in look.ops:
                 continue
-            if e.reduction == "merge":
-                op = look.attention[(False, False)][e.tokens, heads] + look.merge[e.tokens, e.tokens - e.tokens_out]
-            else:
-                method = "gather" if e.reduction == "topk" else "compact"
-                op = look.attention[(True, False)][e.tokens, heads]
-                op += look.select[(method, False)][e.tokens, e.tokens_out]
-            op += look.chain[e.tokens] + look.mlp[e.tokens_out, hidden]
-            points.setdefault(e.reduction, {})[e.tokens] = e.median_ms - _dense_block(look, spec, e.tokens) - op
+            cost = op.chain_cost(look, e, heads)
+            cost += look.chain[e.tokens] + look.mlp[e.tokens_out, hidden]
+            points.setdefault(op.correction, {})[e.tokens] = e.median_ms - _dense_block(look, spec, e.tokens) - cost
         tokens = np.arange(size_n)
         reducing = {}
-        for kind in ("topk", "threshold", "merge"):
-            measured = sorted(points.get(kind, {0: 0.0}).items())
-            reducing[kind] = np.interp(tokens, [t for t, _ in measured], [v for _, v in measured])
+        for op in PRICINGS.values():
+            measured = sorted(points.get(op.correction, {0: 0.0}).items())
+            reducing[op.correction] = np.interp(tokens, [t for t, _ in measured], [v for _, v in measured])
         return reducing
 
-    def covers_merge(self, spec: ModelSpec, batch: int) -> bool:
-        """Whether the table prices token merging for `spec` at `batch` (tables made before it was priced do not)."""
-        return self.lookup(spec, batch).merge is not None
+    def unpriced(self, spec: ModelSpec, batch: int) -> list[str]:
+        """The token ops (kinds) the table does not price for `spec` at `batch`: a table made before
+        an op was priced lacks its entries, and prices every config that does not use it."""
+        have = self.lookup(spec, batch).ops
+        return [kind for kind, op in PRICINGS.items() if op.entry.op not in have]
 
     def _missing(self, spec: ModelSpec, what: str) -> str:
         return (
@@ -384,10 +368,6 @@ def _shape_key(spec: ModelSpec) -> tuple:
 def _series(entries: list, axis: str) -> tuple[np.ndarray, np.ndarray]:
     points = sorted({getattr(e, axis): e.median_ms for e in entries}.items())
     return np.array([p[0] for p in points]), np.array([p[1] for p in points])
-
-
-def _merged(entry) -> int:
-    return entry.tokens_in - entry.tokens_out
 
 
 def _grid2(entries: list, ax: str, ay: str | Callable, size_x: int, size_y: int) -> tuple[np.ndarray, np.ndarray]:
@@ -441,10 +421,9 @@ def _scaled(look: _Lookup, factor: float) -> _Lookup:
         reducing={k: v * factor for k, v in look.reducing.items()},
         attention={k: v * factor for k, v in look.attention.items()},
         mlp=look.mlp * factor,
-        select={k: v * factor for k, v in look.select.items()},
-        merge=None if look.merge is None else look.merge * factor,
+        ops={op: {k: v * factor for k, v in arrays.items()} for op, arrays in look.ops.items()},
         outside=look.outside,
         blocks_scale=look.blocks_scale,
         batch_extrapolated=True,
-        merge_missing=look.merge_missing,
+        missing=look.missing,
     )

@@ -3,12 +3,11 @@
 A table describes one device (how it was made, on what, with which runtime and threads) and lists
 entries keyed by what sets the cost of each part of a ViT: the attention half of a block (tokens,
 heads, head dim, embed dim; fused or with scores; with or without key masks), the MLP half (tokens,
-embed dim, MLP hidden), each token reduction (tokens in and out, gather or compact, package token),
-token merging (tokens in and out, heads and head dim of the keys it matches on), patch embedding
-and the classifier head, all per batch size, and a few composites timed whole (dense blocks back to
-back, dense and reducing blocks in pairs, the whole dense model) for what parts cost together beyond
-their sum. Every entry keeps its median and its
-spread (p90 - p10) in milliseconds.
+embed dim, MLP hidden), each token op's own work (entries whose fields its pricing module in
+`latency_models.profiling.ops` declares: tokens in and out and what else sets their cost), patch
+embedding and the classifier head, all per batch size, and a few composites timed whole (dense
+blocks back to back, dense and reducing blocks in pairs, the whole dense model) for what parts cost
+together beyond their sum. Every entry keeps its median and its spread (p90 - p10) in milliseconds.
 """
 
 from __future__ import annotations
@@ -17,13 +16,16 @@ import json
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from latency_models.profiling import SCHEMA, SCHEMA_VERSION, entry_id
+from latency_models.profiling.ops import ENTRY_KINDS, PRICINGS, EntryKind
+from latency_models.profiling.ops._base import BOOL, COUNT, POSITIVE
 
 __all__ = [
+    "TOKEN_OP_ENTRIES",
     "AttentionEntry",
     "ChainEntry",
     "DeviceInfo",
@@ -31,11 +33,9 @@ __all__ = [
     "Entry",
     "HeadEntry",
     "LatencyTable",
-    "MergeEntry",
     "MlpEntry",
     "ModelEntry",
     "ReducingChainEntry",
-    "SelectEntry",
     "TableError",
 ]
 
@@ -106,11 +106,10 @@ class ChainEntry(_Entry):
 
 class ReducingChainEntry(_Entry):
     """`pairs` pairs of distinct blocks, per pair: a dense block at `tokens`, then a block that cuts
-    them to `tokens_out` (`reduction`: top-k by class-attention scores, a threshold's mask-and-compact,
-    or a merge). The small ops of a token reduction (top-k, sorts, gathers, the matching) run nowhere
-    else in a forward pass, so in a model they start cold where the `select` and `merge` entries time
-    them back to back; the predictor adds what a pair costs beyond its parts to every reducing block,
-    interpolated over tokens."""
+    them to `tokens_out` by token op `reduction`. The small ops of a token reduction (top-k, sorts,
+    gathers, the matching) run nowhere else in a forward pass, so in a model they start cold where the
+    token op's own entries time them back to back; the predictor adds what a pair costs beyond its
+    parts to every block reducing that way, interpolated over tokens."""
 
     op: Literal["reducing_chain"] = "reducing_chain"
     tokens: Positive
@@ -119,7 +118,8 @@ class ReducingChainEntry(_Entry):
     heads: Positive
     head_dim: Positive
     mlp_hidden: Positive
-    reduction: Literal["topk", "threshold", "merge"]
+    reduction: Literal[tuple(PRICINGS)]  # type: ignore[valid-type]
+    """The token op of the reducing block (any op with a pricing module)."""
     pairs: Positive
 
 
@@ -144,34 +144,6 @@ class MlpEntry(_Entry):
     mlp_hidden: Count
 
 
-class SelectEntry(_Entry):
-    op: Literal["select"] = "select"
-    tokens_in: Positive
-    tokens_out: Positive
-    prefix: Count
-    method: Literal["gather", "compact"]
-    """`gather`: static top-k on an unpadded batch. `compact`: keep masks compacted with padding."""
-    package: bool
-
-
-class MergeEntry(_Entry):
-    """Token merging (ToMe) between a block's attention and MLP: the keys averaged over `heads`, the
-    bipartite matching of the patch tokens on them (cosine similarity, `head_dim` wide), and the
-    size-weighted merge of `tokens_in - tokens_out` pairs. Token counts include the `prefix` tokens.
-
-    Its own entry rather than a `select` method: the matching works on keys, so its cost depends on
-    the head dim and head count, which a select entry does not record. Tables made before merging
-    existed have no such entries; they still price every config without merging.
-    """
-
-    op: Literal["merge"] = "merge"
-    tokens_in: Positive
-    tokens_out: Positive
-    prefix: Count
-    heads: Positive
-    head_dim: Positive
-
-
 class EmbedEntry(_Entry):
     op: Literal["embed"] = "embed"
     tokens: Positive
@@ -185,16 +157,34 @@ class HeadEntry(_Entry):
     num_classes: Positive
 
 
+_FIELD_TYPES: dict[str, Any] = {POSITIVE: Positive, COUNT: Count, BOOL: bool}
+
+
+def _token_op_entry(kind: EntryKind) -> type[_Entry]:
+    """The pydantic model of a token op's entries, from the plain field types its pricing module gives."""
+    fields: dict[str, Any] = {"op": (Literal[kind.op], kind.op)}
+    for name, spec in kind.fields.items():
+        fields[name] = (Literal[spec] if isinstance(spec, tuple) else _FIELD_TYPES[spec], ...)
+    title = "".join(part.title() for part in kind.op.split("_")) + "Entry"
+    return create_model(title, __base__=_Entry, __module__=__name__, __doc__=kind.__doc__, **fields)
+
+
+TOKEN_OP_ENTRIES: dict[str, type[_Entry]] = {op: _token_op_entry(kind) for op, kind in ENTRY_KINDS.items()}
+"""Entry op -> model of the entries that time a token op's work (e.g. the top-k and threshold's)."""
+
 Entry = Annotated[
-    AttentionEntry
-    | ChainEntry
-    | ReducingChainEntry
-    | ModelEntry
-    | MlpEntry
-    | SelectEntry
-    | MergeEntry
-    | EmbedEntry
-    | HeadEntry,
+    Union[  # built from a tuple: the token ops' entries come from the registry
+        (
+            AttentionEntry,
+            ChainEntry,
+            ReducingChainEntry,
+            ModelEntry,
+            MlpEntry,
+            *TOKEN_OP_ENTRIES.values(),
+            EmbedEntry,
+            HeadEntry,
+        )
+    ],
     Field(discriminator="op"),
 ]
 

@@ -1,11 +1,12 @@
 """The proof of a latency table: random pruned models, measured here, against the table's prediction.
 
 `validate` draws random configs (token keep-ratios at random blocks, with and without a package
-token, some thresholds, token merging alone or with top-k, head and MLP pruning), builds each as a
-real physically pruned model, times its forward pass on this machine and compares with the
-predictor. The report gives the share of configs within +-10% (overall and per kind of token
-reduction), the mean absolute percentage error, the worst case and how well the table ranks configs
-(Spearman's rank correlation), and can be written as JSON, Markdown and an interactive scatter plot.
+token, every other token op in the share of configs its pricing module gives it, head and MLP
+pruning), builds each as a real physically pruned model, times its forward pass on this machine
+and compares with the predictor. The report gives the share of configs within +-10% (overall and
+per kind of token op), the mean absolute percentage error, the worst case and how well the table
+ranks configs (Spearman's rank correlation), and can be written as JSON, Markdown and an
+interactive scatter plot.
 A shared machine's speed wanders by tens of percent over minutes, so a fixed probe from the table
 (its dense MLP entry) is re-timed right before every timed round and each round is normalised by
 the probe's ratio (a ratio measured in one moment); errors are given against normalised and raw
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,10 +28,12 @@ from torch import nn
 
 from latency_models.predictor import LatencyPredictor
 from latency_models.profiling import Timing, kernel, summarise, time_round
-from pruning.config import BlockConfig, MergeReduction, NoReduction, PruneConfig, ThresholdReduction, TopKReduction
+from latency_models.profiling.ops import PRICINGS, TokenPricing, pricing
+from pruning.config import BlockConfig, PruneConfig
 from pruning.model import describe, prune_model
 from pruning.spec import ModelSpec
 from pruning.timing import torch_threads
+from pruning.tokens import NoReduction, TokenOp, token_op
 
 __all__ = [
     "ValidationReport",
@@ -60,7 +63,7 @@ class ValidationRow:
     spread_ms: float
     extrapolated: bool
     kind: str = "none"
-    """The config's token reduction: none, topk, threshold, merge or topk+merge (`token_kind`)."""
+    """The config's token ops, e.g. none, topk or topk+merge (`token_kind`)."""
 
     def error(self, raw: bool = False) -> float:
         """Signed relative error of the prediction against the normalised (or the raw) measurement."""
@@ -222,23 +225,27 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(values)).astype(np.float64)
 
 
-def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = True, merges: bool = True) -> PruneConfig:
-    """A random pruned structure of the kinds a search visits: token reductions at up to three blocks
-    (top-k, or thresholds), or token merging at every block from a random one on (ToMe's schedule),
-    alone or around top-k blocks; some blocks with fewer heads or MLP channels, a package token or not."""
+def random_config(spec: ModelSpec, rng: random.Random, *, leave_out: Collection[str] = ()) -> PruneConfig:
+    """A random pruned structure of the kinds a search visits: token ops at up to three blocks (the
+    default op, top-k, or one drawn by its `share`), or an op drawn as a run (token merging: the same
+    count at every block from a random one on, ToMe's schedule), alone or around the default op at a
+    few blocks; some blocks with fewer heads or MLP channels, a package token or not. `leave_out`:
+    token op kinds not to draw (the default op is always drawn)."""
     depth = len(spec.blocks)
+    n_patch = spec.blocks[0].tokens_in
+    default = next(p for p in PRICINGS.values() if p.share is None)
     reduce_at = set(rng.sample(range(1, depth), k=rng.randint(0, min(3, depth - 1))))
-    roll = rng.random()
-    use_threshold = thresholds and roll < 0.2
-    merge_at, merge_r = set(), 0
-    if merges and 0.2 <= roll < 0.5 and spec.family == "vit":  # merging prices plain ViTs only
-        # Counts on the search's grid of 2, up to an eighth of the patch tokens at each block.
-        merge_r = 2 * rng.randint(1, max(1, spec.blocks[0].tokens_in // 16))
-        merge_at = set(range(rng.randrange(depth), depth))
+    scattered, run, run_at = default, None, set()
+    drawn = _drawn(rng.random(), spec, leave_out)
+    if drawn is not None and drawn.run:
+        run = _make(drawn, rng, n_patch)
+        run_at = set(range(rng.randrange(depth), depth))
         if rng.random() < 0.5:
-            reduce_at = set()  # merging alone
+            reduce_at = set()  # the run alone
         elif not reduce_at and depth > 1:
-            reduce_at = {rng.randrange(1, depth)}  # top-k at some blocks, merging at the others
+            reduce_at = {rng.randrange(1, depth)}  # the default op at some blocks, the run at the others
+    elif drawn is not None:
+        scattered = drawn
     prune_heads, prune_mlp = rng.random() < 0.6, rng.random() < 0.7
     blocks = []
     for i, dense in enumerate(spec.blocks):
@@ -248,57 +255,71 @@ def random_config(spec: ModelSpec, rng: random.Random, *, thresholds: bool = Tru
             hidden = 8 * rng.randint(1, dense.mlp_hidden // 8)
         tokens = NoReduction()
         if i in reduce_at:
-            tokens = (
-                ThresholdReduction(threshold=round(rng.uniform(0.3, 1.2), 2))
-                if use_threshold
-                else TopKReduction(keep_ratio=round(rng.uniform(0.3, 0.95), 2))
-            )
-        elif i in merge_at:
-            tokens = MergeReduction(r=merge_r)
+            tokens = _make(scattered, rng, n_patch)
+        elif i in run_at:
+            tokens = run
         blocks.append(BlockConfig(heads=heads, mlp_hidden=hidden, tokens=tokens))
     return PruneConfig(blocks=tuple(blocks), package_token=rng.random() < 0.5)
 
 
+def _drawn(roll: float, spec: ModelSpec, leave_out: Collection[str]) -> TokenPricing | None:
+    """The op whose share of [0, 1) holds `roll` (shares follow the registry's order), unless it is
+    left out or `spec` cannot run it; None for the default op."""
+    start = 0.0
+    for op in PRICINGS.values():
+        if op.share is None:
+            continue
+        if start <= roll < start + op.share:
+            fits = token_op(op.kind).grid_ok or spec.family == "vit"
+            return op if op.kind not in leave_out and fits else None
+        start += op.share
+    return None
+
+
+def _make(op: TokenPricing, rng: random.Random, n_patch: int) -> TokenOp:
+    """A random instance of `op` (its values drawn by its pricing module)."""
+    return token_op(op.kind)(**op.sample(rng, n_patch))
+
+
 def token_kind(config: PruneConfig) -> str:
-    """none, topk, threshold (possibly with top-k), merge or topk+merge: what a config does to tokens."""
-    kinds = {b.tokens.kind for b in config.blocks} - {"none"}
-    if "threshold" in kinds:
-        return "threshold"
-    if kinds == {"topk", "merge"}:
-        return "topk+merge"
-    return kinds.pop() if kinds else "none"
+    """What a config does to tokens: "none", its one op's kind, or its ops joined by "+" in the
+    registry's order (e.g. topk+merge); an op with per-image counts stands for all (a top-k beside a
+    threshold gives the threshold's kind)."""
+    kinds = [kind for kind in PRICINGS if config.uses(kind)]
+    per_image = [kind for kind in kinds if token_op(kind).per_image]
+    return per_image[0] if per_image else "+".join(kinds) or "none"
 
 
 def summarise_config(config: PruneConfig, spec: ModelSpec) -> str:
-    """'keep 0.7@3,0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner; 'merge 8@2-11' for a run of merges."""
+    """'keep 0.7@3, keep 0.5@6 +pkg, heads 28/36, mlp 0.62' style one-liner, each token op in its own
+    words; an op drawn as a run (a merge) is named once for a run of equal blocks: 'merge 8@2-11'."""
     tokens, blocks, i = [], config.blocks, 0
     while i < len(blocks):
         op, last = blocks[i].tokens, i
-        if isinstance(op, MergeReduction):
-            while last + 1 < len(blocks) and blocks[last + 1].tokens == op:
-                last += 1
-            tokens.append(f"merge {op.r}@{i}" + (f"-{last}" if last > i else ""))
-        elif isinstance(op, TopKReduction):
-            tokens.append(f"keep {op.keep_ratio}@{i}")
-        elif isinstance(op, ThresholdReduction):
-            tokens.append(f"thr {op.threshold}@{i}")
+        if op.reduces:
+            if pricing(op.kind).run:
+                while last + 1 < len(blocks) and blocks[last + 1].tokens == op:
+                    last += 1
+            tokens.append(f"{op.summary()}@{i}" + (f"-{last}" if last > i else ""))
         i = last + 1
-    by_score = any(b.tokens.kind in ("topk", "threshold") for b in blocks)  # only these make a package token
+    by_score = any(b.tokens.needs == "scores" for b in blocks)  # only these make a package token
     heads = sum(b.heads for b in config.blocks), sum(b.heads for b in spec.blocks)
     mlp = sum(b.mlp_hidden for b in config.blocks) / sum(b.mlp_hidden for b in spec.blocks)
     text = ", ".join(tokens) or "all tokens"
     return f"{text}{' +pkg' if config.package_token and by_score else ''}, heads {heads[0]}/{heads[1]}, mlp {mlp:.2f}"
 
 
-def validation_configs(spec: ModelSpec, configs: int, rng: random.Random, merges: bool) -> list[PruneConfig]:
+def validation_configs(
+    spec: ModelSpec, configs: int, rng: random.Random, leave_out: Collection[str] = ()
+) -> list[PruneConfig]:
     """The configs `validate` measures: the dense model, then `configs - 1` random ones from `rng`."""
-    return [PruneConfig.dense(spec)] + [random_config(spec, rng, merges=merges) for _ in range(configs - 1)]
+    return [PruneConfig.dense(spec)] + [random_config(spec, rng, leave_out=leave_out) for _ in range(configs - 1)]
 
 
 def kept_counts(pruned: nn.Module, images: torch.Tensor) -> list[int] | None:
     """The widths a threshold config's batch of `images` runs at after each token reduction (the
     longest image's count), which its prediction needs; None for other configs (counts are fixed)."""
-    if not pruned.config.has_threshold:
+    if not pruned.config.per_image:
         return None
     with torch.inference_mode():
         pruned(images)
@@ -317,7 +338,7 @@ def validate(
     timing: Timing = VALIDATION_TIMING,
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
-    merges: bool | None = None,
+    leave_out: Collection[str] | None = None,
 ) -> ValidationReport:
     """Measure `configs` random pruned versions of `dense` at `batch` and compare with `predictor`.
 
@@ -327,9 +348,9 @@ def validate(
     every round of a few. This is the profiler's own timing method, so table and check agree on
     what "the latency" means. Before each round the table's probe is re-timed (see `ValidationRow`).
     `images` (at least `batch`) feed the threshold configs, whose token
-    counts depend on the images; random inputs are used otherwise. `merges`: draw token-merging
-    configs too (True: the table must price merging, else CoverageError); None draws them when the
-    table prices merging, as tables made before it was priced do not.
+    counts depend on the images; random inputs are used otherwise. `leave_out`: token op kinds not
+    to draw (an op the table does not price then raises CoverageError); None leaves out the ops the
+    table does not price, as tables made before an op was priced do not.
     """
     spec = describe(dense, name)
     rng = random.Random(seed)
@@ -338,9 +359,9 @@ def validate(
     if images.shape[0] < batch:
         raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
     images = images[:batch]
-    if merges is None:
-        merges = predictor.covers_merge(spec, batch)
-    candidates = validation_configs(spec, configs, rng, merges)
+    if leave_out is None:
+        leave_out = predictor.unpriced(spec, batch)
+    candidates = validation_configs(spec, configs, rng, leave_out)
     models, predictions = [], []
     for config in candidates:
         pruned = prune_model(dense, config, name=spec.name).eval()

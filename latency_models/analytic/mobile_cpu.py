@@ -1,8 +1,10 @@
 """Analytic latency of a phone CPU running the pruned runtime's fp32 ops: a roofline per op.
 
 Each table entry is broken into the ops the runtime runs for it (`pruning.block`, `pruning.tokens`,
-`pruning.merging`, the profiler's kernels): LayerNorm, the Linear layers as GEMMs, attention, GELU,
-residual adds, top-k, gather, sort, and token merging's similarity and merge matmuls. Every op costs
+the profiler's kernels): LayerNorm, the Linear layers as GEMMs, attention, GELU, residual adds, and
+for a token op's entries what its pricing module in `latency_models.profiling.ops` counts (top-k,
+gathers, sorts, token merging's similarity and merge matmuls). `MobileCpu.cost` prices one entry;
+every op costs
 
     max(compute time, memory time) + a fixed per-op overhead
 
@@ -28,14 +30,14 @@ fp32; caches are not modelled separately (the bandwidth efficiency absorbs them)
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from latency_models.profiling import composite_parts
+from latency_models.profiling.ops import ENTRY_KINDS
 
-__all__ = ["CoreGroup", "MobileCpuParams", "merge_counts", "mobile_cpu_ms", "patch_count", "select_counts"]
+__all__ = ["CoreGroup", "MobileCpu", "MobileCpuParams", "patch_count"]
 
 FP32 = 4
 
@@ -122,207 +124,141 @@ def _fill(params: MobileCpuParams, threads: float, per_cycle) -> float:
     return rate * 1e9
 
 
-def _op_ms(params: MobileCpuParams, parts: list[tuple[str, float]], nbytes: float) -> float:
-    """One op: its parts (kind, work) run one after the other; memory overlaps with compute."""
-    compute = 0.0
-    for kind, work in parts:
-        if work <= 0:
-            continue
-        threads = min(params.threads, max(1.0, work / (params.parallel_grain_mflop * 1e6)))
-        if kind == "scalar":
-            rate = _fill(params, threads, lambda g: params.scalar_ops_per_cycle)
-        else:
-            efficiency = {
-                "gemm": params.gemm_efficiency,
-                "attention": params.attention_efficiency,
-                "elementwise": params.elementwise_efficiency,
-            }[kind]
-            rate = _fill(params, threads, lambda g: g.fp32_flops_per_cycle) * efficiency
-        compute += work / rate
-    memory = nbytes / (params.dram_bandwidth_gbs * 1e9 * params.bandwidth_efficiency)
-    return max(compute, memory) * 1e3 + params.op_overhead_us * 1e-3
-
-
-def select_counts(key: dict) -> tuple[int, int, bool]:
-    """(patch tokens in, patch tokens kept, package) of a select entry, as the profiler's kernel runs it."""
-    n = key["tokens_in"] - key["prefix"]
-    package = key["package"]
-    keep = key["tokens_out"] - key["prefix"] - int(package)
-    if keep < 1:  # no room for a kept patch next to the package token: the kernel keeps one, no package
-        keep, package = 1, False
-    return n, min(keep, n), package
-
-
-def merge_counts(key: dict) -> tuple[int, int, int, int]:
-    """(patch tokens in, tokens of set A, tokens of set B, pairs merged) of a merge entry: the patch
-    tokens alternate into A (even positions) and B (odd), and r of the A tokens fold into B."""
-    n = key["tokens_in"] - key["prefix"]
-    merged = max(0, min(key["tokens_in"] - key["tokens_out"], n // 2))
-    return n, (n + 1) // 2, n // 2, merged
+Op = tuple[list[tuple[str, float]], float]
+"""One op: its parts (kind of work, amount) and the bytes it moves."""
 
 
 def patch_count(key: dict) -> int:
     return (key["image_size"] // key["patch_size"]) ** 2
 
 
-def mobile_cpu_ms(params: MobileCpuParams, key: dict) -> float:
-    """Milliseconds of the work behind table entry `key` (a dict as `profiling.plan` makes)."""
-    op = key["op"]
-    if op == "attention":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _attention(params, key))
-    if op == "mlp":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _mlp(params, key))
-    if (parts := composite_parts(key)) is not None:
-        # The model has no interaction between ops: a chain, a reducing chain or the whole model costs its parts.
-        return sum(mobile_cpu_ms(params, part) for part in parts)
-    if op == "select":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _select(key))
-    if op == "merge":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _merge(key))
-    if op == "embed":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _embed(key))
-    if op == "head":
-        return sum(_op_ms(params, parts, nbytes) for parts, nbytes in _head(params, key))
-    raise ValueError(f"unknown table entry op {op!r}")
+class MobileCpu:
+    """The roofline model of one phone CPU (see the module docstring): `cost(key)` is a table entry's ms.
 
+    A token op's entries are counted in its pricing module, with the primitives here (`copy`, `add`,
+    `FP32`); the block halves and the ends are counted here."""
 
-Op = tuple[list[tuple[str, float]], float]
+    FP32 = FP32
+    """Bytes of an fp32 value."""
 
+    def __init__(self, params: MobileCpuParams) -> None:
+        self.params = params
 
-def _layernorm(params: MobileCpuParams, rows: int, dim: int) -> Op:
-    return [("elementwise", params.layernorm_flops_per_element * rows * dim)], FP32 * (2 * rows * dim + 2 * dim)
+    def device(self) -> dict:
+        """The fields of a table's device record that this model sets."""
+        return {"runtime": "analytic mobile-cpu model v1", "threads": self.params.threads, "dtype": "float32"}
 
+    def cost(self, key: dict) -> float:
+        """Milliseconds of the work behind table entry `key` (a dict as `profiling.plan` makes)."""
+        if (parts := composite_parts(key)) is not None:
+            # The model has no interaction between ops: a chain, a reducing chain or the whole model costs its parts.
+            return sum(self.cost(part) for part in parts)
+        return sum(self._op_ms(parts, nbytes) for parts, nbytes in self._ops(key))
 
-def _linear(rows: int, k: int, n: int) -> Op:
-    return [("gemm", 2.0 * rows * k * n)], FP32 * (rows * k + k * n + n + rows * n)
+    def _ops(self, key: dict) -> list[Op]:
+        op = key["op"]
+        if op in ENTRY_KINDS:
+            return ENTRY_KINDS[op].mobile_cpu(self, key)
+        own = {"attention": self._attention, "mlp": self._mlp, "embed": self._embed, "head": self._head}
+        if op not in own:
+            raise ValueError(f"unknown table entry op {op!r}")
+        return own[op](key)
 
+    def _op_ms(self, parts: list[tuple[str, float]], nbytes: float) -> float:
+        """One op: its parts (kind, work) run one after the other; memory overlaps with compute."""
+        params = self.params
+        compute = 0.0
+        for kind, work in parts:
+            if work <= 0:
+                continue
+            threads = min(params.threads, max(1.0, work / (params.parallel_grain_mflop * 1e6)))
+            if kind == "scalar":
+                rate = _fill(params, threads, lambda g: params.scalar_ops_per_cycle)
+            else:
+                efficiency = {
+                    "gemm": params.gemm_efficiency,
+                    "attention": params.attention_efficiency,
+                    "elementwise": params.elementwise_efficiency,
+                }[kind]
+                rate = _fill(params, threads, lambda g: g.fp32_flops_per_cycle) * efficiency
+            compute += work / rate
+        memory = nbytes / (params.dram_bandwidth_gbs * 1e9 * params.bandwidth_efficiency)
+        return max(compute, memory) * 1e3 + params.op_overhead_us * 1e-3
 
-def _add(elements: int) -> Op:
-    return [("elementwise", float(elements))], FP32 * 3 * elements
+    # -- primitives ---------------------------------------------------------------------------------
 
+    def copy(self, elements: int) -> Op:
+        """Moving `elements` fp32 values (a gather, a concatenation, a permute)."""
+        return [], FP32 * 2 * elements
 
-def _copy(elements: int) -> Op:
-    return [], FP32 * 2 * elements
+    def add(self, elements: int) -> Op:
+        """An elementwise add of two tensors of `elements` values."""
+        return [("elementwise", float(elements))], FP32 * 3 * elements
 
+    def _layernorm(self, rows: int, dim: int) -> Op:
+        flops = self.params.layernorm_flops_per_element * rows * dim
+        return [("elementwise", flops)], FP32 * (2 * rows * dim + 2 * dim)
 
-def _attention(params: MobileCpuParams, key: dict) -> list[Op]:
-    B, N, D, h, hd = key["batch"], key["tokens"], key["embed_dim"], key["heads"], key["head_dim"]
-    rows, inner = B * N, h * hd
-    if h == 0:  # x + proj(empty): the projection is its bias, broadcast
-        return [([], 0.0), ([("elementwise", rows * D)], FP32 * (rows * D + D)), _add(rows * D)]
-    logits = B * h * N * N
-    ops = [_layernorm(params, rows, D), _linear(rows, D, 3 * inner)]
-    qkv, out = 3 * rows * inner, rows * inner
-    mask = B * N if key["masked"] else 0  # one bool per key
-    if key["scored"]:
-        ops += [
-            ([("elementwise", rows * inner)], FP32 * 2 * rows * inner),  # q * scale
-            ([("attention", 2.0 * logits * hd)], FP32 * (2 * rows * inner + logits)),  # q @ k^T
+    @staticmethod
+    def _linear(rows: int, k: int, n: int) -> Op:
+        return [("gemm", 2.0 * rows * k * n)], FP32 * (rows * k + k * n + n + rows * n)
+
+    # -- the parts ----------------------------------------------------------------------------------
+
+    def _attention(self, key: dict) -> list[Op]:
+        params = self.params
+        B, N, D, h, hd = key["batch"], key["tokens"], key["embed_dim"], key["heads"], key["head_dim"]
+        rows, inner = B * N, h * hd
+        if h == 0:  # x + proj(empty): the projection is its bias, broadcast
+            return [([], 0.0), ([("elementwise", rows * D)], FP32 * (rows * D + D)), self.add(rows * D)]
+        logits = B * h * N * N
+        ops = [self._layernorm(rows, D), self._linear(rows, D, 3 * inner)]
+        qkv, out = 3 * rows * inner, rows * inner
+        mask = B * N if key["masked"] else 0  # one bool per key
+        if key["scored"]:
+            ops += [
+                ([("elementwise", rows * inner)], FP32 * 2 * rows * inner),  # q * scale
+                ([("attention", 2.0 * logits * hd)], FP32 * (2 * rows * inner + logits)),  # q @ k^T
+            ]
+            if key["masked"]:
+                ops.append(([("elementwise", logits)], FP32 * 2 * logits + mask))
+            ops += [
+                ([("elementwise", params.softmax_flops_per_element * logits)], FP32 * 2 * logits),
+                ([("attention", 2.0 * logits * hd)], FP32 * (logits + rows * inner + out)),  # probs @ v
+                ([("elementwise", B * h * N)], FP32 * (B * h * N + B * N)),  # class-token row, mean over heads
+            ]
+        else:  # fused SDPA: the probabilities never leave the kernel
+            softmax = (params.softmax_flops_per_element + (1 if key["masked"] else 0)) * logits
+            parts = [("attention", 4.0 * logits * hd), ("elementwise", softmax)]
+            ops.append((parts, FP32 * (qkv + out) + mask))
+        # heads back to (B, N, h*hd); proj; residual
+        ops += [self.copy(out), self._linear(rows, inner, D), self.add(rows * D)]
+        return ops
+
+    def _mlp(self, key: dict) -> list[Op]:
+        B, N, D, H = key["batch"], key["tokens"], key["embed_dim"], key["mlp_hidden"]
+        rows = B * N
+        ops = [self._layernorm(rows, D)]
+        if H == 0:  # fc2 of an empty hidden layer is its bias, broadcast
+            ops.append(([("elementwise", rows * D)], FP32 * (rows * D + D)))
+        else:
+            gelu = ([("elementwise", self.params.gelu_flops_per_element * rows * H)], FP32 * 2 * rows * H)
+            ops += [self._linear(rows, D, H), gelu, self._linear(rows, H, D)]
+        ops.append(self.add(rows * D))
+        return ops
+
+    def _embed(self, key: dict) -> list[Op]:
+        B, D, T, p = key["batch"], key["embed_dim"], key["tokens"], key["patch_size"]
+        P, K = patch_count(key), 3 * p * p
+        pixels = B * 3 * key["image_size"] ** 2
+        return [
+            self.copy(max(pixels, B * P * K)),  # im2col: with stride = kernel a permutation of the image
+            self._linear(B * P, K, D),
+            self.copy(B * P * D),  # (B, D, P) -> (B, P, D)
+            self.copy(B * T * D),  # prefix tokens concatenated
+            ([("elementwise", B * T * D)], FP32 * (2 * B * T * D + T * D)),  # + position embedding
         ]
-        if key["masked"]:
-            ops.append(([("elementwise", logits)], FP32 * 2 * logits + mask))
-        ops += [
-            ([("elementwise", params.softmax_flops_per_element * logits)], FP32 * 2 * logits),
-            ([("attention", 2.0 * logits * hd)], FP32 * (logits + rows * inner + out)),  # probs @ v
-            ([("elementwise", B * h * N)], FP32 * (B * h * N + B * N)),  # class-token row, mean over heads
-        ]
-    else:  # fused SDPA: the probabilities never leave the kernel
-        softmax = (params.softmax_flops_per_element + (1 if key["masked"] else 0)) * logits
-        parts = [("attention", 4.0 * logits * hd), ("elementwise", softmax)]
-        ops.append((parts, FP32 * (qkv + out) + mask))
-    ops += [_copy(out), _linear(rows, inner, D), _add(rows * D)]  # heads back to (B, N, h*hd); proj; residual
-    return ops
 
-
-def _mlp(params: MobileCpuParams, key: dict) -> list[Op]:
-    B, N, D, H = key["batch"], key["tokens"], key["embed_dim"], key["mlp_hidden"]
-    rows = B * N
-    ops = [_layernorm(params, rows, D)]
-    if H == 0:  # fc2 of an empty hidden layer is its bias, broadcast
-        ops.append(([("elementwise", rows * D)], FP32 * (rows * D + D)))
-    else:
-        gelu = ([("elementwise", params.gelu_flops_per_element * rows * H)], FP32 * 2 * rows * H)
-        ops += [_linear(rows, D, H), gelu, _linear(rows, H, D)]
-    ops.append(_add(rows * D))
-    return ops
-
-
-def _select(key: dict) -> list[Op]:
-    B, D = key["batch"], key["embed_dim"]
-    n, keep, package = select_counts(key)
-    log_n, log_k = math.log2(max(n, 2)), math.log2(max(keep, 2))
-    ops: list[Op] = []
-    if key["method"] == "gather":
-        ops += [
-            ([("scalar", B * n * log_k)], FP32 * B * (n + 2 * keep)),  # top-k: a heap of k over n scores
-            ([("scalar", B * keep * log_k)], 8 * 2 * B * keep),  # indices back in token order
-        ]
-    else:
-        ops += [
-            ([("elementwise", B * n)], FP32 * B * n),  # mean score
-            ([("elementwise", B * n)], FP32 * B * n + B * n),  # scores >= mean
-            ([], B * keep),  # at least `keep` tokens kept
-            ([("elementwise", B * n)], 2 * B * n),  # ~mask as int8
-            ([("scalar", B * n * log_n)], B * n + 8 * B * n),  # stable argsort of the mask
-        ]
-    ops.append(_copy(B * keep * D))  # gather the kept token vectors
-    if package:
-        ops += [
-            ([("scalar", B * n)], B * n + 8 * B * keep),  # dropped mask (ones + scatter, or ~keep)
-            ([("elementwise", B * n)], FP32 * 2 * B * n),  # scores * dropped
-            ([("elementwise", 2.0 * B * n * D)], FP32 * (B * n * D + B * n + B * D)),  # weighted sum
-            ([("elementwise", B * n)], FP32 * B * n),  # total weight
-            ([("elementwise", B * D)], FP32 * 2 * B * D),  # normalise
-        ]
-    ops.append(_copy(B * (key["prefix"] + keep + int(package)) * D))  # concatenate prefix, kept, package
-    return ops
-
-
-def _merge(key: dict) -> list[Op]:
-    """`pruning.merging.merge_tokens` op for op, after the attention that hands it the keys.
-
-    The cost grows with the tokens in. With more pairs merged the matching is the same, the merge
-    matmul grows and fewer tokens are written: compute-bound it costs more, memory-starved a little less.
-    """
-    B, D, N, h, hd = key["batch"], key["embed_dim"], key["tokens_in"], key["heads"], key["head_dim"]
-    n, a, b, r = merge_counts(key)
-    keep, out = a - r, N - r  # A tokens left unmerged; tokens after the merge
-    return [
-        ([("elementwise", B * N * h * hd)], FP32 * (B * N * h * hd + B * N * hd)),  # keys averaged over heads
-        ([("elementwise", 2.0 * B * n * hd)], FP32 * (B * n * hd + B * n)),  # their norms
-        ([("elementwise", B * n)], FP32 * 2 * B * n),  # clamped away from zero
-        ([("elementwise", B * n * hd)], FP32 * (2 * B * n * hd + B * n)),  # unit keys
-        ([("attention", 2.0 * B * a * b * hd)], FP32 * (B * n * hd + B * a * b)),  # similarity |A| x |B| x d
-        ([("elementwise", B * a * b)], FP32 * (B * a * b + B * a) + 8 * B * a),  # best partner of each A token
-        ([("scalar", B * a * math.log2(max(a, 2)))], FP32 * B * a + 8 * 2 * B * a),  # argsort of the best
-        ([("scalar", B * keep * math.log2(max(keep, 2)))], 8 * 2 * B * keep),  # unmerged A back in token order
-        ([("elementwise", B * a * D)], FP32 * (2 * B * a * D + B * a)),  # A tokens weighted by their sizes
-        ([("elementwise", B * b * r)], 8 * B * r + FP32 * B * b * r),  # one-hot |B| x r: merged A -> partner
-        _copy(B * r * D),  # gather the merged A tokens
-        ([("elementwise", B * b * D)], FP32 * (2 * B * b * D + B * b)),  # B tokens weighted by their sizes
-        ([("attention", 2.0 * B * b * r * D)], FP32 * (B * b * r + B * r * D + B * b * D)),  # merge matmul
-        _add(B * b * D),
-        ([("attention", 2.0 * B * b * r)], FP32 * (B * b * r + 2 * B * r + 2 * B * b)),  # the sizes, alike
-        ([("elementwise", B * b * D)], FP32 * (2 * B * b * D + B * b)),  # divided by the new sizes
-        _copy(B * keep * D),  # gather the unmerged A tokens
-        _copy(B * out * D),  # concatenate prefix, unmerged A and B tokens
-        _copy(B * out),  # and their sizes
-    ]
-
-
-def _embed(key: dict) -> list[Op]:
-    B, D, T, p = key["batch"], key["embed_dim"], key["tokens"], key["patch_size"]
-    P, K = patch_count(key), 3 * p * p
-    pixels = B * 3 * key["image_size"] ** 2
-    return [
-        _copy(max(pixels, B * P * K)),  # im2col: with stride = kernel a permutation of the image
-        _linear(B * P, K, D),
-        _copy(B * P * D),  # (B, D, P) -> (B, P, D)
-        _copy(B * T * D),  # prefix tokens concatenated
-        ([("elementwise", B * T * D)], FP32 * (2 * B * T * D + T * D)),  # + position embedding
-    ]
-
-
-def _head(params: MobileCpuParams, key: dict) -> list[Op]:
-    B, N, D, C = key["batch"], key["tokens"], key["embed_dim"], key["num_classes"]
-    return [_layernorm(params, B * N, D), _linear(B, D, C)]
+    def _head(self, key: dict) -> list[Op]:
+        B, N, D, C = key["batch"], key["tokens"], key["embed_dim"], key["num_classes"]
+        return [self._layernorm(B * N, D), self._linear(B, D, C)]

@@ -11,10 +11,11 @@ The JSON it writes follows `latency_models.schema` (validated when the table is 
 
 What is timed is the work the pruned runtime (`pruning.block`, `pruning.tokens`) does, op for op:
 the attention half of a block (LayerNorm, qkv, fused or explicit attention, projection, residual),
-the MLP half, each token reduction, token merging (`pruning.merging`), patch embedding and the
-classifier; and a few composites timed whole, for what parts cost together beyond their sum: dense
-blocks back to back, a dense and a token-reducing block in pairs, the whole dense model. A test runs
-these kernels and the runtime side by side on the same weights and checks that they compute the same values.
+the MLP half, each token op's own work (`ops/`: one module per op, found by its registry), patch
+embedding and the classifier; and a few composites timed whole, for what parts cost together beyond
+their sum: dense blocks back to back, a dense and a token-reducing block in pairs, the whole dense
+model. A test runs these kernels and the runtime side by side on the same weights and checks that
+they compute the same values.
 
 Timing: passes over the whole grid, one warmed-up round per entry per pass; the figure is the
 median over passes of each round's median (rounds hit by a stall from another process are

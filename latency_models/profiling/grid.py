@@ -1,10 +1,12 @@
-"""Model shapes, and the grid of table entries that a profile times for each."""
+"""Model shapes, and the grid of table entries that a profile times for each (token ops plan their own)."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+
+from .ops import ENTRY_KINDS, PRICINGS
 
 SCHEMA = "vitprune.latency-table"
 SCHEMA_VERSION = 1
@@ -79,12 +81,13 @@ def width_grid(full: int, round_to: int, points: int = 16) -> list[int]:
 
 
 def plan(
-    shape: Shape, batches: list[int], *, token_step: int = 8, width_points: int = 16, select_step: int = 16
+    shape: Shape, batches: list[int], *, token_step: int = 8, width_points: int = 16, op_step: int = 16
 ) -> list[dict]:
-    """Every entry key to time for `shape` at `batches`: the table's grid."""
+    """Every entry key to time for `shape` at `batches`: the table's grid. Block halves lie on a token
+    grid of `token_step`, token ops (and the composites) on the coarser one of `op_step`."""
     keys: list[dict] = []
     tokens = token_grid(shape.tokens, token_step)
-    select_tokens = token_grid(shape.tokens, select_step)
+    op_tokens = token_grid(shape.tokens, op_step)
     widths = width_grid(shape.mlp_hidden, shape.round_to, width_points)
     for batch in batches:
         base = {"batch": batch, "embed_dim": shape.embed_dim}
@@ -119,7 +122,7 @@ def plan(
                         )
             for width in widths:
                 keys.append({"op": "mlp", **base, "tokens": n, "mlp_hidden": width})
-        for n in sorted({*token_grid(shape.tokens, select_step), *offgrid_tokens(shape.tokens, token_step)}):
+        for n in sorted({*op_tokens, *offgrid_tokens(shape.tokens, token_step)}):
             keys.append(
                 {
                     "op": "chain",
@@ -131,34 +134,17 @@ def plan(
                     "blocks": CHAIN_BLOCKS,
                 }
             )
-        for n_in in select_tokens:
-            if n_in <= shape.prefix:
-                continue
-            for n_out in select_tokens:
-                if shape.prefix < n_out <= n_in:
-                    for method in ("gather", "compact"):
-                        for package in (False, True):
-                            keys.append(
-                                {
-                                    "op": "select",
-                                    **base,
-                                    "tokens_in": n_in,
-                                    "tokens_out": n_out,
-                                    "prefix": shape.prefix,
-                                    "method": method,
-                                    "package": package,
-                                }
-                            )
-        keys += merge_keys(shape, batch, select_tokens)
-        keys += composite_keys(shape, batch, select_tokens)
+        for entry in ENTRY_KINDS.values():  # each token op's own entries, on the coarser token grid
+            keys += entry.keys(shape, batch, op_tokens)
+        keys += composite_keys(shape, batch, op_tokens)
     return keys
 
 
 def composite_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
-    """The whole dense model, and reducing-chain entries for each kind of token reduction at about all,
-    three quarters, half, a quarter and an eighth of the tokens: top-k and threshold keep about half of
-    the patches, a merge an eighth. Every token op's counts lie on `tokens` (the select and merge grid),
-    so the predictor compares each pair with those entries at exactly its counts."""
+    """The whole dense model, and a reducing chain of each token op at about all, three quarters, half,
+    a quarter and an eighth of the tokens, cutting as much as its `chain_tokens_out` says. Every token
+    op's counts lie on `tokens` (the token ops' grid), so the predictor compares each pair with the
+    op's entries at exactly its counts."""
     block = {"heads": shape.heads, "head_dim": shape.head_dim, "mlp_hidden": shape.mlp_hidden}
     keys = [
         {
@@ -179,20 +165,17 @@ def composite_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
     patches = shape.tokens - shape.prefix
     starts = sorted({_nearest(usable, shape.prefix + f * patches) for f in (1, 0.75, 0.5, 0.25, 0.125)})
     for n_in in starts:
-        half = _nearest([n for n in tokens if shape.prefix < n < n_in], shape.prefix + (n_in - shape.prefix) / 2)
-        most = (n_in - shape.prefix) // 2
-        r = max(r for r in [*tokens, most] if r <= max(1, min(most, (n_in - shape.prefix) // 8)))
-        for reduction, n_out in (("topk", half), ("threshold", half), ("merge", n_in - r)):
+        for op in PRICINGS.values():
             keys.append(
                 {
                     "op": "reducing_chain",
                     "batch": batch,
                     "embed_dim": shape.embed_dim,
                     "tokens": n_in,
-                    "tokens_out": n_out,
+                    "tokens_out": op.chain_tokens_out(n_in, shape.prefix, tokens),
                     "prefix": shape.prefix,
                     **block,
-                    "reduction": reduction,
+                    "reduction": op.kind,
                     "pairs": REDUCING_PAIRS,
                 }
             )
@@ -221,43 +204,12 @@ def composite_parts(key: dict) -> list[dict] | None:
         ends = {"tokens": n, "image_size": key["image_size"], "patch_size": key["patch_size"]}
         head = {"op": "head", **common, "tokens": n, "num_classes": key["num_classes"]}
         return [{"op": "embed", **common, **ends}, *[attention(n), mlp(n)] * key["depth"], head]
-    cut = {"tokens_in": n, "tokens_out": key["tokens_out"], "prefix": key["prefix"]}
-    if key["reduction"] == "merge":
-        reduce = [attention(n), {"op": "merge", **common, **cut, **heads}]
-    else:
-        method = "gather" if key["reduction"] == "topk" else "compact"
-        reduce = [attention(n, scored=True), {"op": "select", **common, **cut, "method": method, "package": False}]
+    reduce = PRICINGS[key["reduction"]].chain_parts(key, attention)
     return [attention(n), mlp(n), *reduce, mlp(key["tokens_out"])]
 
 
 def _nearest(values: list[int], target: float) -> int:
     return min(values, key=lambda v: (abs(v - target), v))
-
-
-def merge_keys(shape: Shape, batch: int, tokens: list[int]) -> list[dict]:
-    """Merge entries at `batch`: tokens in on `tokens`, and merge counts r = tokens in - tokens out on
-    the same grid plus the largest r (half the patch tokens). The cost is roughly the matching's,
-    which grows with the tokens in, plus a part proportional to r (the pairs merged): with the same r
-    values in every row, the predictor interpolates along both axes between like points."""
-    keys = []
-    for n_in in tokens:
-        most = (n_in - shape.prefix) // 2  # at most half of the patch tokens merge at one block
-        if most < 1:
-            continue
-        for r in sorted({r for r in tokens if r < most} | {most}):
-            keys.append(
-                {
-                    "op": "merge",
-                    "batch": batch,
-                    "embed_dim": shape.embed_dim,
-                    "tokens_in": n_in,
-                    "tokens_out": n_in - r,
-                    "prefix": shape.prefix,
-                    "heads": shape.heads,
-                    "head_dim": shape.head_dim,
-                }
-            )
-    return keys
 
 
 def entry_id(key: dict) -> str:

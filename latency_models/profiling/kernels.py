@@ -1,4 +1,8 @@
-"""The work behind each table entry, in plain torch: what the pruned runtime does, op for op."""
+"""The work behind each table entry, in plain torch: what the pruned runtime does, op for op.
+
+The block halves, the ends and the composites are here; each token op's own work is in its
+module of `ops`, which this module asks for the kernel of the op's entries and its reducing-chain step.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ops import ENTRY_KINDS, PRICINGS
+from .ops._base import randn
 
 
 class AttentionHalf(nn.Module):
@@ -64,58 +71,6 @@ class MlpHalf(nn.Module):
         return x + self.ls2(self.fc2(self.norm(self.act(self.fc1(self.norm2(x))))))
 
 
-def select_tokens(
-    x: torch.Tensor, scores: torch.Tensor, prefix: int, keep: int, method: str, package: bool
-) -> torch.Tensor:
-    """Keep `keep` patch tokens of `x` by score: a static top-k gather, or mask-and-compact as for thresholds."""
-    B, _, C = x.shape
-    patches, patch_scores = x[:, prefix:], scores[:, prefix:]
-    if method == "gather":
-        order = patch_scores.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
-        dropped = torch.ones_like(patch_scores, dtype=torch.bool).scatter(1, order, False) if package else None
-    else:
-        # Per-image keep masks (here: scores above the image's mean, at least `keep` tokens wide
-        # after padding), compacted to the front as `pruning.tokens` does for thresholds.
-        mean = patch_scores.mean(1, keepdim=True)
-        keep_mask = patch_scores >= mean
-        keep_mask[:, :keep] = True
-        order = (~keep_mask).to(torch.int8).argsort(dim=1, stable=True)[:, :keep]
-        dropped = ~keep_mask if package else None
-    kept = patches.gather(1, order[..., None].expand(B, keep, C))
-    parts = [x[:, :prefix], kept]
-    if dropped is not None:
-        weights = patch_scores * dropped
-        fused = (weights[..., None] * patches).sum(1) / weights.sum(1).clamp(min=1e-30)[:, None]
-        parts.append(fused[:, None])
-    return torch.cat(parts, 1)
-
-
-def merge_pairs(
-    x: torch.Tensor, k: torch.Tensor, size: torch.Tensor, prefix: int, r: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge `r` pairs of the patch tokens of `x` (B, N, C) as `pruning.merging` does (ToMe bipartite
-    soft matching): `k` (B, heads, N, head_dim) the attention keys, averaged over heads into the
-    similarity metric; `size` (B, N) the patches each token already holds. Returns the tokens and sizes."""
-    B, _, C = x.shape
-    metric = k.mean(dim=1)[:, prefix:]  # the merging block's attention returns this mean with its output
-    metric = metric / metric.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(metric.dtype).tiny)
-    similarity = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)
-    best, partner = similarity.max(dim=-1)
-    ranked = best.argsort(dim=-1, descending=True)
-    merged, kept = ranked[:, :r], ranked[:, r:].sort(dim=-1).values
-    patches, patch_size = x[:, prefix:], size[:, prefix:]
-    x_a, x_b = patches[:, ::2], patches[:, 1::2]
-    size_a, size_b = patch_size[:, ::2], patch_size[:, 1::2]
-    weighted_a = x_a * size_a[..., None]
-    into = partner.gather(1, merged)[:, None, :] == torch.arange(x_b.shape[1], device=x.device)[:, None]
-    into = into.to(x.dtype)
-    total_b = x_b * size_b[..., None] + into @ weighted_a.gather(1, merged[..., None].expand(B, r, C))
-    new_size_b = size_b + (into @ size_a.gather(1, merged)[..., None])[..., 0]
-    new_b = total_b / new_size_b[..., None]
-    tokens = torch.cat([x[:, :prefix], x_a.gather(1, kept[..., None].expand(-1, -1, C)), new_b], 1)
-    return tokens, torch.cat([size[:, :prefix], size_a.gather(1, kept), new_size_b], 1)
-
-
 class Embed(nn.Module):
     def __init__(self, dim: int, patch: int, tokens: int, prefix: int) -> None:
         super().__init__()
@@ -160,7 +115,7 @@ def kernel(key: dict, device: torch.device, cold_bytes: int = 32 << 20) -> Calla
     gen = torch.Generator().manual_seed(0)
 
     def rand(*size: int) -> torch.Tensor:
-        return torch.randn(*size, generator=gen).to(device)
+        return randn(gen, device, *size)
 
     cycle = _Cycle()
     if op == "attention":
@@ -176,20 +131,8 @@ def kernel(key: dict, device: torch.device, cold_bytes: int = 32 << 20) -> Calla
         mods = _copies(lambda: MlpHalf(D, key["mlp_hidden"]), device, cold_bytes)
         x = rand(B, key["tokens"], D)
         return lambda: mods[cycle(len(mods))](x)
-    if op == "select":
-        x, scores = rand(B, key["tokens_in"], D), rand(B, key["tokens_in"]).softmax(-1)
-        package = key["package"]
-        keep = key["tokens_out"] - key["prefix"] - int(package)
-        if keep < 1:
-            keep, package = 1, False
-        return lambda: select_tokens(x, scores, key["prefix"], keep, key["method"], package)
-    if op == "merge":
-        N, heads, head_dim = key["tokens_in"], key["heads"], key["head_dim"]
-        x = rand(B, N, D)
-        # The keys as the runtime holds them: a strided view into the qkv projection's output.
-        k = rand(B, N, 3 * heads * head_dim).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4)[1]
-        size = torch.randint(1, 4, (B, N), generator=gen).float().to(device)  # tokens merged before
-        return lambda: merge_pairs(x, k, size, key["prefix"], N - key["tokens_out"])
+    if op in ENTRY_KINDS:  # a token op's own entry
+        return ENTRY_KINDS[op].kernel(key, device, gen)
     if op == "embed":
         prefix = key["tokens"] - (key["image_size"] // key["patch_size"]) ** 2
         mods = _copies(lambda: Embed(D, key["patch_size"], key["tokens"], prefix), device, cold_bytes)
@@ -232,24 +175,15 @@ def _through(blocks: list[tuple[AttentionHalf, MlpHalf]], x: torch.Tensor) -> to
 
 
 def _reducing_chain(key: dict, device: torch.device, rand: Callable[..., torch.Tensor]) -> Callable[[], object]:
-    """Pairs of a dense block and a block reducing its tokens, each pair from the same input."""
-    B, N, prefix, reduction = key["batch"], key["tokens"], key["prefix"], key["reduction"]
+    """Pairs of a dense block and a block reducing its tokens by the chain's token op, each pair
+    from the same input."""
     dense, reducing = _blocks(key, key["pairs"], device), _blocks(key, key["pairs"], device)
-    x = rand(B, N, key["embed_dim"])
-    size = torch.ones(B, N, device=device)
-    keep = key["tokens_out"] - prefix
-    method = "gather" if reduction == "topk" else "compact"
+    x = rand(key["batch"], key["tokens"], key["embed_dim"])
+    step = PRICINGS[key["reduction"]].chain_step(key, device)
 
     def pairs() -> None:
         for (attention, mlp), (reducing_attention, reducing_mlp) in zip(dense, reducing, strict=True):
-            y = _through([(attention, mlp)], x)
-            if reduction == "merge":
-                y, keys = reducing_attention(y, None, False, keys=True)
-                y = merge_pairs(y, keys, size, prefix, N - key["tokens_out"])[0]
-            else:
-                y, scores = reducing_attention(y, None, True)
-                y = select_tokens(y, scores, prefix, keep, method, package=False)
-            reducing_mlp(y)
+            reducing_mlp(step(reducing_attention, _through([(attention, mlp)], x)))
 
     return pairs
 

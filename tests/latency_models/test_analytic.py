@@ -10,22 +10,34 @@ from pydantic import ValidationError
 
 from latency_models.analytic import (
     PRESETS,
+    Fpga,
     FpgaParams,
+    MobileCpu,
     MobileCpuParams,
+    analytic_model,
     analytic_table,
-    fpga_ms,
-    mobile_cpu_ms,
 )
 from latency_models.predictor import LatencyPredictor
 from latency_models.profiling import SHAPES, composite_parts, entry_id, plan
 from latency_models.schema import LatencyTable
-from pruning.config import PruneConfig, TopKReduction
+from pruning.config import PruneConfig
+from pruning.tokens.topk import TopKReduction
 from tests.latency_models.specs import DEIT_TINY
 
 TINY = SHAPES["deit_tiny_patch16_224"]
 SMALL = SHAPES["deit_small_patch16_224"]
 CPU = PRESETS["mobile-cpu:snapdragon-8-gen-2"]
 FPGA = PRESETS["fpga:zcu102"]
+
+
+def mobile_cpu_ms(params: MobileCpuParams, key: dict) -> float:
+    return MobileCpu(params).cost(key)
+
+
+def fpga_ms(params: FpgaParams, key: dict) -> float:
+    return Fpga(params).cost(key)
+
+
 MODELS = {"cpu": (CPU, mobile_cpu_ms), "fpga": (FPGA, fpga_ms)}
 
 
@@ -336,7 +348,7 @@ def test_predictor_prices_merging_from_an_analytic_table(name):
     predictor = LatencyPredictor(analytic_table(params, [TINY], [1, 32]))
     for batch in (1, 32):
         dense = predictor.breakdown(PruneConfig.dense(spec), spec, batch)
-        tome = predictor.breakdown(PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12))), spec, batch)
+        tome = predictor.breakdown(PruneConfig.uniform(spec, r=8, at=tuple(range(12))), spec, batch)
         assert not tome.extrapolated and tome.parts["select"] == 0.0
         # The first merge is the table's own entry: 197 tokens in, 8 pairs merged.
         first = params_cost(params, merge(TINY, 197, 8, batch))
@@ -344,7 +356,7 @@ def test_predictor_prices_merging_from_an_analytic_table(name):
         # ToMe r=8: the MLPs run at 189 down to 101 tokens, 145 on average, 0.74 of the dense 197.
         assert 0.68 * dense.parts["mlp"] < tome.parts["mlp"] < 0.80 * dense.parts["mlp"]
         assert tome.ms < dense.ms
-        mixed = PruneConfig.uniform(spec, merge_r=8, at=tuple(range(12))).model_copy(update={"package_token": True})
+        mixed = PruneConfig.uniform(spec, r=8, at=tuple(range(12))).model_copy(update={"package_token": True})
         blocks = list(mixed.blocks)
         blocks[6] = blocks[6].model_copy(update={"tokens": TopKReduction(keep_ratio=0.5)})
         mixed = mixed.model_copy(update={"blocks": tuple(blocks)})
@@ -353,7 +365,7 @@ def test_predictor_prices_merging_from_an_analytic_table(name):
 
 
 def params_cost(params, key: dict) -> float:
-    return mobile_cpu_ms(params, key) if isinstance(params, MobileCpuParams) else fpga_ms(params, key)
+    return analytic_model(params).cost(key)
 
 
 # -- invalid parameters -----------------------------------------------------------------------------

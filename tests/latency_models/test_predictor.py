@@ -16,7 +16,10 @@ from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import composite_parts, offgrid_tokens, plan
 from latency_models.schema import LatencyTable
 from latency_models.validate import random_config
-from pruning import BlockConfig, MergeReduction, PruneConfig, ThresholdReduction, TopKReduction, describe
+from pruning import BlockConfig, PruneConfig, describe
+from pruning.tokens.merge import MergeReduction
+from pruning.tokens.threshold import ThresholdReduction
+from pruning.tokens.topk import TopKReduction
 from tests.latency_models.specs import DEIT_TINY
 
 CHAIN_EXTRA = 0.05
@@ -206,7 +209,7 @@ def test_merge_and_top_k_after_it_are_the_sum_of_their_parts(predictor, spec):
 
 def test_merge_counts_between_grid_points_are_interpolated(predictor, spec):
     # 5 pairs of 17 tokens is not on the grid (r = 1, 2, 3, 4, 6, 8 there): linear between 4 and 6.
-    config = PruneConfig.uniform(spec, merge_r=5, at=(0,))
+    config = PruneConfig.uniform(spec, r=5, at=(0,))
     assert predictor.breakdown(config, spec, batch=4).parts["merge"] == pytest.approx(merge(4, 17, 5))
 
 
@@ -214,7 +217,7 @@ def test_merging_more_pairs_prices_fewer_tokens_after_it(predictor, spec):
     previous = predictor.breakdown(PruneConfig.dense(spec), spec, batch=4)
     assert previous.parts["merge"] == 0.0
     for r in range(1, 9):
-        current = predictor.breakdown(PruneConfig.uniform(spec, merge_r=r, at=(0, 1, 2, 3)), spec, batch=4)
+        current = predictor.breakdown(PruneConfig.uniform(spec, r=r, at=(0, 1, 2, 3)), spec, batch=4)
         assert current.parts["merge"] > 0 and not current.extrapolated
         assert current.parts["mlp"] < previous.parts["mlp"], f"r={r}"
         assert current.parts["attention"] < previous.parts["attention"], f"r={r}"
@@ -226,8 +229,8 @@ def test_a_table_without_merge_entries_prices_the_rest_and_names_what_to_profile
     old = LatencyPredictor(formula_table(spec, [1, 4], keep=lambda key: key["op"] != "merge"))
     for config in (PruneConfig.dense(spec), PruneConfig.uniform(spec, keep_ratio=0.5, at=(1,), package_token=True)):
         assert old.predict(config, spec, batch=4).ms == pytest.approx(predictor.predict(config, spec, batch=4).ms)
-    assert not old.covers_merge(spec, 1) and predictor.covers_merge(spec, 1)
-    merging = PruneConfig.uniform(spec, merge_r=2, at=(1, 2))
+    assert "merge" in old.unpriced(spec, 1) and "merge" not in predictor.unpriced(spec, 1)
+    merging = PruneConfig.uniform(spec, r=2, at=(1, 2))
     with pytest.raises(CoverageError, match=r"no merge entries with embed_dim=192, batch=1, prefix=1, heads=3, "
                        r"head_dim=64 .*vitprune profile --model tiny64"):  # fmt: skip
         old.predict(merging, spec, batch=1)
@@ -244,17 +247,17 @@ def test_merges_outside_the_measured_grid_are_flagged(spec):
     predictor = LatencyPredictor(
         formula_table(spec, [1], keep=lambda key: key["op"] != "merge" or key["tokens_in"] >= 12)
     )
-    assert not predictor.predict(PruneConfig.uniform(spec, merge_r=2, at=(0,)), spec).extrapolated
+    assert not predictor.predict(PruneConfig.uniform(spec, r=2, at=(0,)), spec).extrapolated
     # 17 -> 15 -> 13 -> 11 tokens: the last merge starts at 11 tokens, below the grid's 12.
-    assert predictor.predict(PruneConfig.uniform(spec, merge_r=2, at=(0, 1, 2, 3)), spec).extrapolated
+    assert predictor.predict(PruneConfig.uniform(spec, r=2, at=(0, 1, 2, 3)), spec).extrapolated
 
 
 def test_predictions_are_fast_enough_for_a_search():
     spec = DEIT_TINY
     predictor = LatencyPredictor(formula_table(spec, [1]))
     rng = random.Random(0)
-    configs = [random_config(spec, rng, thresholds=False) for _ in range(200)]
-    assert any(c.has_merge for c in configs) and any(not c.has_merge and c.reduces_tokens for c in configs)
+    configs = [random_config(spec, rng, leave_out={"threshold"}) for _ in range(200)]
+    assert any(c.uses("merge") for c in configs) and any(not c.uses("merge") and c.reduces_tokens for c in configs)
     predictor.predict(configs[0], spec)  # builds the lookup arrays once, as a search does
     best = 0.0
     for _ in range(5):  # the best of a few rounds: a shared machine has slow moments
@@ -286,7 +289,8 @@ def test_blocks_at_token_counts_off_the_grid_cost_what_the_off_grid_chain_entrie
         assert look.mlp[tokens] == pytest.approx(plain.mlp[tokens] * factor)
         assert look.attention[(True, False)][tokens] == pytest.approx(plain.attention[(True, False)][tokens] * factor)
         assert look.chain[tokens] == pytest.approx(plain.chain[tokens] * factor)
-    assert look.select[("gather", False)] == pytest.approx(plain.select[("gather", False)])  # token ops as measured
+    gather = look.entries("select")[("gather", False)]
+    assert gather == pytest.approx(plain.entries("select")[("gather", False)])  # token ops as measured
 
     dense = PruneConfig.dense(spec)
     assert toothed.predict(dense, spec).ms == pytest.approx(smooth.predict(dense, spec).ms)  # 197 is on the grid

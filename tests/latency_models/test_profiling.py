@@ -25,12 +25,14 @@ from latency_models.profiling import (
     width_grid,
 )
 from latency_models.profiling import run as run_module
-from latency_models.profiling.kernels import AttentionHalf, MlpHalf, merge_pairs, select_tokens
-from latency_models.schema import LatencyTable, MergeEntry
+from latency_models.profiling.kernels import AttentionHalf, MlpHalf
+from latency_models.profiling.ops._select import select_tokens
+from latency_models.profiling.ops.merge import merge_pairs
+from latency_models.schema import TOKEN_OP_ENTRIES, LatencyTable
 from pruning.block import attention_heads, mlp_half
-from pruning.config import MergeReduction, TopKReduction
-from pruning.merging import merge_tokens
-from pruning.tokens import TokenState, reduce_tokens
+from pruning.tokens import TokenState
+from pruning.tokens.merge import MergeReduction, merge_tokens
+from pruning.tokens.topk import TopKReduction
 
 FAST = Timing(passes=2, warmup=1, min_round_s=0.0005)
 
@@ -91,7 +93,7 @@ def test_mlp_kernel_computes_what_the_runtime_computes(block):
 def test_gather_selection_matches_the_runtime_top_k(package):
     x, scores = torch.randn(3, 41, 16), torch.rand(3, 41)
     state = TokenState(x=x, n_prefix=1)
-    expected = reduce_tokens(state, scores, TopKReduction(keep_ratio=0.5), package).x
+    expected = TopKReduction(keep_ratio=0.5).apply(state, scores, package).x
     got = select_tokens(x, scores, prefix=1, keep=20, method="gather", package=package)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-6)
@@ -162,7 +164,7 @@ def test_grid_covers_every_head_count_and_only_allowed_widths():
 
 def _small_keys() -> list[dict]:
     shape = replace(SHAPES["deit_tiny_patch16_224"], tokens=17, image_size=64, num_classes=10)
-    keys = plan(shape, [2], token_step=8, width_points=2, select_step=8)
+    keys = plan(shape, [2], token_step=8, width_points=2, op_step=8)
     keys = [k for k in keys if k["op"] != "attention" or k["heads"] in (0, 3)]
     return keys[::6]  # every kind of entry, few of each: building weight copies is what takes time
 
@@ -193,7 +195,8 @@ def test_profile_writes_a_valid_table_and_resumes_an_interrupted_run(tmp_path, m
     assert table.device.kind == "measured" and table.device.batch_sizes == (2,)
     assert len(table.entries) == len(keys)
     assert all(e.median_ms > 0 for e in table.entries if e.op != "select" or e.tokens_out < e.tokens_in)
-    assert sum(isinstance(e, MergeEntry) for e in table.entries) == sum(k["op"] == "merge" for k in keys) > 0
+    merge_entry = TOKEN_OP_ENTRIES["merge"]
+    assert sum(isinstance(e, merge_entry) for e in table.entries) == sum(k["op"] == "merge" for k in keys) > 0
 
 
 def test_the_profiler_runs_with_torch_alone(tmp_path):

@@ -6,7 +6,9 @@ import random
 from collections import Counter
 
 from latency_models.validate import random_config, summarise_config, token_kind
-from pruning.config import BlockConfig, MergeReduction, PruneConfig, TopKReduction
+from pruning.config import BlockConfig, PruneConfig
+from pruning.tokens.merge import MergeReduction
+from pruning.tokens.topk import TopKReduction
 from tests.latency_models.specs import DEIT_TINY
 
 SPEC = DEIT_TINY
@@ -31,7 +33,7 @@ def test_random_configs_merge_alone_and_around_top_k_and_never_with_thresholds()
 
 def test_merges_and_thresholds_can_be_left_out():
     rng = random.Random(1)
-    kinds = {token_kind(random_config(SPEC, rng, merges=False, thresholds=False)) for _ in range(200)}
+    kinds = {token_kind(random_config(SPEC, rng, leave_out={"merge", "threshold"})) for _ in range(200)}
     assert kinds == {"none", "topk"}
 
 
@@ -43,5 +45,5 @@ def test_summaries_name_runs_of_merges_and_the_top_k_between_them():
     config = PruneConfig(blocks=tuple(blocks), package_token=True)
     assert summarise_config(config, SPEC) == "merge 8@2-5, keep 0.7@6, merge 8@7-11 +pkg, heads 36/36, mlp 1.00"
     assert token_kind(config) == "topk+merge"
-    merge_only = PruneConfig.uniform(SPEC, merge_r=4, at=(11,), package_token=True)
+    merge_only = PruneConfig.uniform(SPEC, r=4, at=(11,), package_token=True)
     assert summarise_config(merge_only, SPEC) == "merge 4@11, heads 36/36, mlp 1.00"  # no top-k: no package token
