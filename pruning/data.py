@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision import transforms as tv_transforms
 
+from pruning.image_files import IMAGE_EXTENSIONS
+
 __all__ = ["IMAGE_EXTENSIONS", "DatasetError", "ImageSet", "load_image_folder"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 # Bump when the cache layout or the preprocessing changes, so stale caches are never reused.
 _CACHE_VERSION = 1

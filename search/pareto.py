@@ -1,16 +1,17 @@
 """The Pareto front of a finished search, materialised as physically pruned models.
 
-Every non-dominated trial within budget (calibration accuracy up, predicted latency down) is
-rebuilt with the job's weight-recovery option, scored on the held-out validation images, timed
-on this machine when the job's device is this machine's CPU, and saved as a bundle. Predicted
-and measured latency that disagree by more than 10% are flagged. `pareto.json` holds the rows,
-`pareto.html` an interactive plot of the front.
+Every non-dominated trial within budget (calibration accuracy up, predicted latency down) goes
+through the model stages of `pruning.stages` (`PARETO_STAGES`, the list `vitprune prune` runs too):
+rebuilt with the job's weight-recovery option, scored on the held-out validation images, priced by
+the device's table and timed on this machine when the job's device is this machine's CPU, and
+saved as a bundle. Predicted and measured latency that disagree by more than 10% are flagged.
+`pareto.json` holds the rows, `pareto.html` an interactive plot of the front.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,16 @@ from tqdm.auto import tqdm
 
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import DeviceInfo
-from pruning import PruneConfig, PrunedViT, prune_model
-from pruning.bundle import METRICS_FILE, save_bundle
-from pruning.flops import count_flops, count_params
+from pruning.bundle import METRICS_FILE
+from pruning.config import PruneConfig
 from pruning.importance import needs_importance
-from pruning.metrics import classification_metrics
-from pruning.timing import measure_latency
+from pruning.model import PrunedViT
+from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 from search.context import JobContext, fit_batches
 from search.evaluator import padded_widths
 from search.trials import is_pareto_candidate
 
-__all__ = ["MISMATCH", "SearchResult", "materialise", "pareto_trials"]
+__all__ = ["DENSE_STAGES", "MISMATCH", "PARETO_STAGES", "SearchResult", "materialise", "pareto_row", "pareto_trials"]
 
 MISMATCH = 0.10
 """Measured and predicted latency further apart than this are flagged."""
@@ -67,15 +67,22 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted((t for t in candidates if not dominated(t)), key=lambda t: t.values[1])
 
 
+PARETO_STAGES: tuple[str, ...] = DEFAULT_STAGES
+"""What every Pareto model goes through (build -> recover -> evaluate -> time -> save), as for `vitprune prune`."""
+
+DENSE_STAGES: tuple[str, ...] = ("build", "evaluate", "time")
+"""The dense model is scored the same way, not saved: its logits are the reference, its latency the baseline."""
+
+
 def materialise(
     study: optuna.Study, context: JobContext, out: Path, *, search_s: float, show_progress: bool = True
 ) -> SearchResult:
+    """Rebuild, score, time and save every Pareto model of `study` under `out`; write pareto.json/.html."""
     job = context.job
-    val = context.images("val")
+    inputs = _stage_inputs(context)
     calib_batches = fit_batches(context.calib)
-    timed = is_this_machine(context.predictor.table.device)
-    dense = context.dense
-    dense_row, dense_logits = _score(_as_pruned(context), val, None, context, timed)
+    _, dense = run_stages(DENSE_STAGES, ModelRecord(PruneConfig.dense(context.spec), inputs))
+    dense_row = pareto_row(dense)
     rows = []
     front = pareto_trials(study)
     for trial in tqdm(front, desc="pareto models", unit="model", disable=not show_progress):
@@ -86,33 +93,25 @@ def materialise(
             continue
         config = PruneConfig.model_validate(trial.user_attrs["config"])
         recover = job.recover and needs_importance(config, context.spec)
-        pruned = prune_model(
-            dense,
-            config,
-            name=context.spec.name,
-            importance=context.importance,
-            calibration=calib_batches if recover else None,
-            recover=recover,
-        )
-        row, _ = _score(pruned, val, dense_logits, context, timed)
-        row |= {
+        extra = {
             "trial": trial.number,
             "calib_accuracy": trial.values[0],
             "recovered": recover,
             "bundle": str(path.relative_to(out)),
             "dense_ms_same_run": dense_row.get("measured_ms"),
         }
-        save_bundle(
-            pruned,
-            path,
-            metrics=row,
-            provenance={"study": study.study_name, "trial": trial.number, "device": job.device, "batch": job.batch},
-            weights=job.weights,
-            model_kwargs=job.model_kwargs or None,
-            onnx=job.onnx,
+        trial_inputs = replace(
+            inputs,
+            calibration=calib_batches if recover else None,
+            recover=recover,
+            reference=dense.logits,
+            out=path,
+            report=lambda record, extra=extra: pareto_row(record) | extra,
             overwrite=True,
         )
-        rows.append(row)
+        provenance = {"study": study.study_name, "trial": trial.number, "device": job.device, "batch": job.batch}
+        _, record = run_stages(PARETO_STAGES, ModelRecord(config, trial_inputs, provenance))
+        rows.append(record.metrics)
     state = _trial_counts(study)
     result = SearchResult(study.study_name, context.budget_ms, dense_row, rows, state, round(search_s, 1))
     result.files = {"json": "pareto.json", "plot": "pareto.html"}
@@ -128,42 +127,45 @@ def is_this_machine(device: DeviceInfo) -> bool:
     return device.kind == "measured" and device.runtime.endswith("(cpu)") and device.hardware == hardware_name()
 
 
-def _as_pruned(context: JobContext) -> PrunedViT:
-    return prune_model(context.dense, PruneConfig.dense(context.spec), name=context.spec.name)
-
-
-def _score(
-    model: PrunedViT, val, reference: torch.Tensor | None, context: JobContext, timed: bool
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """Validation metrics, predicted latency (from the real token counts) and measured latency."""
+def _stage_inputs(context: JobContext) -> StageInputs:
+    """What the stages need from the job: the dense model, its validation images, the target device's table."""
     job = context.job
-    logits, counts = [], []
-    with torch.inference_mode():
-        for images, _ in val.batches(50):
-            logits.append(model(images).float())
-            if model.last_token_counts:
-                counts.append(torch.stack(model.last_token_counts, dim=1))
-    logits_all = torch.cat(logits)
-    metrics = classification_metrics(logits_all, val.labels, reference)
-    widths = padded_widths(torch.cat(counts), job.batch) if model.config.has_threshold else None
-    predicted = context.predictor.predict(model.config, context.spec, job.batch, kept_tokens=widths).ms
+
+    def price(model: PrunedViT, counts: torch.Tensor | None) -> float:
+        # Per-image counts are priced as the padded widths a batch of `job.batch` images runs at.
+        widths = padded_widths(counts, job.batch) if model.config.per_image else None
+        return context.predictor.predict(model.config, context.spec, job.batch, kept_tokens=widths).ms
+
+    return StageInputs(
+        dense=context.dense,
+        name=context.spec.name,
+        importance=context.importance,
+        val=context.images("val"),
+        eval_batch=50,
+        price=price,
+        measure=is_this_machine(context.predictor.table.device),
+        latency_batch=job.batch,
+        threads=context.predictor.table.device.threads,
+        weights=job.weights,
+        model_kwargs=job.model_kwargs or None,
+        onnx=job.onnx,
+    )
+
+
+def pareto_row(record: ModelRecord) -> dict[str, Any]:
+    """A model's row of pareto.json (and its bundle's metrics.json): structure, validation, latency, size."""
     row: dict[str, Any] = {
-        "config": model.config.without_indices().model_dump(mode="json"),
-        "config_key": model.config.without_indices().key(),
-        "val": metrics.to_dict(),
-        "predicted_ms": round(predicted, 4),
-        "params": count_params(model),
-        "gflops": round(count_flops(model, next(val.batches(1))[0]) / 1e9, 4),
+        "config": record.config.without_indices().model_dump(mode="json"),
+        "config_key": record.config.without_indices().key(),
+        "val": record.evaluation.to_dict(),
+        "predicted_ms": round(record.predicted_ms, 4),
+        "params": record.params,
+        "gflops": round(record.flops / 1e9, 4),
     }
-    if timed:
-        inputs = next(val.batches(job.batch))[0] if model.config.has_threshold else None
-        threads = context.predictor.table.device.threads
-        stats = measure_latency(
-            model, batch_size=job.batch, inputs=inputs, threads=threads, rounds=5, iters=max(1, 8 // job.batch)
-        )
-        row["measured_ms"] = round(stats.ms, 4)
-        row["latency_mismatch"] = abs(stats.ms / predicted - 1) > MISMATCH
-    return row, logits_all
+    if record.latency is not None:
+        row["measured_ms"] = round(record.latency.ms, 4)
+        row["latency_mismatch"] = abs(record.latency.ms / record.predicted_ms - 1) > MISMATCH
+    return row
 
 
 def _trial_counts(study: optuna.Study) -> dict[str, Any]:

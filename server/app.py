@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     app = FastAPI(
         title="vitprune",
-        version="0.1.0",
+        version=_version(),
         summary="Hardware-aware pruning search for Vision Transformers",
         lifespan=lifespan,
         dependencies=[Depends(check_token)],
@@ -74,6 +75,14 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(dashboard)
     return app
+
+
+def _version() -> str:
+    """The installed package's version, as `vitprune.__version__` and bundles give it."""
+    try:
+        return version("vitprune")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0.0.0+local"
 
 
 def health(request: Request) -> dict:

@@ -16,27 +16,30 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import timm
-import torch
-
-from pruning import PruneConfig, PrunedViT, describe, prune_model
-from pruning.bundle import load_bundle, save_bundle
-from pruning.data import ImageSet, load_image_folder
-from pruning.export import ExportError, export_onnx
-from pruning.flops import count_flops, count_params
-from pruning.loading import WeightsError, create_model
-from pruning.metrics import evaluate, predict
-from pruning.timing import measure_latency
 from vitprune.arguments import ints
 from vitprune.cli_client import add_commands as add_client_commands
 from vitprune.cli_latency import add_commands as add_latency_commands
 from vitprune.cli_search import add_commands as add_search_commands
 from vitprune.cli_server import add_commands as add_server_commands
 
-# Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
-# unsupported model; pydantic's ValidationError too); export failures are ExportError.
-USER_ERRORS = (ValueError, OSError, ExportError)
+# Building the parser imports nothing heavy: `vitprune --help` and the client commands never load
+# torch, timm, Optuna, SQLAlchemy or FastAPI. Each command imports what it needs when it runs.
+if TYPE_CHECKING:
+    import torch
+
+    from pruning.config import PruneConfig
+    from pruning.data import ImageSet
+    from pruning.stages import ModelRecord
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Every error vitprune raises about a user's input is a ValueError (config, weights, data, bundle,
+    unsupported model; pydantic's ValidationError too); export failures are ExportError (only a command
+    that exported can have raised one, so its module is loaded if it matters)."""
+    export = sys.modules.get("pruning.export")
+    return (ValueError, OSError) + ((export.ExportError,) if export is not None else ())
 
 
 def _add_dense_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -67,6 +70,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _dense_model(args: argparse.Namespace) -> torch.nn.Module:
+    from pruning.loading import WeightsError, create_model
+
     if not args.weights and not args.pretrained:
         raise WeightsError(
             f"no weights for {args.model}: pass --weights path/to/model.safetensors (or .pth), or --pretrained"
@@ -75,6 +80,9 @@ def _dense_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def _prune_config(args: argparse.Namespace, dense: torch.nn.Module) -> PruneConfig:
+    from pruning.config import PruneConfig
+    from pruning.model import describe
+
     spec = describe(dense, args.model)
     if args.config:
         config = PruneConfig.model_validate_json(args.config.read_text())
@@ -95,18 +103,25 @@ def _prune_config(args: argparse.Namespace, dense: torch.nn.Module) -> PruneConf
 
 
 def _images(root: Path, model: torch.nn.Module, args: argparse.Namespace) -> ImageSet:
-    data_config = timm.data.resolve_data_config({}, model=model)
+    from timm.data import resolve_data_config
+
+    from pruning.data import load_image_folder
+
+    data_config = resolve_data_config({}, model=model)
     return load_image_folder(root, data_config, class_map=args.class_map, max_images=args.max_images)
 
 
 def _measure(
     model: torch.nn.Module, images: ImageSet | None, batches: tuple[int, ...], threads: int | None
 ) -> dict[str, dict]:
-    """Latency per batch size; threshold-mode models are timed on real images (their cost depends on them)."""
+    """Latency per batch size; models whose token counts differ per image are timed on real images."""
+    from pruning.model import PrunedViT
+    from pruning.timing import measure_latency
+
     results = {}
     for batch in batches:
         inputs = None
-        if images is not None and isinstance(model, PrunedViT) and model.config.has_threshold:
+        if images is not None and isinstance(model, PrunedViT) and model.config.per_image:
             inputs = next(images.subset(range(min(batch, len(images)))).batches(batch))[0]
         stats = measure_latency(model, batch_size=batch, threads=threads, inputs=inputs)
         results[str(batch)] = stats.to_dict()
@@ -114,28 +129,48 @@ def _measure(
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """Run the model stages (`pruning.stages.DEFAULT_STAGES`, as the search's Pareto models do) on one config."""
+    from pruning.metrics import predict
+    from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
+
     dense = _dense_model(args)
     config = _prune_config(args, dense)
     calibration = None
     if args.calib:
         calib = _images(args.calib, dense, args)
         calibration = [images for images, _ in calib.batches(args.batch_size)]
-    pruned = prune_model(dense, config, name=args.model, calibration=calibration, recover=args.recover)
-    metrics: dict = {"params": count_params(pruned)}
-    if args.val:
-        val = _images(args.val, dense, args)
-        result, _ = evaluate(pruned, val, reference_logits=predict(dense, val, batch_size=args.batch_size))
-        metrics |= {"dataset": str(args.val), **result.to_dict()}
-    provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
-    path = save_bundle(
-        pruned, args.out, metrics=metrics, provenance=provenance, onnx=args.onnx, overwrite=args.overwrite
+    val = _images(args.val, dense, args) if args.val else None
+
+    def report(record: ModelRecord) -> dict:
+        """metrics.json of `vitprune prune`: the parameter count, then the validation figures if any."""
+        metrics: dict = {"params": record.params}
+        if record.evaluation is not None:
+            metrics |= {"dataset": str(args.val), **record.evaluation.to_dict()}
+        return metrics
+
+    inputs = StageInputs(
+        dense=dense,
+        name=args.model,
+        calibration=calibration,
+        recover=args.recover,
+        val=val,
+        reference=predict(dense, val, batch_size=args.batch_size) if val is not None else None,
+        out=args.out,
+        report=report,
+        onnx=args.onnx,
+        overwrite=args.overwrite,
     )
-    print(json.dumps({"bundle": str(path), "config_key": pruned.config.key(), **metrics}))
+    provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
+    _, record = run_stages(DEFAULT_STAGES, ModelRecord(config, inputs, provenance))
+    print(json.dumps({"bundle": str(record.bundle), "config_key": record.config.key(), **record.metrics}))
     return 0
 
 
 def _model_under_test(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module | None]:
     """(model to measure, dense reference or None)."""
+    from pruning.bundle import load_bundle
+    from pruning.model import prune_model
+
     dense = _dense_model(args) if args.model else None
     if args.bundle:
         return load_bundle(args.bundle), dense
@@ -147,6 +182,9 @@ def _model_under_test(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pruning.flops import count_flops, count_params
+    from pruning.metrics import evaluate, predict
+
     model, dense = _model_under_test(args)
     images = _images(args.data, dense or model.model, args)
     reference = predict(dense, images, batch_size=args.batch_size) if dense is not None else None
@@ -167,6 +205,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pruning.bundle import load_bundle
+    from pruning.export import export_onnx
+
     pruned = load_bundle(args.bundle)
     report = export_onnx(pruned, args.out, batch_size=args.batch, dynamic_batch=not args.static, opset=args.opset)
     print(json.dumps(report.to_dict()))
@@ -174,6 +215,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
+    from pruning.model import PrunedViT
+
     model, _ = _model_under_test(args)
     images = _images(args.data, model.model if isinstance(model, PrunedViT) else model, args) if args.data else None
     report = {"latency": _measure(model, images, args.batch, args.threads)}
@@ -234,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("evaluate needs --data DIR")
     try:
         return args.run(args)
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         print(f"vitprune {args.command}: error: {err}", file=sys.stderr)
         return 2
 

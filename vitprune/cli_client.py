@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import httpx
 from tqdm import tqdm
 
-from pruning.data import IMAGE_EXTENSIONS
+from pruning.image_files import IMAGE_EXTENSIONS
 from vitprune.cli_search import add_job_options, job_from_args
 
 __all__ = ["CommandError", "add_commands", "auth_headers", "client", "upload_inputs", "zip_image_folder"]

@@ -13,27 +13,29 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from timm.data import resolve_data_config
-
-from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, plan, profile, runtime_name
-from latency_models.registry import Registry
-from latency_models.schema import LatencyTable
-from latency_models.validate import VALIDATION_TIMING, validate
-from pruning import describe
-from pruning.data import load_image_folder
-from pruning.loading import create_model
 from vitprune.arguments import batch_sizes
+
+# Each command imports torch and the latency models when it runs, so building the parser stays light.
+if TYPE_CHECKING:
+    import torch
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
     """The dense model: with --weights if given; latency does not depend on weight values."""
+    from pruning.loading import create_model
+
     return create_model(args.model, weights=getattr(args, "weights", None))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from latency_models.predictor import shape_of
+    from latency_models.profiling import Timing, plan, profile
+    from latency_models.registry import Registry
+    from latency_models.schema import LatencyTable
+    from pruning.model import describe
+
     spec = describe(_model(args), args.model)
     shape = shape_of(spec)
     keys = plan(shape, args.batch)
@@ -58,6 +60,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
+    from latency_models.registry import Registry
+
     devices = Registry(threads=args.threads).devices()
     if args.json:
         print(json.dumps([d.__dict__ for d in devices]))
@@ -70,6 +74,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    import torch
+    from timm.data import resolve_data_config
+
+    from latency_models.predictor import LatencyPredictor
+    from latency_models.profiling import Timing, runtime_name
+    from latency_models.registry import Registry
+    from latency_models.schema import LatencyTable
+    from latency_models.validate import VALIDATION_TIMING, validate
+    from pruning.data import load_image_folder
+    from pruning.model import describe
+
     dense = _model(args)
     spec = describe(dense, args.model)
     if args.table:
@@ -91,7 +106,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\rtimed {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
-    timing = Timing(passes=args.passes, warmup=VALIDATION_TIMING.warmup, min_round_s=VALIDATION_TIMING.min_round_s)
+    passes = VALIDATION_TIMING.passes if args.passes is None else args.passes
+    timing = Timing(passes=passes, warmup=VALIDATION_TIMING.warmup, min_round_s=VALIDATION_TIMING.min_round_s)
     report = validate(
         predictor,
         dense,
@@ -112,6 +128,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from latency_models.registry import Registry
+
     registry = Registry()
     table = registry.import_table(args.table, args.name)
     print(f"imported {len(table.entries)} entries as device '{args.name}' ({registry.imported_path(args.name)})")
@@ -147,7 +165,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--configs", type=int, default=50, help="random configs, the dense model included")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    check.add_argument("--passes", type=int, default=VALIDATION_TIMING.passes)
+    check.add_argument("--passes", type=int, help="timed passes over the configs (default: the validation protocol's)")
     check.add_argument("--out", type=Path, help="write <out>.json, <out>.md and the scatter plot <out>.html")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(run=cmd_validate)

@@ -11,11 +11,8 @@ import json
 import os
 from pathlib import Path
 
-import optuna
-import torch
-
-from search import JobSpec, SearchSpace, run_search
-from search.job import SAMPLERS, TOKEN_MODES
+# The job schema imports neither torch nor Optuna, so `vitprune submit` stays light.
+from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
 from vitprune.arguments import ints, strings
 
 DB_ENV = "VITPRUNE_DB_URL"
@@ -76,10 +73,16 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
 
 
 def _quiet_optuna() -> None:
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from search.run import run_search
+
     job = job_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,20 +7,11 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
-import torch
-import uvicorn
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from server.app import create_app
-from server.db.engine import make_engine, migrate
-from server.db.models import Job
-from server.demo import demo_job, make_demo_assets
-from server.jobs import create_job
-from server.settings import Settings
-from server.worker import ServiceWorker
+# The service (FastAPI, SQLAlchemy, torch) is imported when a command runs, not when the parser is built.
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 __all__ = ["add_commands"]
 
@@ -29,6 +20,8 @@ DEMO_NAME = "DEMO: self-trained ViT on generated shapes (not ImageNet)"
 
 def _settings(args: argparse.Namespace) -> Settings:
     """Settings from the environment (VITPRUNE_*), overridden by the options given."""
+    from server.settings import Settings
+
     overrides = {
         "home": args.home,
         "db_url": args.db,
@@ -39,6 +32,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup(args: argparse.Namespace) -> None:
+    import optuna
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -46,6 +42,10 @@ def _setup(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
     _setup(args)
     settings = _settings(args)
     if args.demo:
@@ -57,6 +57,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _queue_demo(settings: Settings) -> None:
     """Train the demo ViT (once; about a minute) and queue its search unless a demo job exists already."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from server.db.engine import make_engine, migrate
+    from server.db.models import Job
+    from server.demo import demo_job, make_demo_assets
+    from server.jobs import create_job
+
     assets = make_demo_assets(settings.home / "demo")
     print(f"vitprune: demo ViT trained, {assets.accuracy:.1f}% top-1 on its generated validation shapes", flush=True)
     engine = make_engine(settings.database_url)
@@ -68,6 +76,9 @@ def _queue_demo(settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from server.db.engine import make_engine, migrate
+    from server.worker import ServiceWorker
+
     _setup(args)
     settings = _settings(args)
     engine = make_engine(settings.database_url)

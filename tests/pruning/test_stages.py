@@ -1,0 +1,148 @@
+"""Tests for pruning.stages: the registry finds every stage in its order, and the stages make what
+`prune_model` and `save_bundle` made before them (on a small real timm ViT with random weights)."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+
+import pytest
+import timm
+import torch
+
+import pruning.stages
+from pruning.bundle import CONFIG_FILE, METRICS_FILE, load_bundle
+from pruning.config import PruneConfig
+from pruning.data import ImageSet
+from pruning.flops import count_params
+from pruning.metrics import predict
+from pruning.model import describe, prune_model
+from pruning.stages import (
+    DEFAULT_STAGES,
+    ORDER,
+    STAGES,
+    ModelRecord,
+    StageInputs,
+    UnknownStageError,
+    check_stages,
+    run_stages,
+)
+
+NAME = "deit_tiny_patch16_224"
+KWARGS = {"img_size": 32, "depth": 4, "num_classes": 10}
+
+
+@pytest.fixture(scope="module")
+def dense() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(NAME, **KWARGS).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> ImageSet:
+    generator = torch.Generator().manual_seed(0)
+    n = 12
+    return ImageSet(
+        images=torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
+        labels=torch.randint(0, 10, (n,), generator=generator),
+        paths=[f"image{i}.png" for i in range(n)],
+        classes=[f"c{i}" for i in range(10)],
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+
+
+@pytest.fixture(scope="module")
+def config(dense) -> PruneConfig:
+    """Fewer heads and channels (survivors chosen by importance) and per-image token thresholds."""
+    return PruneConfig.uniform(describe(dense, NAME), threshold=0.8, at=(1, 2), head_ratio=0.67, mlp_ratio=0.5)
+
+
+def test_the_registry_finds_every_stage_module_in_order():
+    modules = {m.name for m in pkgutil.iter_modules(pruning.stages.__path__) if not m.name.startswith("_")}
+    assert {cls.__module__.rsplit(".", 1)[1] for cls in STAGES.values()} == modules
+    assert list(STAGES) == [name for name in ORDER if name in STAGES]
+    assert all(STAGES[name].name == name for name in STAGES)
+    assert check_stages(DEFAULT_STAGES) == [STAGES[name] for name in DEFAULT_STAGES]
+
+
+@pytest.mark.parametrize("planned", ["fine-tune", "quantise"])
+def test_planned_stages_have_their_place_but_are_refused_until_built(planned):
+    assert planned in ORDER and planned not in STAGES
+    assert ORDER.index("recover") < ORDER.index(planned) < ORDER.index("evaluate")
+    with pytest.raises(UnknownStageError, match="planned but not built yet"):
+        check_stages(["build", "recover", planned, "evaluate"])
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [(["build", "bake"], "unknown stage 'bake'"), (["save", "build"], "do not follow"), (["time", "time"], "follow")],
+)
+def test_unknown_names_and_lists_out_of_order_are_refused(names, message):
+    with pytest.raises(UnknownStageError, match=message):
+        check_stages(names)
+
+
+def test_build_then_recover_is_prune_model_with_recovery(dense, images, config):
+    batches = [batch for batch, _ in images.batches(6)]
+    expected = prune_model(dense, config, name=NAME, calibration=batches, recover=True)
+    inputs = StageInputs(dense=dense, name=NAME, calibration=batches, recover=True)
+    model, record = run_stages(("build", "recover"), ModelRecord(config, inputs))
+    assert record.recovered and record.config == expected.config  # survivors pinned, as prune_model pins them
+    assert record.config.blocks[0].heads_kept is not None
+    got, want = model.model.state_dict(), expected.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[key], want[key]) for key in want)
+
+
+def test_recovery_without_calibration_images_is_refused(dense, config):
+    with pytest.raises(ValueError, match="calibration"):
+        run_stages(("build", "recover"), ModelRecord(config, StageInputs(dense=dense, name=NAME, recover=True)))
+
+
+def test_the_default_stages_make_a_bundle_whose_metrics_the_caller_lays_out(tmp_path, dense, images, config):
+    priced = []
+
+    def price(model, counts):
+        priced.append(counts)
+        return 1.5
+
+    def report(record):
+        return {"val": record.evaluation.to_dict(), "params": record.params, "predicted_ms": record.predicted_ms}
+
+    inputs = StageInputs(
+        dense=dense,
+        name=NAME,
+        calibration=[batch for batch, _ in images.batches(6)],
+        recover=True,
+        val=images,
+        reference=predict(dense, images),
+        eval_batch=5,
+        price=price,
+        measure=True,
+        latency_batch=2,
+        out=tmp_path / "bundle",
+        report=report,
+        model_kwargs=KWARGS,
+    )
+    model, record = run_stages(DEFAULT_STAGES, ModelRecord(config, inputs, {"trial": 3}))
+
+    assert record.bundle == tmp_path / "bundle"
+    assert json.loads((record.bundle / METRICS_FILE).read_text()) == record.metrics == report(record)
+    assert json.loads((record.bundle / CONFIG_FILE).read_text())["provenance"]["extra"] == {"trial": 3}
+    assert record.evaluation.n_images == len(images) and record.evaluation.agreement is not None
+    assert record.params == count_params(model) and record.flops > 0 and record.logits.shape == (len(images), 10)
+    # Thresholds keep a different count per image: the price sees every image's count at both reducing blocks.
+    assert len(priced) == 1 and priced[0].shape == (len(images), 2) and record.predicted_ms == 1.5
+    assert record.latency.ms > 0 and record.latency.batch_size == 2
+    x = next(images.batches(4))[0]
+    with torch.inference_mode():
+        assert torch.equal(load_bundle(record.bundle)(x), model(x))
+
+
+def test_later_stages_take_a_model_given_to_them(tmp_path, dense, images):
+    """A list need not start with build: a model at the model's own (non-224) size is evaluated and timed."""
+    built = prune_model(dense, PruneConfig.dense(describe(dense, NAME)), name=NAME)
+    inputs = StageInputs(dense=dense, name=NAME, val=images, measure=True, latency_batch=1)
+    model, record = run_stages(("evaluate", "time"), ModelRecord(built.config, inputs), model=built)
+    assert model is built and record.evaluation.n_images == len(images) and record.token_counts is None
+    assert record.latency.ms > 0 and record.predicted_ms is None and record.bundle is None
