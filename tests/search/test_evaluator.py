@@ -74,7 +74,7 @@ def test_cached_prefix_gives_the_same_logits_as_a_full_forward(setup, config_of)
     assert result.metrics.agreement == pytest.approx(float(logits_agree))
     if config.has_threshold:
         assert result.counts.shape == (len(images), 2)
-    if config.has_merge:
+    if config.uses("merge"):
         assert result.counts.shape == (len(images), sum(b.reduces_tokens for b in config.blocks))
 
 

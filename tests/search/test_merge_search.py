@@ -52,7 +52,7 @@ def test_warm_starts_hold_the_top_k_baselines_and_tome_uniform_merging(mixed):
 
 def test_merge_trials_are_priced_before_their_forward_pass_and_evaluated_within_budget(mixed):
     _, result, study, context = mixed
-    merging = [(t, c) for t, c in zip(study.trials, configs(study), strict=True) if c.has_merge]
+    merging = [(t, c) for t, c in zip(study.trials, configs(study), strict=True) if c.uses("merge")]
     assert merging
     for trial, config in merging:
         predicted = context.predictor.predict(config, context.spec, 8).ms
@@ -66,11 +66,11 @@ def test_merge_trials_are_priced_before_their_forward_pass_and_evaluated_within_
 
 def test_merging_pareto_models_are_bundles_with_honest_validation_figures(mixed):
     root, result, _, context = mixed
-    rows = [m for m in result.models if PruneConfig.model_validate(m["config"]).has_merge]
+    rows = [m for m in result.models if PruneConfig.model_validate(m["config"]).uses("merge")]
     assert rows and all(m["predicted_ms"] <= result.budget_ms + 1e-6 for m in result.models)
     for row in rows:
         pruned = load_bundle(root / "out" / row["bundle"])
-        assert pruned.config.has_merge
+        assert pruned.config.uses("merge")
         metrics, _ = evaluate(pruned, context.images("val"))
         assert metrics.top1 == row["val"]["top1"]
 
@@ -82,4 +82,4 @@ def test_a_merge_only_search_runs_tome_first_and_keeps_only_merging_configs(tmp_
     study = optuna.load_study(study_name=result.study, storage=url)
     assert set(study.trials[1].params.items()) == {("merge_0-1", 2), ("merge_2-3", 2)}
     assert all(set(t.params) == {"merge_0-1", "merge_2-3"} for t in study.trials)
-    assert result.models and all(PruneConfig.model_validate(m["config"]).has_merge for m in result.models)
+    assert result.models and all(PruneConfig.model_validate(m["config"]).uses("merge") for m in result.models)
