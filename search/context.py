@@ -26,6 +26,7 @@ from pruning.loading import create_model
 from pruning.spec import ModelSpec
 from search.evaluator import TrialEvaluator
 from search.job import JobSpec
+from search.model_options import check_model_options
 from search.space import TrialSpace
 
 __all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "check_job", "fit_batches", "job_images"]
@@ -72,6 +73,7 @@ class JobContext:
     @classmethod
     def prepare(cls, job: JobSpec, registry: Registry | None = None, cache_dir: Path | None = None) -> JobContext:
         """Resolve a new job: check its inputs, price the dense model, check the budget can be met."""
+        check_model_options(job)
         if job.val is not None:
             _check_apart(job.calib, job.val)
         dense, spec = _dense(job)
@@ -130,11 +132,12 @@ class JobContext:
 
 
 def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, float] | None:
-    """Check a new job in seconds, before it waits in a queue: model, weights, images, device, budget.
+    """Check a new job in seconds, before it waits in a queue: model and options, weights, images, device, budget.
 
     Returns (dense_ms, budget_ms), or None for the budget when the device is a measured one whose
     table is not measured yet (the worker measures it, then checks the budget).
     """
+    check_model_options(job)  # before anything builds the model for real
     if not _image_files(job.calib):
         raise JobInputError(f"no images in {job.calib}: expected an ImageFolder (one folder of images per class)")
     if job.val is not None:
@@ -217,18 +220,12 @@ def _check_apart(calib: Path, val: Path) -> None:
 
 def _check_feasible(space: TrialSpace, predictor: LatencyPredictor, job: JobSpec, budget_ms: float) -> None:
     cheapest = space.config(space.cheapest_params())
-    # A threshold config is priced from the tokens it keeps; the floor assumes the fewest, one per image.
-    # Top-k and merge configs keep fixed counts, which the predictor reads from the config itself.
-    kept = [1.0] * sum(b.reduces_tokens for b in cheapest.blocks) if cheapest.has_threshold else None
+    # A config with per-image counts is priced from the tokens it keeps; the floor assumes the fewest, one
+    # per image. Other configs keep fixed counts, which the predictor reads from the config itself.
+    kept = [1.0] * sum(b.reduces_tokens for b in cheapest.blocks) if cheapest.per_image else None
     floor = predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms
     if floor > budget_ms:
-        widen = {
-            "topk": "lower keep_min, more token_blocks",
-            "threshold": "raise threshold_max, more token_blocks",
-            "merge": "raise merge_max",
-            "topk+merge": "lower keep_min, more token_blocks, raise merge_max",
-            "none": "search tokens",
-        }[job.space.tokens]
+        widen = ", ".join(op.widen for op in space.ops) or "search tokens"
         raise InfeasibleJobError(
             f"no config can meet the budget: the cheapest config of the search space is predicted at "
             f"{floor:.2f} ms on {job.device} at batch {job.batch}, over the budget of {budget_ms:.2f} ms; "

@@ -7,6 +7,9 @@ and holds exactly `job.trials` enqueued slots: workers only run enqueued trials,
 of trials never exceeds what was asked however many workers join. A worker that dies stops
 sending heartbeats; its trial is then failed and re-enqueued (same parameters) by whichever
 process next checks for stale trials.
+
+`submit` creates a job's study with its slots, or finds it again and gives the slots of an
+interrupted run another go.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 import sqlalchemy
@@ -25,10 +29,13 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
+from latency_models.registry import Registry
+from search.context import JobContext
 from search.job import JobSpec
 from search.trials import SLOT_ATTR, is_pareto_candidate
 
 __all__ = [
+    "DIRECTIONS",
     "Progress",
     "add_slots",
     "fail_stale",
@@ -37,8 +44,13 @@ __all__ = [
     "progress",
     "retried_numbers",
     "retry_callback",
+    "retry_interrupted",
     "study_job",
+    "submit",
 ]
+
+DIRECTIONS = ("maximize", "minimize")
+"""Calibration accuracy up, predicted latency down."""
 
 HEARTBEAT_S = 10
 GRACE_S = 45
@@ -142,6 +154,46 @@ def study_job(study: optuna.Study) -> JobSpec | None:
     """The job a study belongs to, or None for a study vitprune did not create."""
     raw = study.user_attrs.get("job")
     return JobSpec.model_validate_json(raw) if raw else None
+
+
+def submit(
+    job: JobSpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    registry: Registry | None = None,
+    cache_dir: Path | None = None,
+    name: str | None = None,
+) -> tuple[optuna.Study, JobContext]:
+    """Create the job's study with all its trial slots (or find it again), ready for any worker.
+
+    The study is named `name`, by default after the job itself (so the same job run again
+    continues it). A new job is checked here (model options, images apart, budget reachable);
+    InfeasibleJobError, JobInputError and ModelOptionsError leave no study behind.
+    """
+    name = name or job.study_name()
+    existing = name in optuna.get_all_study_names(storage)
+    context = None if existing else JobContext.prepare(job, registry, cache_dir=cache_dir)
+    sampler = make_sampler(job.sampler, job.seed)
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
+    )
+    if context is None:
+        context = JobContext.from_study(study, cache_dir=cache_dir)
+        retry_interrupted(study)
+    else:
+        context.save_to(study)
+    add_slots(study, job, context.space.warm_starts())
+    return study, context
+
+
+def retry_interrupted(study: optuna.Study) -> None:
+    """Give failed slots (an interrupted run, a crash) another go when a job is resumed."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    retry = retry_callback()
+    for trial in trials:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(SLOT_ATTR) and trial.number not in retried:
+            retry(study, trial)
 
 
 def add_slots(study: optuna.Study, job: JobSpec, warm_starts: list[dict]) -> int:

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from latency_models.registry import Registry
 from pruning.bundle import WEIGHTS_FILE
-from search import JobContext, JobInputError, JobSpec, submit
-from search.pareto import SearchResult, materialise
-from search.run import StudyJoiner, run_trials
-from search.study import fail_stale, open_storage, progress
+from search.context import JobContext, JobInputError
+from search.driver import SearchDriver, SearchHooks, SearchStopped
+from search.job import JobSpec
+from search.pareto import SearchResult
+from search.study import Progress, open_storage
 from server.db.engine import db_now
 from server.db.models import Job, PrunedModel, Worker
 from server.jobs import claim_job, finish, renew_lease, update_job
@@ -41,7 +41,8 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 """What SQLAlchemy raises when the database cannot be reached (as opposed to a query that is wrong)."""
 MAX_BACKOFF_S = 30.0
 
-class JobLost(Exception):
+
+class JobLost(SearchStopped):
     """The job was cancelled, or another worker took it over after this one stalled."""
 
 
@@ -53,8 +54,14 @@ class ServiceWorker:
         self.store = ArtifactStore(settings.artifacts)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.storage = open_storage(settings.database_url, settings.heartbeat_s, settings.grace_s)
-        self.joiner = StudyJoiner(self.storage, cache_dir=self.store.path("cache"))
-        self.trials_run = 0
+        self.driver = SearchDriver(
+            self.storage, registry=self.registry, cache_dir=self.store.path("cache"), poll_s=settings.poll_s
+        )
+
+    @property
+    def trials_run(self) -> int:
+        """Trials this worker ran, of its own jobs and of the jobs it helped."""
+        return self.driver.trials_run
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -89,8 +96,7 @@ class ServiceWorker:
         job_id = claim_job(self.engine, self.id, self.settings.lease_s)
         if job_id is not None:
             return True, int(self.run_job(job_id))
-        helped = self.joiner.run_once(skip=self._not_helpable, should_stop=self._stop_helping)
-        self.trials_run += helped
+        helped = self.driver.join_once(skip=self._not_helpable, should_stop=self._stop_helping)
         return helped > 0, 0
 
     def run_job(self, job_id: int) -> bool:
@@ -103,9 +109,10 @@ class ServiceWorker:
         lease = _Lease(self, job_id)
         try:
             with lease:
-                self._search(job_id, spec, study_name, lease)
+                hooks = _JobHooks(self, job_id, spec.trials, lease)
+                self.driver.run(spec, self.store.job_dir(job_id), hooks=hooks, name=study_name)
             return True
-        except JobLost:
+        except SearchStopped:
             logger.info("job %d is no longer this worker's (cancelled or taken over)", job_id)
             return False
         except DATABASE_DOWN:
@@ -116,81 +123,6 @@ class ServiceWorker:
         except Exception as error:  # a bug must fail the job it hit, not kill the worker serving all jobs
             logger.exception("job %d failed", job_id)
             return finish(self.engine, job_id, self.id, "failed", f"internal error: {type(error).__name__}: {error}")
-
-    # -- one job ----------------------------------------------------------------------------------
-
-    def _search(self, job_id: int, spec: JobSpec, study_name: str, lease: _Lease) -> None:
-        out = self.store.job_dir(job_id)
-        out.mkdir(parents=True, exist_ok=True)
-        study, context = submit(
-            spec, self.storage, registry=self.registry, cache_dir=self.store.path("cache"), name=study_name
-        )
-        lease.check()
-        notes = _skipped_images(context)
-        update_job(
-            self.engine, job_id, self.id, budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes or None
-        )
-        started, done_at_start = time.monotonic(), progress(study).done
-
-        def report() -> None:
-            state = progress(study)
-            rate = (state.done - done_at_start) / max(time.monotonic() - started, 1e-6)
-            remaining = spec.trials - state.done
-            update_job(
-                self.engine,
-                job_id,
-                self.id,
-                trials_done=state.done,
-                feasible=state.feasible,
-                best_accuracy=state.best_accuracy,
-                eta_s=round(remaining / rate, 1) if rate > 0 else None,
-            )
-
-        report()
-        while True:
-            fail_stale(study, self.storage)  # a dead helper's trial is failed and re-enqueued here
-            self.trials_run += run_trials(study, context, on_trial=report, should_stop=lease.lost.is_set)
-            lease.check()
-            report()
-            if progress(study).finished:
-                break
-            time.sleep(self.settings.poll_s)  # helpers still hold trials
-        update_job(self.engine, job_id, self.id, status="materialising", eta_s=None)
-        result = materialise(study, context, out, search_s=time.monotonic() - started, show_progress=False)
-        lease.check()
-        self._record(job_id, result, out)
-        update_job(self.engine, job_id, self.id, dense=_dense(result, context))
-        if not finish(self.engine, job_id, self.id, "done"):
-            raise JobLost
-
-    def _record(self, job_id: int, result: SearchResult, out: Path) -> None:
-        """One row per Pareto model; a job materialised again (after a crash) adds none twice."""
-        rows = []
-        for model in result.models:
-            bundle = out / model["bundle"]
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "trial": model["trial"],
-                    "config": model["config"],
-                    "config_key": model["config_key"],
-                    "metrics": model,
-                    "val_top1": model["val"]["top1"],
-                    "calib_accuracy": model["calib_accuracy"],
-                    "predicted_ms": model["predicted_ms"],
-                    "measured_ms": model.get("measured_ms"),
-                    "params": model["params"],
-                    "gflops": model["gflops"],
-                    "path": self.store.relative(bundle),
-                    "sha256": sha256_of(bundle / WEIGHTS_FILE),
-                    "pareto": True,
-                }
-            )
-        if not rows:
-            return
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        with Session(self.engine) as session, session.begin():
-            session.execute(dialect.insert(PrunedModel).values(rows).on_conflict_do_nothing())
 
     # -- helping other workers' jobs --------------------------------------------------------------
 
@@ -243,6 +175,75 @@ def _dense(result: SearchResult, context: JobContext) -> dict:
     return figures | {"blocks": structure, "num_prefix_tokens": context.spec.num_prefix_tokens}
 
 
+class _JobHooks(SearchHooks):
+    """What the service adds to the search driver for a job it holds: the job's row, its lease, its models."""
+
+    def __init__(self, worker: ServiceWorker, job_id: int, trials: int, lease: _Lease) -> None:
+        self.worker, self.job_id, self.trials, self.lease = worker, job_id, trials, lease
+        self.started_at, self.done_at_start = 0.0, 0
+
+    def _update(self, **values) -> bool:
+        return update_job(self.worker.engine, self.job_id, self.worker.id, **values)
+
+    def started(self, context: JobContext, state: Progress) -> None:
+        notes = _skipped_images(context)
+        self._update(budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes or None)
+        self.started_at, self.done_at_start = time.monotonic(), state.done
+
+    def progress(self, state: Progress) -> None:
+        rate = (state.done - self.done_at_start) / max(time.monotonic() - self.started_at, 1e-6)
+        remaining = self.trials - state.done
+        self._update(
+            trials_done=state.done,
+            feasible=state.feasible,
+            best_accuracy=state.best_accuracy,
+            eta_s=round(remaining / rate, 1) if rate > 0 else None,
+        )
+
+    def should_stop(self) -> bool:
+        return self.lease.lost.is_set()
+
+    def materialising(self) -> None:
+        self._update(status="materialising", eta_s=None)
+
+    def finished(self, result: SearchResult, context: JobContext) -> None:
+        self._record(result)
+        self._update(dense=_dense(result, context))
+        if not finish(self.worker.engine, self.job_id, self.worker.id, "done"):
+            raise JobLost
+
+    def _record(self, result: SearchResult) -> None:
+        """One row per Pareto model; a job materialised again (after a crash) adds none twice."""
+        store, engine = self.worker.store, self.worker.engine
+        out = store.job_dir(self.job_id)
+        rows = []
+        for model in result.models:
+            bundle = out / model["bundle"]
+            rows.append(
+                {
+                    "job_id": self.job_id,
+                    "trial": model["trial"],
+                    "config": model["config"],
+                    "config_key": model["config_key"],
+                    "metrics": model,
+                    "val_top1": model["val"]["top1"],
+                    "calib_accuracy": model["calib_accuracy"],
+                    "predicted_ms": model["predicted_ms"],
+                    "measured_ms": model.get("measured_ms"),
+                    "params": model["params"],
+                    "gflops": model["gflops"],
+                    "path": store.relative(bundle),
+                    "sha256": sha256_of(bundle / WEIGHTS_FILE),
+                    "pareto": True,
+                }
+            )
+        if not rows:
+            return
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        with Session(engine) as session, session.begin():
+            session.execute(dialect.insert(PrunedModel).values(rows).on_conflict_do_nothing())
+
+
 class _Lease:
     """Renews a job's lease from a background thread while the job runs; `lost` is set when renewal fails."""
 
@@ -259,10 +260,6 @@ class _Lease:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise JobLost
 
     def _renew(self) -> None:
         settings = self.worker.settings

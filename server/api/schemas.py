@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from search.job import JobSpec
 from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
+
+if TYPE_CHECKING:
+    from search.records import TrialRecord  # the search layer's trials: loads torch, which schemas need not
 
 __all__ = ["JobOut", "JobSubmit", "ModelOut", "ParetoOut", "Progress", "TrialOut", "UploadOut"]
 
@@ -121,8 +124,23 @@ class TrialOut(BaseModel):
     latency_ms: float | None = Field(description="predicted latency on the job's device")
     feasible: bool | None
     evaluated: bool
+    pareto: bool = Field(description="on the Pareto front of the job's trials so far (within budget, evaluated)")
     params: dict[str, Any]
     summary: str | None = Field(description="the pruned structure in a few words")
+
+    @classmethod
+    def of(cls, record: TrialRecord) -> TrialOut:
+        return cls(
+            number=record.number,
+            state=record.state,
+            accuracy=record.calib_accuracy,
+            latency_ms=record.predicted_ms,
+            feasible=record.feasible,
+            evaluated=record.evaluated,
+            pareto=record.pareto,
+            params=record.params,
+            summary=summarise(record.config) if record.config else None,
+        )
 
 
 class UploadOut(BaseModel):

@@ -12,10 +12,23 @@ from optuna.trial import TrialState
 from pruning import PruneConfig
 from pruning.bundle import load_bundle
 from pruning.metrics import evaluate
-from search import InfeasibleJobError, JobContext, JobInputError, run_search, run_worker, submit
+from search import (
+    InfeasibleJobError,
+    JobContext,
+    JobInputError,
+    ModelOptionsError,
+    SearchDriver,
+    SearchHooks,
+    SearchStopped,
+    check_job,
+    run_search,
+    run_worker,
+    submit,
+    trial_records,
+)
+from search.driver import run_trials
 from search.evaluator import TrialEvaluator
 from search.pareto import pareto_trials
-from search.run import run_trials
 from search.study import open_storage, progress
 from tests.search.tiny import tiny_job
 
@@ -166,3 +179,88 @@ def test_a_worker_skips_a_job_whose_files_it_cannot_read_and_keeps_going(tmp_pat
     (tmp_path / "weights.safetensors").rename(tmp_path / "elsewhere.safetensors")  # not on this "machine"
     assert run_worker(url, idle_exit_s=0.5, poll_s=0.1) == 0
     assert progress(study).waiting == 3
+
+
+def test_trial_records_say_what_the_study_holds(finished):
+    job, url, _, _, study = finished
+    records = trial_records(url, job.study_name())
+    front = {t.number for t in pareto_trials(study)}
+    assert [r.number for r in records] == [t.number for t in study.trials]
+    for record, t in zip(records, study.trials, strict=True):
+        assert record.state == "complete" and (record.calib_accuracy, record.predicted_ms) == tuple(t.values)
+        assert record.feasible == (t.constraints["over_budget_ms"] <= 0)
+        assert record.evaluated == t.user_attrs["evaluated"] and record.config == t.user_attrs["config"]
+        assert record.params == t.params and record.pareto == (t.number in front)
+    assert front and {r.number for r in records if r.pareto} == front
+    assert trial_records(url, "no-such-study") == []  # a queued job's study does not exist yet
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"foo": 1}, "unexpected keyword argument 'foo'"),
+        ({"embed_dim": 100}, "divisible by num_heads"),
+        ({"depth": 10**6}, "more blocks than any ViT"),  # refused before building: on meta it would take hours
+    ],
+)
+def test_model_options_are_checked_by_every_entry_point(tmp_path, kwargs, words):
+    job = tiny_job(tmp_path)
+    job = job.model_copy(update={"model_kwargs": job.model_kwargs | kwargs})
+    with pytest.raises(ModelOptionsError, match=words):
+        check_job(job)  # the API's check (and so `vitprune submit`'s)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.raises(ModelOptionsError, match=words):
+        run_search(job, url, tmp_path / "out", show_progress=False)  # `vitprune search` and the service's workers
+    assert optuna.get_all_study_names(open_storage(url)) == []
+
+
+class Recorder(SearchHooks):
+    """Hooks that note every call, and stop the run once `stop_after` progress reports were made."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+        self.stop_after = stop_after
+
+    def started(self, context, state):
+        self.calls.append(("started", state.done))
+
+    def progress(self, state):
+        self.calls.append(("progress", state.done))
+
+    def should_stop(self):
+        return self.stop_after is not None and sum(name == "progress" for name, _ in self.calls) >= self.stop_after
+
+    def materialising(self):
+        self.calls.append(("materialising", None))
+
+    def finished(self, result, context):
+        self.calls.append(("finished", len(result.models)))
+
+
+def test_the_driver_reports_to_its_hooks_stops_when_they_say_and_resumes(tmp_path):
+    job = tiny_job(tmp_path, trials=6)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    driver = SearchDriver(storage)
+    stopping = Recorder(stop_after=3)  # the report at the start, then one after each of two trials
+    with pytest.raises(SearchStopped):
+        driver.run(job, tmp_path / "out", hooks=stopping)
+    assert stopping.calls == [("started", 0), ("progress", 0), ("progress", 1), ("progress", 2)]
+    assert driver.trials_run == 2
+    study = optuna.load_study(study_name=job.study_name(), storage=storage)
+    assert (progress(study).done, progress(study).waiting) == (2, 4)
+
+    going = Recorder()
+    result = driver.run(job, tmp_path / "out", hooks=going)
+    assert going.calls[:2] == [("started", 2), ("progress", 2)]
+    reports = [done for name, done in going.calls if name == "progress"]
+    assert reports == sorted(reports) and reports[-1] == 6
+    assert going.calls[-2:] == [("materialising", None), ("finished", len(result.models))]
+    assert driver.trials_run == 6 and result.trials["complete"] == 6
+
+
+def test_the_command_line_search_shows_its_trials_and_models(tmp_path, capsys):
+    job = tiny_job(tmp_path, trials=4)
+    result = run_search(job, f"sqlite:///{tmp_path / 's.db'}", tmp_path / "out", show_progress=True)
+    err = capsys.readouterr().err
+    assert "trials: 100%" in err and "4/4" in err and "best_under_budget=" in err
+    assert "pareto models: 100%" in err or not result.models

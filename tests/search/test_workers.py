@@ -25,7 +25,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from search import run_search, run_worker, submit
-from search.run import run_trials
+from search.driver import run_trials
 from search.study import open_storage, progress
 from tests.search.tiny import tiny_job
 

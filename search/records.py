@@ -1,0 +1,64 @@
+"""A job's trials as plain records: what a reader outside the search layer may know of a trial.
+
+The trial objective (`search.trials`) keeps its results in Optuna user attributes and constraints
+whose names are its own business; the service, the dashboard and reports read trials only through
+`trial_records`, so those names can change in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.pareto import pareto_trials
+
+__all__ = ["TrialRecord", "trial_records"]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    state: str
+    """Optuna's trial state in lower case: waiting, running, complete, pruned or fail."""
+    params: dict[str, Any]
+    """The sampler's parameters."""
+    config: dict[str, Any] | None
+    """The PruneConfig (JSON) the parameters stand for, once the trial has built it."""
+    calib_accuracy: float | None
+    """Calibration top-1 (%) of a complete trial (0 for one over budget, which is never scored)."""
+    predicted_ms: float | None
+    """Predicted latency on the job's device, once the trial is priced."""
+    evaluated: bool
+    """Scored on images (False for a config priced over budget)."""
+    feasible: bool
+    """Complete and within the latency budget."""
+    pareto: bool
+    """On the Pareto front of the trials so far (calibration accuracy up, predicted latency down)."""
+
+
+def trial_records(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[TrialRecord]:
+    """Every trial of a job's study so far, by number; none while the study does not exist yet (queued)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return []
+    front = {t.number for t in pareto_trials(study)}
+    return [_record(t, t.number in front) for t in study.get_trials(deepcopy=False)]
+
+
+def _record(trial: FrozenTrial, pareto: bool) -> TrialRecord:
+    complete = trial.state == TrialState.COMPLETE
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state.name.lower(),
+        params=trial.params,
+        config=trial.user_attrs.get("config"),
+        calib_accuracy=trial.values[0] if complete else None,
+        predicted_ms=trial.values[1] if complete else trial.user_attrs.get("predicted_ms"),
+        evaluated=bool(trial.user_attrs.get("evaluated")),
+        feasible=complete and all(v <= 0 for v in trial.constraints.values()),
+        pareto=pareto,
+    )
