@@ -60,7 +60,7 @@ def main() -> int:
     images = torch.randn(args.batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(args.seed))
     # Threshold configs are priced at the counts they keep on the validation's images.
     kept = [
-        kept_counts(prune_model(dense, c, name=args.model).eval(), images) if c.has_threshold else None for c in configs
+        kept_counts(prune_model(dense, c, name=args.model).eval(), images) if c.per_image else None for c in configs
     ]
     print(f"{args.model}, batch {args.batch}, {len(rows)} configs: error of the prediction against the measurement")
     print("| table | against | within +-10% | MAPE | median error |")

@@ -117,7 +117,7 @@ def export_onnx(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    masked = pruned.config.has_threshold
+    masked = pruned.config.per_image
     example = _inputs(pruned, batch_size, images).to(_device(pruned))
     with _masked_tokens(pruned, masked), _eval_mode(pruned), torch.no_grad():
         exporter = _export(pruned, example, path, opset=opset, dynamic_batch=dynamic_batch)
@@ -175,7 +175,7 @@ def _export(pruned: PrunedViT, example: torch.Tensor, path: Path, *, opset: int,
             )
     except Exception as err:  # the exporter raises many unrelated types; all mean "it failed"
         path.unlink(missing_ok=True)
-        mode = "threshold (masked)" if pruned.config.has_threshold else "top-k/no token pruning"
+        mode = "per-image token counts, masked" if pruned.config.per_image else "fixed token counts"
         raise ExportError(f"cannot export this pruned model ({mode}) to ONNX: {_reason(err)}") from err
     return "dynamo"
 

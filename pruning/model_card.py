@@ -62,8 +62,8 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any], pruned: Pr
 
 def _size_lines(pruned: PrunedViT, dense: nn.Module) -> list[str]:
     size = pruned.spec.image_size
-    if pruned.config.has_threshold:
-        flops = "depend on the image in threshold mode; see the metrics"
+    if pruned.config.per_image:
+        flops = "depend on the image (its own token counts); see the metrics"
     else:
         flops = _versus(_flops(pruned, size), _flops(dense, size), 1e9, "G")
     return [

@@ -70,13 +70,13 @@ class TrialObjective:
 
         spec = self.space.spec
         predicted = None  # a threshold config's cost depends on the tokens it keeps: priced after its forward pass
-        if not config.has_threshold:
+        if not config.per_image:
             predicted = self.predictor.predict(config, spec, self.batch).ms
             if predicted > self.budget_ms:
                 return self._result(trial, 0.0, predicted, evaluated=False)
 
         evaluation = self._evaluate(config, predicted)
-        if config.has_threshold:
+        if config.per_image:
             widths = padded_widths(evaluation.counts, self.batch)
             predicted = self.predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
             trial.set_user_attr("kept_tokens", [round(w, 2) for w in widths])

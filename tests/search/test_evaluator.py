@@ -72,7 +72,7 @@ def test_cached_prefix_gives_the_same_logits_as_a_full_forward(setup, config_of)
     assert again.metrics == result.metrics
     logits_agree = (expected.argmax(1) == evaluator.dense_logits.argmax(1)).double().mean() * 100
     assert result.metrics.agreement == pytest.approx(float(logits_agree))
-    if config.has_threshold:
+    if config.per_image:
         assert result.counts.shape == (len(images), 2)
     if config.uses("merge"):
         assert result.counts.shape == (len(images), sum(b.reduces_tokens for b in config.blocks))
