@@ -18,11 +18,10 @@ lists that should run it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pruning._plugins import import_public_modules
 from pruning.stages._base import ModelRecord, Stage, StageInputs
 
 if TYPE_CHECKING:
@@ -56,9 +55,7 @@ class UnknownStageError(KeyError, ValueError):
 
 
 def _discover() -> dict[str, type[Stage]]:
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    import_public_modules(__name__, __path__)
     found = {cls.name: cls for cls in Stage.__subclasses__()}
     misplaced = sorted(set(found) - set(ORDER))
     if misplaced:

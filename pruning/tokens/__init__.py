@@ -12,12 +12,11 @@ them); the runtime (`TokenState`, the ops' `apply`) loads torch when used.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
+from pruning._plugins import import_public_modules
 from pruning.tokens._base import NoReduction, SearchAxis, TokenOp
 
 if TYPE_CHECKING:
@@ -46,9 +45,7 @@ class UnknownTokenOpError(KeyError, ValueError):
 
 
 def _discover() -> dict[str, type[TokenOp]]:
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
+    import_public_modules(__name__, __path__)
     ops = [NoReduction, *(c for c in TokenOp.__subclasses__() if c is not NoReduction)]
     return {op.kind_name(): op for op in sorted(ops, key=lambda op: op.order)}
 
