@@ -159,8 +159,16 @@ def profile(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: torch sees no CUDA device on this machine")
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        return _profile(keys, name, out, dev, timing, progress)
+    finally:
+        torch.set_num_threads(previous)  # a library call leaves the process as it found it
+
+
+def _profile(keys: list[dict], name: str, out: Path, dev: torch.device, timing: Timing, progress: bool) -> dict:
     keys = list({entry_id(k): k for k in keys}.values())
     partial = out.with_name(out.name + ".partial.jsonl")
     rounds = _read_partial(partial)

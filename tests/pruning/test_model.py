@@ -50,10 +50,13 @@ def test_keep_everything_reproduces_dense_timm(dense, spec, images, dense_logits
     assert (run(pruned, images) - dense_logits).abs().max().item() <= 1e-5
 
 
-def test_dense_model_is_not_modified_by_pruning(dense, spec, images, dense_logits):
+def test_dense_model_is_not_modified_by_pruning(dense, spec, images):
+    # The same batch before and after: bit-for-bit (logits of other batch shapes may differ in the
+    # last bits with one thread, as GEMM kernels block them otherwise).
+    before = run(dense, images[:8])
     prune_model(dense, PruneConfig.uniform(spec, keep_ratio=0.5, at=(3,), head_ratio=0.34, mlp_ratio=0.5))
     assert dense.blocks[0].attn.num_heads == 3
-    assert torch.equal(run(dense, images[:8]), dense_logits[:8])
+    assert torch.equal(run(dense, images[:8]), before)
 
 
 @pytest.mark.parametrize("package", [False, True])
