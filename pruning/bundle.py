@@ -5,8 +5,8 @@ Layout::
     config.json        format, base timm model + kwargs, image size, PruneConfig with survivor indices,
                        provenance (vitprune version, creation time, sha256 of the source weights)
     model.safetensors  the sliced timm state_dict (timm key names, smaller shapes)
-    metrics.json       whatever the caller measured (accuracy, fidelity, latency, ...)
-    README.md          a model card, see `pruning.model_card`
+    metrics.json       whatever the caller measured (accuracy, fidelity, latency, FLOPs, the image sets, ...)
+    README.md          a model card made from config.json and metrics.json, see `pruning.model_card`
     model.onnx         optional, see `pruning.export`
 
 Loading needs only vitprune and timm: the dense architecture is created on the `meta` device (no
@@ -41,7 +41,7 @@ from torch import nn
 from pruning.config import PruneConfig
 from pruning.loading import WeightsError, _describe_misfit, create_model
 from pruning.model import PrunedViT, describe, prune_model
-from pruning.model_card import model_card
+from pruning.model_card import TIMM_PRETRAINED, model_card
 
 __all__ = [
     "CONFIG_FILE",
@@ -50,6 +50,7 @@ __all__ = [
     "METRICS_FILE",
     "ONNX_FILE",
     "README_FILE",
+    "TIMM_PRETRAINED",
     "WEIGHTS_FILE",
     "BundleError",
     "load_bundle",
@@ -87,7 +88,8 @@ def save_bundle(
 ) -> Path:
     """Write `pruned` as a bundle at `path` (a `.zip` file if the name ends in .zip, else a directory).
 
-    `metrics` goes to metrics.json and the model card. `provenance` is a free-form dict stored under
+    `metrics` goes to metrics.json and the model card, which prints its figures (FLOPs included) as
+    they are and counts nothing itself. `provenance` is a free-form dict stored under
     `provenance.extra`; `weights` is the dense weights file the model was pruned from, whose sha256
     is recorded (a caller without the file may put `weights_sha256` in `provenance` instead).
     `model_kwargs` recreate the dense architecture with timm; by default they are derived
@@ -111,7 +113,8 @@ def save_bundle(
             config["onnx"] = {**export_onnx(pruned, stage / ONNX_FILE).to_dict(), "path": ONNX_FILE}
         (stage / CONFIG_FILE).write_text(_config_text(config), encoding="utf-8")
         (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        card = model_card(config, metrics, skeleton, dense)  # weightless models: counting them is free
+        sizes = {file.name: file.stat().st_size for file in sorted(stage.iterdir())}
+        card = model_card(config, metrics, skeleton, dense, sizes)  # weightless models: counting them is free
         (stage / README_FILE).write_text(card, encoding="utf-8")
         _publish(stage, path, overwrite)
     return path

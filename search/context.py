@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import timm
 import torch
 from torch import nn
 
@@ -21,6 +20,7 @@ from latency_models.schema import LatencyTable
 from pruning import PruneConfig, describe
 from pruning.data import IMAGE_EXTENSIONS, ImageSet, load_image_folder
 from pruning.families import family_of
+from pruning.image_sets import eval_data_config
 from pruning.importance import Importance, calibrated_importance
 from pruning.loading import create_model
 from pruning.spec import ModelSpec
@@ -28,6 +28,7 @@ from search.evaluator import TrialEvaluator
 from search.job import JobSpec
 from search.model_options import check_model_options
 from search.space import TrialSpace
+from search.units import format_ms_apart
 
 __all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "check_job", "fit_batches", "job_images"]
 
@@ -190,9 +191,7 @@ def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | Non
     for validation; the search never sees it.
     """
     limit = job.calib_images if which == "calib" else job.val_images
-    data_config = timm.data.resolve_data_config({}, model=dense)
-    # timm's data config reads the pretrained config; a model built with another img_size needs that size.
-    data_config["input_size"] = (data_config["input_size"][0], *describe(dense).image_size)
+    data_config = eval_data_config(dense, describe(dense).image_size)
     if job.val is not None:
         root = job.calib if which == "calib" else job.val
         return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
@@ -226,8 +225,9 @@ def _check_feasible(space: TrialSpace, predictor: LatencyPredictor, job: JobSpec
     floor = predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms
     if floor > budget_ms:
         widen = ", ".join(op.widen for op in space.ops) or "search tokens"
+        floor_text, budget_text = format_ms_apart(floor, budget_ms)
         raise InfeasibleJobError(
             f"no config can meet the budget: the cheapest config of the search space is predicted at "
-            f"{floor:.2f} ms on {job.device} at batch {job.batch}, over the budget of {budget_ms:.2f} ms; "
+            f"{floor_text} ms on {job.device} at batch {job.batch}, over the budget of {budget_text} ms; "
             f"raise the budget, or widen the space ({widen}, search heads or mlp)"
         )

@@ -6,6 +6,11 @@ rebuilt with the job's weight-recovery option, scored on the held-out validation
 the device's table and timed on this machine when the job's device is this machine's CPU, and
 saved as a bundle. Predicted and measured latency that disagree by more than 10% are flagged.
 `pareto.json` holds the rows, `pareto.html` an interactive plot of the front.
+
+Each row (also the bundle's metrics.json) names what its figures were measured on: `val` on the
+validation images and `calib_accuracy` on the calibration images, both described under `datasets`;
+the latency under `device`, `latency_batch` and `budget_ms`; and the dense model's figures from the
+same run under `dense`, so a model card can put the two side by side.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from tqdm.auto import tqdm
 
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import DeviceInfo
-from pruning.bundle import METRICS_FILE
+from pruning.bundle import METRICS_FILE, TIMM_PRETRAINED
 from pruning.config import PruneConfig
+from pruning.image_sets import describe_images, eval_data_config, job_image_sets
 from pruning.importance import needs_importance
 from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
@@ -83,6 +89,7 @@ def materialise(
     calib_batches = fit_batches(context.calib)
     _, dense = run_stages(DENSE_STAGES, ModelRecord(PruneConfig.dense(context.spec), inputs))
     dense_row = pareto_row(dense)
+    shared = _shared_figures(context, inputs, dense_row)
     rows = []
     front = pareto_trials(study)
     for trial in tqdm(front, desc="pareto models", unit="model", disable=not show_progress):
@@ -99,6 +106,7 @@ def materialise(
             "recovered": recover,
             "bundle": str(path.relative_to(out)),
             "dense_ms_same_run": dense_row.get("measured_ms"),
+            **shared,
         }
         trial_inputs = replace(
             inputs,
@@ -109,7 +117,13 @@ def materialise(
             report=lambda record, extra=extra: pareto_row(record) | extra,
             overwrite=True,
         )
-        provenance = {"study": study.study_name, "trial": trial.number, "device": job.device, "batch": job.batch}
+        provenance = {
+            "study": study.study_name,
+            "trial": trial.number,
+            "device": job.device,
+            "batch": job.batch,
+            "weights": Path(job.weights).name if job.weights else TIMM_PRETRAINED,  # a name: no server paths
+        }
         _, record = run_stages(PARETO_STAGES, ModelRecord(config, trial_inputs, provenance))
         rows.append(record.metrics)
     state = _trial_counts(study)
@@ -120,6 +134,34 @@ def materialise(
     )
     plot_front(study, result, out / "pareto.html")
     return result
+
+
+_DENSE_FIGURES = ("val", "predicted_ms", "measured_ms", "params", "gflops")
+"""What each row keeps of the dense model's row: the card sets the pruned model's figures beside them."""
+
+
+def _shared_figures(context: JobContext, inputs: StageInputs, dense_row: dict[str, Any]) -> dict[str, Any]:
+    """What every Pareto row adds about its run: image sets, target device, batch, budget and the dense model."""
+    names = job_image_sets(json.loads(context.job.model_dump_json()))
+    data_config = eval_data_config(context.dense, context.spec.image_size)
+    device = context.predictor.table.device
+    return {
+        "datasets": {
+            "val": describe_images(names["val"]["name"], inputs.val, data_config),
+            "calib": describe_images(names["calib"]["name"], context.calib, data_config),
+        },
+        "device": {
+            "name": context.job.device,
+            "kind": device.kind,
+            "hardware": device.hardware,
+            "runtime": device.runtime,
+            "threads": device.threads,
+            "dtype": device.dtype,
+        },
+        "latency_batch": context.job.batch,
+        "budget_ms": round(context.budget_ms, 4),
+        "dense": {key: dense_row[key] for key in _DENSE_FIGURES if key in dense_row},
+    }
 
 
 def is_this_machine(device: DeviceInfo) -> bool:
@@ -162,6 +204,8 @@ def pareto_row(record: ModelRecord) -> dict[str, Any]:
         "params": record.params,
         "gflops": round(record.flops / 1e9, 4),
     }
+    if record.flops_images is not None:
+        row["gflops_images"] = record.flops_images  # a mean over this many images: counts differ per image
     if record.latency is not None:
         row["measured_ms"] = round(record.latency.ms, 4)
         row["latency_mismatch"] = abs(record.latency.ms / record.predicted_ms - 1) > MISMATCH

@@ -129,24 +129,47 @@ def _measure(
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Run the model stages (`pruning.stages.DEFAULT_STAGES`, as the search's Pareto models do) on one config."""
-    from pruning.metrics import predict
+    """Run the model stages (`pruning.stages.DEFAULT_STAGES`, as the search's Pareto models do) on one config.
+
+    The dense model goes through build and evaluate first, as in the search: its logits are the
+    reference for fidelity, and its figures stand beside the pruned model's in metrics.json.
+    """
+    from pruning.bundle import TIMM_PRETRAINED
+    from pruning.config import PruneConfig
+    from pruning.image_sets import describe_images, eval_data_config, image_set_name
+    from pruning.model import describe
     from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 
     dense = _dense_model(args)
     config = _prune_config(args, dense)
-    calibration = None
+    calibration, calib = None, None
     if args.calib:
         calib = _images(args.calib, dense, args)
         calibration = [images for images, _ in calib.batches(args.batch_size)]
     val = _images(args.val, dense, args) if args.val else None
+    dense_inputs = StageInputs(dense=dense, name=args.model, val=val, eval_batch=args.batch_size)
+    _, reference = run_stages(
+        ("build", "evaluate"), ModelRecord(PruneConfig.dense(describe(dense, args.model)), dense_inputs)
+    )
+    data_config = eval_data_config(dense)  # what `_images` decoded with
 
     def report(record: ModelRecord) -> dict:
-        """metrics.json of `vitprune prune`: the parameter count, then the validation figures if any."""
+        """metrics.json of `vitprune prune`: size, FLOPs, the validation figures and what they were measured on."""
         metrics: dict = {"params": record.params}
+        metrics |= _flop_figures(record)
         if record.evaluation is not None:
-            metrics |= {"dataset": str(args.val), **record.evaluation.to_dict()}
-        return metrics
+            metrics |= {"dataset": image_set_name(args.val), **record.evaluation.to_dict()}
+        datasets = {}
+        if val is not None:
+            datasets["val"] = describe_images(image_set_name(args.val), val, data_config)
+        if calib is not None:
+            datasets["calib"] = describe_images(image_set_name(args.calib), calib, data_config)
+        if datasets:
+            metrics["datasets"] = datasets
+        dense_figures = {"params": reference.params, **_flop_figures(reference)}
+        if reference.evaluation is not None:
+            dense_figures["val"] = reference.evaluation.to_dict()
+        return metrics | {"dense": dense_figures}
 
     inputs = StageInputs(
         dense=dense,
@@ -154,16 +177,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
         calibration=calibration,
         recover=args.recover,
         val=val,
-        reference=predict(dense, val, batch_size=args.batch_size) if val is not None else None,
+        reference=reference.logits,
+        eval_batch=args.batch_size,
         out=args.out,
         report=report,
+        weights=args.weights,
         onnx=args.onnx,
         overwrite=args.overwrite,
     )
-    provenance = {"weights": str(args.weights) if args.weights else "timm pretrained", "recover": args.recover}
+    provenance = {"weights": args.weights.name if args.weights else TIMM_PRETRAINED, "recover": args.recover}
     _, record = run_stages(DEFAULT_STAGES, ModelRecord(config, inputs, provenance))
     print(json.dumps({"bundle": str(record.bundle), "config_key": record.config.key(), **record.metrics}))
     return 0
+
+
+def _flop_figures(record: ModelRecord) -> dict:
+    """GFLOPs per image as the evaluate stage counted them (and over how many images, where they differ per image)."""
+    if record.flops is None:
+        return {}
+    figures: dict = {"gflops": round(record.flops / 1e9, 4)}
+    if record.flops_images is not None:
+        figures["gflops_images"] = record.flops_images
+    return figures
 
 
 def _model_under_test(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module | None]:

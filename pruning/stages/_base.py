@@ -109,7 +109,10 @@ class ModelRecord:
     """Tokens each validation image kept at each reducing block (images x reductions), if any were dropped."""
     params: int | None = None
     flops: float | None = None
-    """FLOPs of one forward pass on one validation image."""
+    """FLOPs per image, counted once by the evaluate stage: what metrics.json, cards and pages all show."""
+    flops_images: int | None = None
+    """How many validation images `flops` is the mean of, for a model whose token counts differ per
+    image; None where every image costs the same."""
     predicted_ms: float | None = None
     latency: LatencyStats | None = None
     metrics: dict[str, Any] | None = None

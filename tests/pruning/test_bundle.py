@@ -15,10 +15,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
 import torch
+import yaml
+from PIL import Image
 
 import pruning.loading
 from pruning import PruneConfig, PrunedViT, describe, prune_model
@@ -29,6 +32,7 @@ from pruning.bundle import (
     METRICS_FILE,
     ONNX_FILE,
     README_FILE,
+    TIMM_PRETRAINED,
     WEIGHTS_FILE,
     BundleError,
     load_bundle,
@@ -39,7 +43,12 @@ from pruning.loading import create_model
 
 TINY = "deit_tiny_patch16_224"
 BUNDLE_FILES = {CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, README_FILE}
-METRICS = {"dataset": "imagenet-sample (8 images)", "top1": 62.5, "fidelity": {"agreement": 87.5, "kl": 0.05}}
+METRICS = {
+    "dataset": "imagenet-sample (8 images)",
+    "top1": 62.5,
+    "gflops": 1.502,
+    "fidelity": {"agreement": 87.5, "kl": 0.05},
+}
 
 
 def _random_dense(**kwargs) -> torch.nn.Module:
@@ -121,14 +130,15 @@ def test_config_metrics_and_card(saved: Path, topk: PrunedViT, dense: torch.nn.M
     assert json.loads((saved / METRICS_FILE).read_text()) == METRICS
 
     card = (saved / README_FILE).read_text()
-    for text in (TINY, "## Blocks", "| 3 | 2/3", "384/768", "top-k, keep 70%", "load_bundle", "Parameters"):
+    for text in (TINY, "## What was pruned", "| 3 | 2 of 3 |", "384 of 768", "top-k, keep 70%", "load_bundle"):
         assert text in card
     assert "imagenet-sample (8 images)" in card  # the accuracy note names the image set
-    assert "| fidelity.agreement | 87.5 |" in card
-    # sizes are counted on weightless models; they must match counting the real ones
-    assert f"Parameters: {count_params(topk) / 1e6:.2f} M of {count_params(dense) / 1e6:.2f} M dense" in card
-    flops, dense_flops = (count_flops(m, torch.zeros(1, 3, 224, 224)) / 1e9 for m in (topk, dense))
-    assert f"FLOPs per image: {flops:.2f} G of {dense_flops:.2f} G dense" in card
+    assert "| fidelity.agreement | 87.5 |" in card  # figures the card has no section for are still shown
+    # parameters are counted on weightless models; they must match counting the real ones
+    assert f"| Parameters | {count_params(topk) / 1e6:.2f} M of {count_params(dense) / 1e6:.2f} M dense" in card
+    # FLOPs are the metrics' figure, never a recount (the model really has other FLOPs than this made-up 1.502 G)
+    assert abs(count_flops(topk, torch.zeros(1, 3, 224, 224)) / 1e9 - 1.502) > 0.05
+    assert "| FLOPs per image | 1.502 G |" in card
 
 
 def test_metrics_default_to_empty(topk: PrunedViT, tmp_path: Path) -> None:
@@ -138,8 +148,9 @@ def test_metrics_default_to_empty(topk: PrunedViT, tmp_path: Path) -> None:
     assert provenance["extra"] == {"run": "test"}
     assert provenance["weights_sha256"] == "ab" * 32
     card = (path / README_FILE).read_text()
-    assert "No metrics" in card
-    assert "ab" * 32 in card
+    assert "No accuracy was recorded" in card and "No latency was recorded" in card
+    assert "| FLOPs per image | not recorded in metrics.json |" in card  # counted where metrics are made, not here
+    assert "ab" * 32 in card and "- run: test" in card
 
 
 def test_loading_never_touches_the_dense_weights(
@@ -182,7 +193,7 @@ def test_threshold_round_trip(dense: torch.nn.Module, tmp_path: Path) -> None:
     )
     pruned = prune_model(dense, config)
     path = save_bundle(pruned, tmp_path / "threshold")
-    assert "depend on the image" in (path / README_FILE).read_text()
+    assert "not counted (token counts differ per image" in (path / README_FILE).read_text()
     _assert_same_model(load_bundle(path), pruned)
 
 
@@ -208,6 +219,148 @@ def test_zipped_bundle_folder_loads(saved: Path, topk: PrunedViT, tmp_path: Path
         for file in saved.iterdir():
             zf.write(file, f"my_bundle/{file.name}")
     _assert_same_model(load_bundle(archive), topk)
+
+
+# --------------------------------------------------------------------------------------------- model cards
+
+PREP = {
+    "resize": 248,
+    "crop": [224, 224],
+    "crop_mode": "center",
+    "crop_pct": 0.9,
+    "interpolation": "bicubic",
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
+SEARCH_ROW = {
+    "config": {"blocks": [], "score": "cls_attn", "package_token": True, "round_to": 8},
+    "config_key": "0123456789abcdef",
+    "val": {"n_images": 500, "top1": 74.5, "top5": 92.25, "agreement": 88.0, "kl": 0.1234, "extra": None},
+    "predicted_ms": 3.2109,
+    "measured_ms": 4.5,
+    "latency_mismatch": True,
+    "params": 3_100_000,
+    "gflops": 1.502,
+    "trial": 24,
+    "calib_accuracy": 77.5,
+    "recovered": True,
+    "bundle": "models/trial-0024",
+    "dense_ms_same_run": None,
+    "datasets": {
+        "val": {"name": "imagenet-sample", "images": 500, "classes": 1000, "labelled": True, "preprocessing": PREP},
+        "calib": {"name": "imagenet-sample", "images": 500, "classes": 1000, "labelled": True, "preprocessing": PREP},
+    },
+    "device": {"name": "host-cpu", "kind": "measured", "hardware": "Some CPU", "runtime": "torch (cpu)", "threads": 2},
+    "latency_batch": 1,
+    "budget_ms": 4.0,
+    "dense": {"val": {"n_images": 500, "top1": 78.4, "agreement": None}, "predicted_ms": 6.0, "gflops": 2.5074},
+}
+"""A metrics.json as the search writes it (internal fields and nulls included), trial 24 of issue 17."""
+
+
+def _front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_card_reads_like_a_hub_card_with_every_figure_labelled(topk: PrunedViT, tmp_path: Path) -> None:
+    provenance = {
+        "study": "vitprune-deit",
+        "trial": 24,
+        "device": "host-cpu",
+        "batch": 1,
+        "weights": "model.safetensors",
+    }
+    path = save_bundle(topk, tmp_path / "bundle", metrics=SEARCH_ROW, provenance=provenance)
+    card = (path / README_FILE).read_text()
+
+    meta = _front_matter(card)
+    assert meta["library_name"] == "vitprune" and {"image-classification", "timm", "pruned"} <= set(meta["tags"])
+    assert meta["base_model"] == "timm/deit_tiny_patch16_224.fb_in1k"
+    assert "license" not in meta  # a local file: vitprune cannot know its licence, so it claims none ...
+    assert "Licence of the base weights | unknown" in card  # ... and says so
+    for heading in (
+        "## Model details",
+        "## What was pruned",
+        "## Accuracy",
+        "## Fidelity to the dense model",
+        "## Latency",
+        "## Files",
+        "## Usage",
+        "## Provenance",
+    ):
+        assert f"\n{heading}\n" in card
+    # Validation leads, and each accuracy names its images; calibration is said to be what the search optimised.
+    assert card.index("Validation top-1 **74.5%**") < card.index("Calibration top-1 77.5%")
+    assert "on 500 validation images of `imagenet-sample`, 1000 classes; the dense model: 78.4%" in card
+    assert "Calibration top-1 77.5% on 500 calibration images of `imagenet-sample`" in card
+    assert "resize to 248 px (shorter side, bicubic), center crop 224x224" in card
+    assert "agreement with the dense model: 88.0%" in card and "0.1234 nats" in card
+    assert "| FLOPs per image | 1.502 G of 2.507 G dense (60%) |" in card  # metrics.json's figure, as it is
+    assert "Target device: `host-cpu` (measured, Some CPU, torch (cpu), 2 threads)" in card
+    assert "Budget of the search: 4.00 ms" in card and "3.21 ms (dense model 6.00 ms)" in card
+    assert "Measured on the machine that made the bundle: 4.50 ms" in card and "differ by more than 10%" in card
+    assert "search `vitprune-deit`, trial 24" in card
+    assert "does not know where it came from" in card
+    size = (path / WEIGHTS_FILE).stat().st_size / (1 << 20)
+    assert f"| `model.safetensors` | {size:.1f} MB |" in card
+    # No Python reprs, no nulls, no bookkeeping fields.
+    for unwanted in ("None", "null", "{'", "dense_ms_same_run", "models/trial-0024", "config_key", "heads_kept"):
+        assert unwanted not in card
+
+
+def test_card_of_timm_pretrained_weights_names_their_licence_and_training_set(topk: PrunedViT, tmp_path: Path) -> None:
+    path = save_bundle(topk, tmp_path / "bundle", metrics=SEARCH_ROW, provenance={"weights": TIMM_PRETRAINED})
+    card = (path / README_FILE).read_text()
+    meta = _front_matter(card)
+    assert meta["license"] == "apache-2.0" and meta["datasets"] == ["imagenet-1k"]
+    assert "apache-2.0 (timm's pretrained weights)" in card
+
+
+def test_card_of_a_model_with_per_image_token_counts_says_what_its_flops_are(
+    dense: torch.nn.Module, tmp_path: Path
+) -> None:
+    pruned = prune_model(dense, PruneConfig.uniform(describe(dense), threshold=1.0, at=(3, 6)))
+    path = save_bundle(pruned, tmp_path / "bundle", metrics={"gflops": 1.1149, "gflops_images": 32})
+    card = (path / README_FILE).read_text()
+    assert "| FLOPs per image | 1.115 G, the mean over 32 validation images (token counts differ per image) |" in card
+    assert "threshold, keep score >= 1 x mean" in card  # the op's own words for the card
+
+
+def test_card_of_an_older_bundle_layout_has_no_nulls(topk: PrunedViT, tmp_path: Path) -> None:
+    """metrics.json as the search wrote it before it named its images: still labelled, nothing unknown shown as None."""
+    old = {key: SEARCH_ROW[key] for key in ("config", "val", "predicted_ms", "params", "gflops", "calib_accuracy")}
+    path = save_bundle(topk, tmp_path / "bundle", metrics=old | {"bundle": "models/x", "dense_ms_same_run": None})
+    card = (path / README_FILE).read_text()
+    assert "Validation top-1 **74.5%** (top-5 92.2%) on 500 validation images." in card
+    assert "Calibration top-1 77.5% on the calibration images: what the search optimised" in card
+    assert "None" not in card and "models/x" not in card
+
+
+def test_card_usage_snippet_loads_the_bundle_and_classifies_an_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kwargs = {"num_classes": 10, "img_size": 32, "depth": 2}
+    small = _random_dense(**kwargs)
+    pruned = prune_model(small, PruneConfig.uniform(describe(small), keep_ratio=0.5, at=(1,), mlp_ratio=0.5))
+    path = save_bundle(pruned, tmp_path / "small.zip", model_kwargs=kwargs)
+    card = zipfile.ZipFile(path).read(README_FILE).decode()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    image = tmp_path / "image.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(image)
+    exec(snippet.replace("path/to/bundle", str(path)).replace("image.jpg", str(image)), {})
+    classes, scores = (json.loads(f"[{part.strip('[]')}]") for part in capsys.readouterr().out.strip().split("] ["))
+    with torch.inference_mode():
+        expected = load_bundle(path)(_eval_image(image, pruned)).softmax(dim=-1).topk(5)
+    assert classes == expected.indices[0].tolist()
+    assert scores == pytest.approx(expected.values[0].tolist()) and scores == sorted(scores, reverse=True)
+
+
+def _eval_image(path: Path, model: PrunedViT) -> torch.Tensor:
+    """The image as timm's eval transform for the model gives it (what the snippet should do)."""
+    config = timm.data.resolve_data_config({}, model=model.model)
+    config["input_size"] = (3, *model.spec.image_size)
+    return timm.data.create_transform(**config)(Image.open(path).convert("RGB")).unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------------ broken bundles

@@ -14,7 +14,7 @@ import pruning.stages
 from pruning.bundle import CONFIG_FILE, METRICS_FILE, load_bundle
 from pruning.config import PruneConfig
 from pruning.data import ImageSet
-from pruning.flops import count_params
+from pruning.flops import count_flops, count_params
 from pruning.metrics import predict
 from pruning.model import describe, prune_model
 from pruning.stages import (
@@ -146,3 +146,33 @@ def test_later_stages_take_a_model_given_to_them(tmp_path, dense, images):
     model, record = run_stages(("evaluate", "time"), ModelRecord(built.config, inputs), model=built)
     assert model is built and record.evaluation.n_images == len(images) and record.token_counts is None
     assert record.latency.ms > 0 and record.predicted_ms is None and record.bundle is None
+
+
+def test_evaluate_counts_flops_once_per_image_mean_where_counts_differ(dense, images):
+    """Thresholds keep a different count per image: FLOPs are the mean over validation images, each run alone."""
+    config = PruneConfig.uniform(describe(dense, NAME), threshold=1.0, at=(0, 1))
+    model = prune_model(dense, config, name=NAME)
+    inputs = StageInputs(dense=dense, name=NAME, val=images, eval_batch=5)
+    _, record = run_stages(("evaluate",), ModelRecord(model.config, inputs), model=model)
+    each = [count_flops(model, batch) for batch, _ in images.batches(1)]
+    assert len(set(each)) > 1  # the images really differ
+    assert record.flops == pytest.approx(sum(each) / len(each)) and record.flops_images == len(images)
+
+
+def test_evaluate_counts_flops_of_fixed_counts_without_images(dense):
+    """Top-k keeps the same count in every image: one image's FLOPs, counted even with no validation images."""
+    model = prune_model(dense, PruneConfig.uniform(describe(dense, NAME), keep_ratio=0.5, at=(1,)), name=NAME)
+    _, record = run_stages(("evaluate",), ModelRecord(model.config, StageInputs(dense=dense, name=NAME)), model=model)
+    assert record.flops == count_flops(model, torch.zeros(1, 3, 32, 32)) and record.flops_images is None
+    assert record.evaluation is None
+
+
+def test_evaluate_averages_flops_over_a_spread_sample_of_a_large_set(dense, images, monkeypatch):
+    monkeypatch.setattr(pruning.stages.evaluate, "FLOP_IMAGES", 4)
+    model = prune_model(dense, PruneConfig.uniform(describe(dense, NAME), threshold=1.0, at=(0, 1)), name=NAME)
+    _, record = run_stages(
+        ("evaluate",), ModelRecord(model.config, StageInputs(dense=dense, name=NAME, val=images)), model
+    )
+    sample = images.subset([0, 4, 7, 11])  # spread over the set, first and last included
+    assert record.flops_images == 4 and record.flops == pytest.approx(count_flops(model, next(sample.batches(4))[0]))
+    assert record.evaluation.n_images == len(images)  # accuracy still on every image

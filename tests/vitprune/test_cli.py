@@ -87,3 +87,31 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "vitprune", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert all(command in result.stdout for command in ("prune", "evaluate", "export", "latency"))
+
+
+def test_prune_records_its_flops_and_images_once_and_the_card_prints_them(
+    capsys, tmp_path, deit_tiny_weights, small_folder, class_map
+):
+    """metrics.json names the validation images (a folder name, not a path); the card prints its FLOPs as they are."""
+    dense = ["--model", "deit_tiny_patch16_224", "--weights", str(deit_tiny_weights)]
+    data = ["--val", str(small_folder), "--class-map", str(class_map)]
+    bundle = tmp_path / "pruned"
+    code, out, err = run(capsys, "prune", *dense, "--threshold", "1.0", "--at", "3,6,9", *data, "--out", str(bundle))
+    assert code == 0, err
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert json.loads(out)["gflops"] == metrics["gflops"] and metrics["gflops_images"] == 12  # mean of 12 images
+    assert metrics["dataset"] == small_folder.name and metrics["n_images"] == 12
+    assert metrics["datasets"]["val"] | {"preprocessing": None} == {
+        "name": small_folder.name,
+        "images": 12,
+        "classes": 12,  # the classes of the images, not the 1000 of the class map
+        "labelled": True,
+        "preprocessing": None,
+    }
+    assert metrics["dense"]["gflops"] > metrics["gflops"] and metrics["dense"]["val"]["n_images"] == 12
+    card = (bundle / "README.md").read_text()
+    flops = f"| FLOPs per image | {round(metrics['gflops'], 3):g} G of {round(metrics['dense']['gflops'], 3):g} G dense"
+    assert flops in card and "the mean over 12 validation images" in card
+    assert f"Validation top-1 **{metrics['top1']:.1f}%**" in card
+    assert json.loads((bundle / "config.json").read_text())["provenance"]["weights_sha256"] in card
+    assert str(tmp_path) not in card and "None" not in card and str(deit_tiny_weights.parent) not in card
