@@ -19,8 +19,10 @@ protobuf's 2 GB limit, where ONNX requires an external data file next to it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,9 @@ _INPUT_NAME = "images"
 _OUTPUT_NAME = "logits"
 _CHECK_BATCH = 3
 _SEED = 0
+_QUIET_LOGGERS = ("onnxscript", "onnx_ir")
+"""The exporter's libraries: several hundred INFO lines (optimizer passes, deduplicated initializers) per
+export, which would fill a service's log; their warnings and errors still show."""
 _BLAME = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in (\w+)\n([^\n]+)')
 
 MASKED_NOTE = (
@@ -119,7 +124,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     masked = pruned.config.per_image
     example = _inputs(pruned, batch_size, images).to(_device(pruned))
-    with _masked_tokens(pruned, masked), _eval_mode(pruned), torch.no_grad():
+    with _masked_tokens(pruned, masked), _eval_mode(pruned), torch.no_grad(), _quiet_exporter():
         exporter = _export(pruned, example, path, opset=opset, dynamic_batch=dynamic_batch)
     report = ExportReport(
         path=path,
@@ -160,7 +165,7 @@ def _export(pruned: PrunedViT, example: torch.Tensor, path: Path, *, opset: int,
     try:
         with warnings.catch_warnings():
             # PrunedViT.forward records per-image token counts for callers; they are not part of the graph.
-            warnings.filterwarnings("ignore", message=r"The tensor attributes self\.last_token_counts")
+            warnings.filterwarnings("ignore", message=r"The tensor attributes? self\.last_token_counts")
             torch.onnx.export(
                 pruned,
                 (example,),
@@ -263,6 +268,47 @@ def _masked_tokens(pruned: PrunedViT, masked: bool) -> Iterator[None]:
         yield
     finally:
         pruned.compact_tokens = saved
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Raise the exporter's loggers (and their children that have a level of their own) to WARNING while
+    exporting; restore their levels afterwards. Exports in several threads at once (a service exporting
+    two models) share one quiet spell: the first in saves the levels, the last out restores them."""
+    global _quiet_depth, _quiet_saved
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved = [(logger, logger.level) for logger in _exporter_loggers()]
+            for logger, level in _quiet_saved:
+                if level < logging.WARNING:
+                    logger.setLevel(logging.WARNING)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for logger, level in _quiet_saved:
+                    logger.setLevel(level)
+                _quiet_saved = []
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[tuple[logging.Logger, int]] = []
+
+
+def _exporter_loggers() -> list[logging.Logger]:
+    """The _QUIET_LOGGERS and those of their children given a level of their own (the rest inherit)."""
+    children = [
+        logger
+        for name, logger in list(logging.Logger.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger)
+        and logger.level != logging.NOTSET
+        and any(name.startswith(f"{root}.") for root in _QUIET_LOGGERS)
+    ]
+    return [logging.getLogger(name) for name in _QUIET_LOGGERS] + children
 
 
 @contextlib.contextmanager

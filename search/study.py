@@ -36,6 +36,7 @@ from search.trials import SLOT_ATTR, is_pareto_candidate
 
 __all__ = [
     "DIRECTIONS",
+    "METRIC_NAMES",
     "Progress",
     "add_slots",
     "fail_stale",
@@ -51,6 +52,9 @@ __all__ = [
 
 DIRECTIONS = ("maximize", "minimize")
 """Calibration accuracy up, predicted latency down."""
+METRIC_NAMES = ("calibration top-1 %", "predicted latency ms")
+"""The objectives' names, stored on every study: optuna-dashboard and other Optuna tools show them
+instead of "Objective 0" and "Objective 1"."""
 
 HEARTBEAT_S = 10
 GRACE_S = 45
@@ -177,6 +181,9 @@ def submit(
     study = optuna.create_study(
         study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
     )
+    if study.metric_names != list(METRIC_NAMES):  # also names the objectives of studies made before they were
+        with _stable_enough():
+            study.set_metric_names(list(METRIC_NAMES))
     if context is None:
         context = JobContext.from_study(study, cache_dir=cache_dir)
         retry_interrupted(study)

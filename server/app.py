@@ -10,17 +10,17 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from latency_models.registry import Registry
 from search.study import open_storage
 from server.api.deps import check_token
-from server.api.routes import devices, jobs, models, uploads
+from server.api.errors import document_validation_answers, validation_error
+from server.api.routes import devices, health, jobs, models, uploads
 from server.dashboard import router as dashboard
-from server.db.engine import db_after, make_engine, make_sessions, migrate
-from server.db.models import Worker
+from server.db.engine import make_engine, make_sessions, migrate
 from server.settings import Settings
 from server.store import ArtifactStore
 from server.worker import ServiceWorker
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         stop.set()
         if thread is not None:
             thread.join(timeout=30)  # a trial in progress finishes; an unfinished job is resumed at the next start
+            service_worker.retire()  # even if a job held it past the wait: the process ends, the worker with it
         engine.dispose()
 
     app = FastAPI(
@@ -67,9 +68,10 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         lifespan=lifespan,
         dependencies=[Depends(check_token)],
     )
-    for module in (jobs, models, devices, uploads):
+    for module in (jobs, models, devices, uploads, health):
         app.include_router(module.router)
-    app.add_api_route("/api/health", health, methods=["GET"], tags=["health"])
+    app.add_exception_handler(RequestValidationError, validation_error)
+    document_validation_answers(app)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)
     app.add_exception_handler(Exception, _internal_error)
@@ -83,14 +85,6 @@ def _version() -> str:
         return version("vitprune")
     except PackageNotFoundError:  # running from a source tree that was not installed
         return "0.0.0+local"
-
-
-def health(request: Request) -> dict:
-    """The database answers; how many workers were seen in the last minute."""
-    with request.app.state.sessions() as session:
-        session.execute(text("SELECT 1"))
-        recent = session.scalar(select(func.count()).select_from(Worker).where(Worker.seen_at > db_after(-60)))
-    return {"status": "ok", "workers": recent}
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:

@@ -6,6 +6,7 @@ Each export takes several seconds on two CPU cores, so exports are module fixtur
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import onnx
@@ -108,3 +109,22 @@ def test_old_opset_is_refused(topk: PrunedViT, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="opset >= 17"):
         export_onnx(topk, tmp_path / "old.onnx", opset=13)
     assert not (tmp_path / "old.onnx").exists()
+
+
+def test_an_export_logs_nothing_below_warning_from_the_exporter(tmp_path: Path, caplog) -> None:
+    # onnxscript and onnx_ir logged ~450 INFO lines per export into the service's log.
+    from tests.search.tiny import tiny_model
+
+    dense = tiny_model()
+    pruned = prune_model(dense, PruneConfig.uniform(describe(dense), keep_ratio=0.7, at=(2,)))
+    logging.getLogger("onnx_ir.passes").setLevel(logging.DEBUG)  # a child with a level of its own is quieted too
+    try:
+        with caplog.at_level(logging.DEBUG):
+            export_onnx(pruned, tmp_path / "tiny.onnx")
+        noisy = [r for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir")]
+        assert [f"{r.name}: {r.getMessage()}" for r in noisy if r.levelno < logging.WARNING] == []
+        # Restored afterwards: a caller that asked for the exporter's details still gets them elsewhere.
+        assert logging.getLogger("onnx_ir.passes").level == logging.DEBUG
+        assert logging.getLogger("onnxscript").level == logging.NOTSET
+    finally:
+        logging.getLogger("onnx_ir.passes").setLevel(logging.NOTSET)

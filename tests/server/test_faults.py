@@ -4,6 +4,7 @@ and several workers on several jobs. Real processes, real SQLite and PostgreSQL.
 from __future__ import annotations
 
 import errno
+import logging
 import time
 
 import optuna
@@ -120,7 +121,9 @@ def test_workers_and_api_recover_when_postgres_goes_away_and_comes_back(tiny_roo
             api.stop()
 
 
-def test_a_failed_artifact_write_fails_the_job_clearly_and_leaves_no_half_file(make_service, tiny_root, monkeypatch):
+def test_a_failed_artifact_write_fails_the_job_clearly_and_leaves_no_half_file(
+    make_service, tiny_root, monkeypatch, caplog
+):
     def disk_full(tensors, filename, metadata=None):
         with open(filename, "wb") as handle:
             handle.write(b"\0" * 1000)  # part of the file made it to disk
@@ -128,9 +131,13 @@ def test_a_failed_artifact_write_fails_the_job_clearly_and_leaves_no_half_file(m
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     client = make_service()
-    job_id = client.post("/api/jobs", json={"spec": spec_json(tiny_job(tiny_root, trials=10))}).json()["id"]
-    job = wait_final(client, job_id)
+    with caplog.at_level(logging.INFO, logger="server.worker"):
+        job_id = client.post("/api/jobs", json={"spec": spec_json(tiny_job(tiny_root, trials=10))}).json()["id"]
+        job = wait_final(client, job_id)
     assert job["status"] == "failed" and "No space left on device" in job["error"]
+    # The server's log says so too, with how long the job ran and why it failed.
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {job_id} failed after ")]
+    assert failed and "No space left on device" in failed[0], [r.getMessage() for r in caplog.records]
     assert client.get(f"/api/jobs/{job_id}/pareto").json()["models"] == []
     home = client.app.state.settings.artifacts / "jobs" / str(job_id)
     assert not list(home.rglob("model.safetensors")), "a half-written bundle was left where it could be served"

@@ -12,7 +12,6 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from pruning.bundle import CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE, load_bundle
-from pruning.export import ExportError, export_onnx
 from server.api.deps import ModelDep, SessionDep, StoreDep
 from server.api.routing import JSONRoute
 from server.api.schemas import ModelOut
@@ -74,7 +73,22 @@ async def download(model: ModelDep, store: StoreDep, format: Format = Format.bun
     return FileResponse(path, filename=name, headers={"X-Checksum-SHA256": checksum})
 
 
+@router.head(
+    "/{model_id}/download",
+    response_class=FileResponse,
+    responses={200: {"description": "the headers GET sends (Content-Length, X-Checksum-SHA256, ...), no body"}},
+)
+async def download_headers(model: ModelDep, store: StoreDep, format: Format = Format.bundle) -> FileResponse:
+    """What GET would answer, without the file: `curl -I` and clients that check the size or checksum first.
+
+    The answer is GET's own (FileResponse sends only the headers to a HEAD), so the two cannot disagree."""
+    return await download(model, store, format)
+
+
 def _onnx(store: ArtifactStore, bundle: Path) -> Path:
+    # Imported on first export: onnx and its exporter add about a second to the service's start-up.
+    from pruning.export import ExportError, export_onnx
+
     def write(tmp: Path) -> None:
         try:
             export_onnx(load_bundle(bundle), tmp)
