@@ -7,7 +7,8 @@ Where things are:
 - `db/`: SQLAlchemy models, engine and migrations; `jobs`: the job life cycle and leases.
 - `worker`: `ServiceWorker`, which claims queued jobs and runs them through the search layer.
 - `store`: the artifact store (bundles, ONNX files, uploads); `uploads`: safe receiving of uploads.
-- `settings`: VITPRUNE_* settings; `demo`: the `vitprune serve --demo` job.
+- `settings`: VITPRUNE_* settings; `demo`: the `vitprune serve --demo` model and job; `demo_job`: that job,
+  listed at once while a background thread prepares its model.
 
 Jobs run through the search layer (`search`), the same code `vitprune search` runs.
 """

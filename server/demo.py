@@ -14,7 +14,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,18 @@ from pruning.data import load_image_folder
 from pruning.metrics import predict
 from search.job import JobSpec, SearchSpace
 
-__all__ = ["CLASSES", "DEMO_KWARGS", "DEMO_MODEL", "N_CLASSES", "DemoAssets", "demo_job", "make_demo_assets"]
+__all__ = [
+    "CLASSES",
+    "DEMO_KWARGS",
+    "DEMO_LABEL",
+    "DEMO_MODEL",
+    "N_CLASSES",
+    "DemoAssets",
+    "Report",
+    "demo_assets_at",
+    "demo_job",
+    "make_demo_assets",
+]
 
 CLASSES = (
     "circle", "square", "triangle", "ring", "cross",
@@ -46,12 +57,18 @@ DEMO_KWARGS: dict[str, int | float | str | bool] = {
     "img_size": IMAGE_SIZE, "patch_size": 4, "depth": 6, "embed_dim": 96, "num_heads": 6, "mlp_ratio": 2.0,
     "num_classes": N_CLASSES,
 }  # fmt: skip
+DEMO_LABEL = f"demo ViT ({DEMO_KWARGS['depth']} blocks, {DEMO_KWARGS['embed_dim']} wide, {IMAGE_SIZE} px, DEMO shapes)"
+"""What the demo model is, shown where a job's model is named: its timm name would say DeiT-Tiny, which it is not."""
 TRAIN_PER_CLASS, CALIB_PER_CLASS, VAL_PER_CLASS = 500, 50, 50
 TRAIN_STEPS = 700
 """About a minute on two idle cores (~79% top-1 on the validation shapes); a fixed count, not a time budget, so
 the demo model is the same on a busy or a fast machine."""
 _LR = 1e-3
 _VERSION = 2  # bump when the images or the training change, so an old asset folder is rebuilt
+
+
+Report = Callable[[str, int, int], None]
+"""Called with (stage, done, total) as the assets are made, e.g. ("training the ViT", 120, 700)."""
 
 
 @dataclass
@@ -65,11 +82,21 @@ class DemoAssets:
     accuracy: float
 
 
-def make_demo_assets(root: Path, *, steps: int = TRAIN_STEPS, seed: int = 0, progress: bool = True) -> DemoAssets:
-    """Generate images, train, save; reuse `root` contents if a previous call completed (a marker file written
-    last) so a restart is instant."""
+def demo_assets_at(root: Path) -> DemoAssets:
+    """Where `make_demo_assets(root)` puts the demo's files (accuracy 0 until they are made): a job can name them
+    before they exist."""
     root = Path(root).resolve()
-    assets = DemoAssets(root / "model.safetensors", root / "calib", root / "val", root / "classes.txt", 0.0)
+    return DemoAssets(root / "model.safetensors", root / "calib", root / "val", root / "classes.txt", 0.0)
+
+
+def make_demo_assets(
+    root: Path, *, steps: int = TRAIN_STEPS, seed: int = 0, progress: bool = True, report: Report | None = None
+) -> DemoAssets:
+    """Generate images, train, save; reuse `root` contents if a previous call completed (a marker file written
+    last) so a restart is instant. `report` hears each stage's progress (and may raise to stop)."""
+    report = report or _no_report
+    root = Path(root).resolve()
+    assets = demo_assets_at(root)
     identity = {"version": _VERSION, "seed": seed, "steps": steps, "kwargs": DEMO_KWARGS}
     marker = root / "demo.json"
     try:
@@ -85,10 +112,14 @@ def make_demo_assets(root: Path, *, steps: int = TRAIN_STEPS, seed: int = 0, pro
         shutil.rmtree(folder, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     assets.class_map.write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")
+    drawing, saved = "drawing the calibration and validation shapes", 0
+    total = N_CLASSES * (CALIB_PER_CLASS + VAL_PER_CLASS)
     for folder, split, per_class in ((assets.calib, 1, CALIB_PER_CLASS), (assets.val, 2, VAL_PER_CLASS)):
         for label, index, picture in _pictures(seed, split, per_class):
+            report(drawing, saved, total)
             (folder / CLASSES[label]).mkdir(parents=True, exist_ok=True)
             picture.save(folder / CLASSES[label] / f"{CLASSES[label]}_{split}_{index:04d}.png")
+            saved += 1
 
     torch.manual_seed(seed)
     model = timm.create_model(DEMO_MODEL, pretrained=False, **DEMO_KWARGS)
@@ -101,9 +132,14 @@ def make_demo_assets(root: Path, *, steps: int = TRAIN_STEPS, seed: int = 0, pro
     transform = timm.data.create_transform(**config, is_training=False)
     pictures = _pictures(seed, 0, TRAIN_PER_CLASS)
     drawn = tqdm(pictures, total=N_CLASSES * TRAIN_PER_CLASS, desc="demo: drawing shapes", disable=not progress)
-    images, labels = zip(*((transform(picture), label) for label, _, picture in drawn), strict=True)
-    seconds = _train(model, torch.stack(images), torch.tensor(labels), steps, seed, progress)
+    examples = []
+    for done, (label, _, picture) in enumerate(drawn):
+        report("drawing the training shapes", done, N_CLASSES * TRAIN_PER_CLASS)
+        examples.append((transform(picture), label))
+    images, labels = zip(*examples, strict=True)
+    seconds = _train(model, torch.stack(images), torch.tensor(labels), steps, seed, progress, report)
 
+    report("checking the ViT on its validation shapes", 0, 1)
     model.eval()
     save_file(model.state_dict(), str(assets.weights), metadata={"demo": "generated shapes, not ImageNet"})
     val = load_image_folder(assets.val, config, class_map=assets.class_map)
@@ -138,6 +174,10 @@ def demo_job(assets: DemoAssets, *, trials: int = 60) -> JobSpec:
         ),
         trials=trials,
     )
+
+
+def _no_report(stage: str, done: int, total: int) -> None:
+    pass
 
 
 def _pictures(seed: int, split: int, per_class: int) -> Iterator[tuple[int, int, Image.Image]]:
@@ -196,13 +236,14 @@ def _draw(label: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _train(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, seed: int,
-           progress: bool) -> float:  # fmt: skip
+           progress: bool, report: Report = _no_report) -> float:  # fmt: skip
     """AdamW for `steps` batches with warm-up and cosine decay; returns the seconds it took."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=_LR, weight_decay=0.05)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     start = time.monotonic()
     for step in tqdm(range(steps), desc="demo: training ViT", unit="step", disable=not progress):
+        report("training the ViT", step, steps)
         share = step / steps
         for group in optimizer.param_groups:
             group["lr"] = _LR * min(1.0, share / 0.05) * 0.5 * (1 + math.cos(math.pi * share))

@@ -1,4 +1,7 @@
-"""Job life cycle and leases: queued -> running -> materialising -> done | failed | cancelled.
+"""Job life cycle and leases: [preparing ->] queued -> running -> materialising -> done | failed | cancelled.
+
+A job whose inputs are still being made (the demo's model, trained by `vitprune serve --demo`) is created as
+`preparing`, so it is listed at once with its preparation's progress; no worker claims it until it is queued.
 
 A worker claims a job atomically (PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED`, so two workers
 never wait on or take the same row; SQLite: one UPDATE, which SQLite runs under its single write
@@ -19,15 +22,43 @@ from search.job import JobSpec
 from server.db.engine import db_after, db_now
 from server.db.models import ACTIVE, FINAL, Job
 
-__all__ = ["cancel_job", "claim_job", "create_job", "finish", "list_jobs", "renew_lease", "update_job"]
+__all__ = [
+    "cancel_job",
+    "claim_job",
+    "create_job",
+    "finish",
+    "list_jobs",
+    "model_label",
+    "preparation_failed",
+    "prepared",
+    "renew_lease",
+    "report_preparation",
+    "update_job",
+]
+
+LABEL_LENGTH = 200
 
 
-def create_job(session: Session, spec: JobSpec, name: str | None = None) -> Job:
+def model_label(spec: JobSpec) -> str:
+    """The model as people should read it: the timm name, with the options the job changes (depth, width, ...),
+    which make it another model than the name says."""
+    if not spec.model_kwargs:
+        return spec.model
+    options = ", ".join(f"{key}={value}" for key, value in spec.model_kwargs.items())
+    label = f"{spec.model} ({options})"
+    return label if len(label) <= LABEL_LENGTH else label[: LABEL_LENGTH - 2] + "…)"
+
+
+def create_job(
+    session: Session, spec: JobSpec, name: str | None = None, *, label: str | None = None, preparing: bool = False
+) -> Job:
+    """A new job, queued; or `preparing` (with no progress yet) when its inputs are still being made."""
     job = Job(
         name=name or f"{spec.model} on {spec.device}",
-        status="queued",
+        status="preparing" if preparing else "queued",
         spec=spec.model_dump(mode="json"),
         model=spec.model,
+        model_label=(label or model_label(spec))[:LABEL_LENGTH],
         device=spec.device,
         study_name="",
         trials_total=spec.trials,
@@ -124,3 +155,27 @@ def finish(engine: Engine, job_id: int, worker: str, status: str, error: str | N
     return update_job(
         engine, job_id, worker, status=status, error=error, finished_at=db_now(), lease_expires_at=None, eta_s=None
     )
+
+
+# -- preparation (no worker holds a preparing job: its writes are conditional on the status instead) ---------------
+
+
+def _preparing(engine: Engine, job_id: int, **values: Any) -> bool:
+    with Session(engine) as session, session.begin():
+        query = update(Job).where(Job.id == job_id, Job.status == "preparing").values(**values)
+        return bool(session.execute(query).rowcount)
+
+
+def report_preparation(engine: Engine, job_id: int, stage: str, done: int, total: int) -> bool:
+    """Record how far the preparation is; False when the job is no longer preparing (it was cancelled)."""
+    return _preparing(engine, job_id, preparation={"stage": stage, "done": done, "total": total})
+
+
+def prepared(engine: Engine, job_id: int) -> bool:
+    """Queue a job whose inputs are ready; False when it is no longer preparing (it was cancelled)."""
+    return _preparing(engine, job_id, status="queued", preparation=None)
+
+
+def preparation_failed(engine: Engine, job_id: int, error: str) -> bool:
+    """End a job whose inputs could not be made, with the reason for the user."""
+    return _preparing(engine, job_id, status="failed", error=error, finished_at=db_now(), preparation=None)

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 
 # The service (FastAPI, SQLAlchemy, torch) is imported when a command runs, not when the parser is built.
 if TYPE_CHECKING:
+    from server.demo_job import DemoPreparation
     from server.settings import Settings
 
 __all__ = ["add_commands"]
-
-DEMO_NAME = "DEMO: self-trained ViT on generated shapes (not ImageNet)"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -48,31 +47,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _setup(args)
     settings = _settings(args)
-    if args.demo:
-        _queue_demo(settings)
+    # The demo job is listed before the server starts; its model is trained in the background while it answers.
+    demo = _start_demo(settings) if args.demo else None
     print(f"vitprune: dashboard at http://{args.host}:{args.port}/ (data in {settings.home.resolve()})", flush=True)
-    uvicorn.run(create_app(settings, worker=not args.no_worker), host=args.host, port=args.port, log_level="info")
+    try:
+        uvicorn.run(create_app(settings, worker=not args.no_worker), host=args.host, port=args.port, log_level="info")
+    finally:
+        if demo is not None:
+            demo.stop()
     return 0
 
 
-def _queue_demo(settings: Settings) -> None:
-    """Train the demo ViT (once; about a minute) and queue its search unless a demo job exists already."""
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
+def _start_demo(settings: Settings) -> DemoPreparation | None:
+    """The demo job, listed now and prepared in a background thread (None when it needs no preparing)."""
+    from server.demo_job import start_demo
 
-    from server.db.engine import make_engine, migrate
-    from server.db.models import Job
-    from server.demo import demo_job, make_demo_assets
-    from server.jobs import create_job
-
-    assets = make_demo_assets(settings.home / "demo")
-    print(f"vitprune: demo ViT trained, {assets.accuracy:.1f}% top-1 on its generated validation shapes", flush=True)
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    with Session(engine) as session:
-        if session.scalar(select(Job.id).where(Job.name == DEMO_NAME)) is None:
-            create_job(session, demo_job(assets), DEMO_NAME)
-    engine.dispose()
+    demo = start_demo(settings)
+    if demo is not None:
+        print(
+            f"vitprune: demo job {demo.job_id}: preparing the demo model in the background (a few minutes; "
+            "its progress is on the dashboard), then its search runs",
+            flush=True,
+        )
+    return demo
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -108,7 +105,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="API and dashboard only; jobs run in `vitprune worker`")
     serve.add_argument(
-        "--demo", action="store_true", help="train a small demo ViT on generated images and queue its search"
+        "--demo",
+        action="store_true",
+        help="list a demo job at once; train its small ViT on generated images in the background, then search it",
     )
     serve.set_defaults(run=cmd_serve)
 

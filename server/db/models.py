@@ -26,7 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = ["FINAL", "JOB_STATES", "Base", "DeviceProfile", "Job", "PrunedModel", "Upload", "Worker"]
 
-JOB_STATES = ("queued", "running", "materialising", "done", "failed", "cancelled")
+JOB_STATES = ("preparing", "queued", "running", "materialising", "done", "failed", "cancelled")
+"""`preparing`: the job's inputs are still being made (the demo's model is trained) before it is queued."""
 FINAL = ("done", "failed", "cancelled")
 ACTIVE = ("running", "materialising")
 
@@ -47,6 +48,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), nullable=False, default="queued", index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     model: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    model_label: Mapped[str | None] = mapped_column(String(200))
+    """What the model is, for people: the timm name and its changed options (e.g. the demo's small ViT)."""
     device: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
     study_name: Mapped[str] = mapped_column(String(300), nullable=False)
     created_at: Mapped[datetime] = _created()
@@ -65,6 +68,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     notes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """What the user should know about a job that still runs, e.g. unreadable images that were skipped."""
+    preparation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """While `preparing`: the current stage and its progress, {"stage": text, "done": n, "total": m}."""
     dense: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """The dense model: per-block structure and its validation metrics and latency (set when done)."""
     models: Mapped[list[PrunedModel]] = relationship(back_populates="job", order_by="PrunedModel.predicted_ms")
