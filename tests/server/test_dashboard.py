@@ -166,10 +166,23 @@ def test_static_files_come_from_the_package_and_nothing_else(service: Service) -
 
 
 def test_unknown_ids_get_a_not_found_page(service: Service) -> None:
-    for path in ("/jobs/9999", "/models/9999"):
+    # Ids that are no number (or none a row can have) get the same page as a deleted one, not the API's JSON 422.
+    for path in (
+        "/jobs/9999",
+        "/models/9999",
+        "/models/abc",
+        "/jobs/abc",
+        "/jobs/0",
+        "/jobs/-3",
+        "/models/1.5",
+        "/jobs/99999999999",
+        "/models/%E2%80%AEabc",
+    ):
         response = service.api.get(path)
-        assert response.status_code == 404 and "There is no" in response.text, path
-    assert service.api.get("/jobs/0").status_code == 422
+        assert response.status_code == 404, path
+        assert response.headers["content-type"].startswith("text/html"), path
+        assert "There is no" in response.text and "\u202e" not in response.text, path
+    assert 'There is no model <bdi class="mono">abc</bdi>' in service.api.get("/models/abc").text
 
 
 def test_jobs_list_shows_every_job_and_compares_the_selected(page: Page, service: Service) -> None:
@@ -304,7 +317,7 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     tab.click("#submit")
     error = tab.locator("[data-field='budget'] .field-error")
     error.wait_for()
-    assert "less than or equal to 1" in error.inner_text()
+    assert "at most 1" in error.inner_text()  # the form's own check, with the schema's bound
     assert tab.locator(".field.invalid").count() == 1
     # A budget no config can meet: the service's 400 explains, next to the budget.
     tab.select_option("#f-budget_kind", "ms")
@@ -348,4 +361,306 @@ def test_compare_page_draws_one_front_and_dense_point_per_job(page: Page, servic
     page.page.uncheck(f"#job-picker input[value='{ids[1]}']")
     page.page.wait_for_function("() => document.getElementById('compare-plot').data.length === 2")
     assert page.page.url.endswith(f"/compare?jobs={ids[0]}")
+    assert page.errors == []
+
+
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def _trial_rows(tab) -> list[dict]:
+    """The trial table's rows as shown: number, state, and the sortable cells' text."""
+    return tab.eval_on_selector_all(
+        "#trials tbody tr[data-trial]",
+        "rows => rows.map(r => ({number: Number(r.dataset.trial), state: r.dataset.state,"
+        " cells: [...r.cells].map(c => c.textContent)}))",
+    )
+
+
+def _wait_rows(tab, count: int) -> None:
+    tab.wait_for_function("n => document.querySelectorAll('#trials tbody tr[data-trial]').length === n", arg=count)
+
+
+def test_job_page_lists_every_trial_and_sorts_and_filters_them(page: Page, service: Service) -> None:
+    job = service.jobs[0]
+    trials = service.api.get(f"/api/jobs/{job['id']}/trials").json()
+    tab = page.open(f"/jobs/{job['id']}")
+    _wait_rows(tab, len(trials))
+    assert [row["number"] for row in _trial_rows(tab)] == sorted(t["number"] for t in trials)
+    assert tab.locator("#trials-card [data-role=count]").inner_text() == str(len(trials))
+
+    # Calibration top-1, best first; the trials never scored (over budget) after every scored one.
+    tab.click("#trials th[data-sort=accuracy] button")
+    assert tab.get_attribute("#trials th[data-sort=accuracy]", "aria-sort") == "descending"
+    by_number = {t["number"]: t for t in trials}
+    shown = [by_number[row["number"]] for row in _trial_rows(tab)]
+    scored = [t["accuracy"] for t in shown if t["evaluated"]]
+    assert scored == sorted(scored, reverse=True) and scored
+    assert all(t["evaluated"] for t in shown[: len(scored)])
+    tab.click("#trials th[data-sort=latency_ms] button")  # a second column: fastest first
+    latencies = [by_number[row["number"]]["latency_ms"] for row in _trial_rows(tab)]
+    assert latencies == sorted(latencies)
+    tab.click("#trials th[data-sort=latency_ms] button")  # again: the other way
+    assert tab.get_attribute("#trials th[data-sort=latency_ms]", "aria-sort") == "descending"
+    assert [by_number[row["number"]]["latency_ms"] for row in _trial_rows(tab)] == sorted(latencies, reverse=True)
+
+    over = [t for t in trials if t["state"] == "complete" and not t["feasible"]]
+    within = [t for t in trials if t["state"] == "complete" and t["feasible"]]
+    assert over and within, "the small job should have trials on both sides of its budget"
+    tab.select_option("#trials-card [data-role=budget]", "over")
+    _wait_rows(tab, len(over))
+    assert {row["number"] for row in _trial_rows(tab)} == {t["number"] for t in over}
+    assert all("over" in row["cells"][4] for row in _trial_rows(tab))
+    tab.select_option("#trials-card [data-role=budget]", "within")
+    _wait_rows(tab, len(within))
+    assert tab.locator("#trials-card [data-role=count]").inner_text() == f"{len(within)} of {len(trials)}"
+
+    # A text filter on the structure, with the budget filter still on.
+    word = next(part for part in within[0]["summary"].replace(",", " ").split() if len(part) > 2)
+    matching = [t for t in within if word.lower() in t["summary"].lower()]
+    tab.fill("#trials-card [data-role=text]", word)
+    _wait_rows(tab, len(matching))
+    assert all(word.lower() in row["cells"][5].lower() for row in _trial_rows(tab))
+    tab.fill("#trials-card [data-role=text]", "no structure says this")
+    tab.wait_for_selector("#trials tbody td.empty")
+    tab.fill("#trials-card [data-role=text]", "")
+    tab.select_option("#trials-card [data-role=budget]", "")
+    tab.select_option("#trials-card [data-role=state]", "complete")
+    _wait_rows(tab, sum(t["state"] == "complete" for t in trials))
+
+    # A saved Pareto model's trial links to its page.
+    model = _pareto(service, job["id"])["models"][0]
+    assert tab.locator(f"#trials tr[data-trial='{model['trial']}'] a[href='/models/{model['id']}']").count() == 1
+    assert page.errors == []
+
+
+def _fake_trial(number: int) -> dict:
+    over = number % 3 == 0
+    return {
+        "number": number,
+        "state": "complete" if number % 7 else "pruned",
+        "accuracy": 0.0 if over else 50 + (number * 37) % 300 / 10,
+        "latency_ms": 1 + (number * 13) % 1000 / 100,
+        "feasible": not over,
+        "evaluated": not over,
+        "pareto": False,
+        "params": {"keep_3": 0.5},
+        "summary": f"{'heads' if number % 2 else 'tokens'} variant {number}",
+    }
+
+
+def test_trial_table_shows_thousands_of_trials_a_page_at_a_time_and_keeps_its_view_on_refresh(
+    page: Page, service: Service
+) -> None:
+    """A long running search: the table puts a page of rows in the document, and each refresh keeps the
+    reader's sort, filter and rows shown."""
+    job = service.jobs[0]
+    running = service.api.get(f"/api/jobs/{job['id']}").json() | {"status": "running"}  # so the page keeps polling
+    trials = [_fake_trial(n) for n in range(3000)]
+    served = {"trials": trials}
+    tab = page.page
+    tab.route(f"**/api/jobs/{job['id']}", lambda route: route.fulfill(json=running))
+    tab.route(f"**/api/jobs/{job['id']}/trials", lambda route: route.fulfill(json=served["trials"]))
+    page.open(f"/jobs/{job['id']}")
+    _wait_rows(tab, 200)
+    assert tab.locator("#trials-card [data-role=count]").inner_text() == "3000"
+    assert "Showing 200 of 3000" in tab.locator("#trials-card [data-role=shown]").inner_text()
+    tab.click("#trials-card [data-role=more]")
+    _wait_rows(tab, 400)
+
+    tab.click("#trials th[data-sort=latency_ms] button")
+    tab.fill("#trials-card [data-role=text]", "heads")
+    tab.select_option("#trials-card [data-role=state]", "complete")
+    heads = [t for t in trials if t["state"] == "complete" and "heads" in t["summary"]]
+    _wait_rows(tab, 200)  # a new filter starts again from its first page
+    fastest = sorted(heads, key=lambda t: (t["latency_ms"], t["number"]))
+    assert [row["number"] for row in _trial_rows(tab)] == [t["number"] for t in fastest[:200]]
+
+    # The search goes on: a new trial, faster than any, that the filter keeps; and one it does not.
+    new = _fake_trial(3001) | {"latency_ms": 0.5}
+    served["trials"] = [*trials, new, _fake_trial(3002)]
+    tab.wait_for_function("() => document.querySelector('#trials tbody tr[data-trial]').dataset.trial === '3001'")
+    assert tab.locator("#trials-card [data-role=text]").input_value() == "heads"
+    assert tab.locator("#trials-card [data-role=state]").input_value() == "complete"
+    assert tab.get_attribute("#trials th[data-sort=latency_ms]", "aria-sort") == "ascending"
+    assert [row["number"] for row in _trial_rows(tab)] == [3001] + [t["number"] for t in fastest[:199]]
+    assert tab.locator("#trials-card [data-role=count]").inner_text() == f"{len(heads) + 1} of 3002"
+    assert page.errors == []
+
+
+def test_submit_form_shows_every_fields_error_at_once(page: Page, service: Service) -> None:
+    tab = page.open("/submit")
+    tab.wait_for_selector("#f-device option[value='fpga:zcu102']", state="attached")
+    posts: list[str] = []
+    tab.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+
+    # The empty form: every required field says what it needs, and nothing is sent.
+    tab.click("#submit")
+    tab.wait_for_selector(".field.invalid")
+    invalid = tab.eval_on_selector_all(".field.invalid", "nodes => nodes.map(n => n.dataset.field)")
+    assert sorted(invalid) == ["budget", "calib", "device", "model", "weights"]
+    for field in invalid:
+        assert tab.locator(f"#err-{field}").inner_text().strip(), field
+    assert "5 fields need a fix" in tab.locator("#submit-status").inner_text()
+    assert posts == []
+
+    # Wrong values in several fields at once, all found by the form.
+    tab.fill("#f-model", "deit_tiny_patch16_224")
+    tab.select_option("#f-device", "fpga:zcu102")
+    tab.fill("#f-weights", "weights.safetensors")  # not an upload ref nor an absolute path
+    tab.fill("#f-calib", str(service.tiny_root / "calib"))
+    tab.fill("#f-budget", "0.7")
+    tab.fill("#f-model_kwargs", "{num_classes: 10}")
+    tab.fill("#f-trials", "0")
+    tab.fill("#f-token_blocks", "6, 3")
+    tab.fill("#f-keep_min", "0.33")
+    tab.click("#submit")
+    tab.wait_for_function("() => document.querySelectorAll('.field.invalid').length === 5")
+    invalid = tab.eval_on_selector_all(".field.invalid", "nodes => nodes.map(n => n.dataset.field)")
+    assert sorted(invalid) == ["keep_min", "model_kwargs", "token_blocks", "trials", "weights"]
+    assert "at least 1" in tab.locator("#err-trials").inner_text()
+    assert "0.05" in tab.locator("#err-keep_min").inner_text()
+    assert posts == []
+
+    # Three paths of the right form that the server does not have: its answer names all three.
+    root = service.tiny_root
+    tab.fill("#f-model_kwargs", json.dumps(KWARGS))
+    tab.fill("#f-trials", "4")
+    tab.fill("#f-token_blocks", "1, 2")
+    tab.fill("#f-keep_min", "0.4")
+    tab.fill("#f-weights", str(root / "missing.safetensors"))
+    tab.fill("#f-calib", str(root / "no-calib"))
+    tab.fill("#f-val", "upload:datasets/never-uploaded")
+    tab.click("#submit")
+    tab.wait_for_function("() => document.querySelectorAll('.field.invalid').length === 3")
+    invalid = tab.eval_on_selector_all(".field.invalid", "nodes => nodes.map(n => n.dataset.field)")
+    assert sorted(invalid) == ["calib", "val", "weights"]
+    for field in invalid:  # beside its field, a message need not repeat the field's name
+        assert tab.locator(f"#err-{field}").inner_text().strip() and not tab.locator(
+            f"#err-{field}"
+        ).inner_text().startswith(f"{field}:")
+    assert len(posts) == 1
+    assert tab.locator("#banner").is_hidden()
+    # The browser logs the refused request itself; nothing else may be logged.
+    assert [e for e in page.errors if not re.search(r"status of 400", e)] == []
+
+
+def test_submit_answer_lists_every_bad_path(service: Service) -> None:
+    root = service.tiny_root
+    spec = spec_json(tiny_job(root)) | {
+        "weights": str(root / "missing.safetensors"),
+        "calib": str(root / "no-calib"),
+        "val": "upload:datasets/never-uploaded",
+    }
+    response = service.api.post("/api/jobs", json={"spec": spec})
+    assert response.status_code == 400
+    body = response.json()
+    assert [error["loc"] for error in body["errors"]] == [["body", "spec", f] for f in ("weights", "calib", "val")]
+    assert body["detail"].startswith("weights: ") and "; calib: " in body["detail"] and "; val: " in body["detail"]
+
+
+def test_a_right_to_left_override_in_a_job_name_stays_in_the_name(page: Page, service: Service) -> None:
+    name = "evil\u202eabc\u2067shown\u2069"  # no space: the cell cannot wrap it
+    body = {"spec": spec_json(tiny_job(service.tiny_root, trials=2)), "name": name}
+    response = service.api.post("/api/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job = _wait_final(service.api, response.json()["id"])
+    clean = "evilabcshown"
+
+    tab = page.open("/")
+    tab.add_style_tag(content="#jobs td { white-space: nowrap; }")  # the name and its id on one line, to compare
+    row = tab.locator(f"#jobs tbody tr[data-job-id='{job['id']}']")
+    row.wait_for()
+    link = row.locator(f"a[href='/jobs/{job['id']}']")
+    assert link.locator("bdi").text_content() == clean
+    assert not any(char in row.text_content() for char in BIDI_CONTROLS)
+    # Laid out left to right: the name's text ends before its id starts, on the same line.
+    name_end = link.evaluate("a => { const r = [...a.getClientRects()].pop(); return [r.right, r.top]; }")
+    id_start = row.locator(".id").evaluate("s => { const r = s.getClientRects()[0]; return [r.left, r.top]; }")
+    assert id_start[0] >= name_end[0] - 1 and abs(id_start[1] - name_end[1]) < 4
+
+    tab = page.open(f"/compare?jobs={job['id']}")
+    tab.wait_for_function("() => document.getElementById('compare-plot').data?.length")
+    cell = tab.locator("#compare-table tbody tr td").first
+    assert cell.locator("bdi").text_content() == clean and "\u202e" not in cell.text_content()
+    assert tab.locator(f"#job-picker input[value='{job['id']}'] ~ span bdi").text_content() == clean
+    front_name = page.plot("compare-plot", "plot.data[0].name")
+    assert "\u202e" not in front_name and f"\u2068{clean}\u2069" in front_name  # isolated in the plot's labels
+
+    tab = page.open(f"/jobs/{job['id']}")
+    tab.wait_for_function("() => document.querySelector('#job-name bdi')")
+    assert tab.locator("#job-name bdi").text_content() == clean
+    assert "\u202e" not in tab.title()
+    assert page.errors == []
+
+
+def test_compare_page_says_which_ids_it_ignored(page: Page, service: Service) -> None:
+    first = service.jobs[0]["id"]
+    tab = page.open(f"/compare?jobs={first},abc,-3,99999")
+    tab.wait_for_function("() => document.getElementById('compare-plot').data?.length === 2")
+    notice = tab.locator("#ignored")
+    notice.wait_for()
+    text = notice.inner_text()
+    assert "“abc”" in text and "“-3”" in text and "#99999" in text
+    assert f"#{first}" not in text
+    assert tab.locator("#compare-table tbody tr").count() == 1
+    assert page.errors == [] or all("404" in e for e in page.errors)  # the browser logs the unknown job's 404
+
+    clean = page.open(f"/compare?jobs={first}")
+    clean.wait_for_function("() => document.getElementById('compare-plot').data?.length === 2")
+    assert clean.locator("#ignored").is_hidden()
+
+
+def _ms(x: float) -> str:
+    """A latency as the pages write it (app.js fmt.ms): about three significant digits."""
+    return f"{x:.{3 if x < 1 else 2 if x < 10 else 1}f} ms"
+
+
+def test_compare_legend_names_each_jobs_front_dense_model_and_budget(page: Page, service: Service) -> None:
+    ids = [job["id"] for job in service.jobs]
+    page.open(f"/compare?jobs={','.join(map(str, ids))}")
+    tab = page.page
+    tab.wait_for_function("() => document.querySelectorAll('#compare-plot .legend .traces').length === 6")
+    entries = tab.eval_on_selector_all(
+        "#compare-plot .legend .traces .legendtext", "nodes => nodes.map(n => n.textContent)"
+    )
+    for job in service.jobs:
+        mine = [entry for entry in entries if f"#{job['id']} " in entry]
+        assert len(mine) == 3, entries
+        assert any(job["name"] in entry for entry in mine)
+        assert any("dense model" in entry for entry in mine)
+        assert f"#{job['id']} budget {_ms(job['budget_ms'])}" in mine
+    # The budget lines are the legend's dashed entries, drawn as the plot's shapes.
+    shapes = page.plot(
+        "compare-plot", "plot.layout.shapes.map(s => ({x: s.x0, legend: s.showlegend, dash: s.line.dash}))"
+    )
+    assert [shape["x"] for shape in shapes] == [pytest.approx(job["budget_ms"]) for job in service.jobs]
+    assert all(shape["legend"] and shape["dash"] == "dash" for shape in shapes)
+    assert page.errors == []
+
+
+def test_accuracy_figures_name_their_images(page: Page, service: Service) -> None:
+    job = service.api.get(f"/api/jobs/{service.jobs[0]['id']}").json()
+    models = _pareto(service, job["id"])["models"]
+    best_val = max(m["val_top1"] for m in models)
+    tab = page.open(f"/jobs/{job['id']}")
+    tab.wait_for_selector("#job-stats div")
+    stats = tab.eval_on_selector_all(
+        "#job-stats div",
+        "nodes => nodes.map(n => [n.dataset.images || '', n.querySelector('dt').textContent,"
+        " n.querySelector('dd').textContent, n.title])",
+    )
+    # Validation top-1 leads, then the search's calibration top-1; each says which images.
+    assert stats[0][:3] == ["validation", "Best val top-1", f"{best_val:.1f}%"]
+    assert "validation images" in stats[0][3]
+    assert stats[1][:2] == ["calibration", "Best calib top-1"] and "calibration images" in stats[1][3]
+    assert tab.locator("#trials th[data-sort=accuracy]").inner_text().lower().startswith("calib top-1")
+
+    tab = page.open("/")
+    cell = tab.locator(f"#jobs tbody tr[data-job-id='{job['id']}'] td.best span[data-images]")
+    cell.wait_for()
+    if job.get("best_val_accuracy") is not None:
+        assert cell.get_attribute("data-images") == "validation" and cell.inner_text().endswith("val")
+        assert cell.inner_text().startswith(f"{job['best_val_accuracy']:.1f}%")
+    else:  # an API without the validation figure: the calibration one, named as such
+        assert cell.get_attribute("data-images") == "calibration" and cell.inner_text().endswith("calib")
     assert page.errors == []

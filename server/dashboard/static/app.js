@@ -7,10 +7,11 @@ const VP = (() => {
   const POLL_MS = 2000;
 
   class ApiError extends Error {
-    constructor(status, detail) {
+    constructor(status, detail, body = null) {
       super(typeof detail === "string" ? detail : `HTTP ${status}`);
       this.status = status;
       this.detail = detail;
+      this.body = body; // the whole JSON answer: some carry more than `detail` (a submit's `errors` list)
     }
   }
 
@@ -41,7 +42,7 @@ const VP = (() => {
       // not JSON (a proxy's error page): keep the text as the message
     }
     if (!response.ok) {
-      throw new ApiError(response.status, body && body.detail !== undefined ? body.detail : text);
+      throw new ApiError(response.status, body && body.detail !== undefined ? body.detail : text, body);
     }
     return body;
   }
@@ -61,6 +62,22 @@ const VP = (() => {
       node.append(child instanceof Node ? child : String(child));
     }
     return node;
+  }
+
+  // Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069). One in a name, such as
+  // U+202E (right-to-left override), would reorder the text after it: the rest of a table row or plot label.
+  const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+
+  /** A user-given name as plain text: without bidi controls, isolated (FSI…PDI) so right-to-left script
+   * in it stays inside it. For text that cannot hold an element: plot labels, the window title. */
+  function plainName(text) {
+    return `\u2068${String(text ?? "").replace(BIDI_CONTROLS, "")}\u2069`;
+  }
+
+  /** A user-given name as an element: bidi controls stripped, and a <bdi> (direction from its own
+   * text) so a right-to-left name never reorders what stands beside it. Every page shows names with it. */
+  function name(text, attrs = {}) {
+    return h("bdi", attrs, String(text ?? "").replace(BIDI_CONTROLS, ""));
   }
 
   /** Escapes text for plotly hover labels, which accept a subset of HTML. */
@@ -97,6 +114,33 @@ const VP = (() => {
       return date.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
     },
   };
+
+  /**
+   * A job's best accuracy within its budget, leading with validation top-1 (the Pareto models', on images
+   * the search never saw) where the API gives it, else the search's calibration top-1, named as such:
+   * {value, images: "validation" | "calibration", calib, val}. The two differ by points: neither goes unnamed.
+   */
+  function bestUnderBudget(job) {
+    const progress = job.progress || {};
+    const val = job.best_val_accuracy ?? progress.best_val_accuracy;
+    const calib = progress.best_calib_accuracy ?? progress.best_accuracy;
+    return isNum(val)
+      ? { value: val, images: "validation", calib, val }
+      : { value: calib, images: "calibration", calib, val: null };
+  }
+
+  /**
+   * Where a figure was measured, in words: "on the validation images val (500)". `set` is a job's
+   * val_images / calib_images ({name, images}) when the API gives it; `which` names the kind either way.
+   */
+  function measuredOn(which, set) {
+    const count = set && isNum(set.images) ? set.images.toLocaleString() : null;
+    if (!set || !set.name) return count ? `on ${count} ${which} images` : `on the ${which} images`;
+    return `on the ${which} images ${plainName(set.name)}${count ? ` (${count})` : ""}`;
+  }
+
+  /** What the job's model is, for display: the API's model_label (e.g. the demo's small ViT), else its timm name. */
+  const modelLabel = (job) => job.model_label || job.model;
 
   function statusBadge(status) {
     return h("span", { class: `badge status-${status}` }, status);
@@ -200,7 +244,7 @@ const VP = (() => {
   const download = (modelId, format) => `/api/models/${modelId}/download?format=${format}`;
 
   return {
-    FINAL, ApiError, api, authHeaders, h, esc, fmt, statusBadge, progressBar, tokenCounts, poll,
+    FINAL, ApiError, api, authHeaders, h, name, plainName, esc, fmt, bestUnderBudget, measuredOn, modelLabel, statusBadge, progressBar, tokenCounts, poll,
     showBanner, clearBanner, layout, axis, PLOT_CONFIG, COLORS, download,
   };
 })();

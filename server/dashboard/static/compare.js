@@ -1,28 +1,67 @@
 "use strict";
-// Compare page: the Pareto fronts of several jobs on one plot (?jobs=1,2,...), one trace per job.
+// Compare page: the Pareto fronts of several jobs on one plot (?jobs=1,2,...), one trace per job, with each
+// job's dense model (◆) and budget (dashed line) in its colour and in the legend.
 
 (() => {
-  const { api, h, esc, fmt, statusBadge, layout, axis, PLOT_CONFIG, COLORS } = VP;
+  const { api, h, name, plainName, esc, fmt, modelLabel, statusBadge, layout, axis, PLOT_CONFIG, COLORS, ApiError } = VP;
   const plot = document.getElementById("compare-plot");
   const picker = document.getElementById("job-picker");
+  const notice = document.getElementById("ignored");
   const tableBody = document.querySelector("#compare-table tbody");
   const fronts = new Map(); // job id -> {job, pareto}, fetched once per page
-  let selected = parseIds(new URLSearchParams(window.location.search).get("jobs"));
+  const asked = parseIds(new URLSearchParams(window.location.search).get("jobs"));
+  const missing = new Set(); // ids asked for that name no job
+  let selected = asked.ids;
   let jobs = [];
 
+  /** The job ids of `?jobs=`, and the entries that are not one (kept to say so: never dropped silently). */
   function parseIds(text) {
-    const ids = (text || "").split(",").map((s) => Number(s.trim())).filter((n) => Number.isInteger(n) && n > 0);
-    return [...new Set(ids)];
+    const ids = [];
+    const ignored = [];
+    for (const part of (text || "").split(",").map((s) => s.trim()).filter(Boolean)) {
+      const n = /^\d+$/.test(part) ? Number(part) : NaN;
+      if (Number.isSafeInteger(n) && n > 0) {
+        if (!ids.includes(n)) ids.push(n);
+      } else {
+        ignored.push(part);
+      }
+    }
+    return { ids, ignored };
+  }
+
+  /** Says which of the asked-for ids the page left out, and why. */
+  function showIgnored() {
+    const lines = [];
+    if (asked.ignored.length) {
+      // What the address holds is anyone's text: each entry shortened and isolated (a <bdi>) like a name.
+      const parts = asked.ignored.flatMap((part, i) => [
+        i ? ", " : "", "“", name(part.length > 24 ? `${part.slice(0, 24)}…` : part), "”",
+      ]);
+      lines.push(["Ignored ", ...parts, " in ?jobs=: job ids are whole numbers from 1, as in ?jobs=1,2."]);
+    }
+    if (missing.size) {
+      const ids = [...missing].sort((a, b) => a - b);
+      lines.push([`Ignored ${ids.map((i) => `#${i}`).join(", ")}: no such job${ids.length > 1 ? "s" : ""} (deleted, or a mistyped id).`]);
+    }
+    notice.replaceChildren(...lines.map((line) => h("div", {}, ...line)));
+    notice.hidden = !lines.length;
   }
 
   const axisMode = () => document.querySelector("input[name=axis]:checked").value;
   const color = (index) => COLORS[index % COLORS.length];
-  const label = (job) => `#${job.id} ${job.name} · ${job.device}`;
+  const label = (job) => `#${job.id} ${plainName(job.name)} · ${job.device}`;
 
+  /** A job's front, fetched once; null for an id that names no job (the notice lists it). */
   async function front(id) {
     if (!fronts.has(id)) {
-      const [job, pareto] = await Promise.all([api(`/api/jobs/${id}`), api(`/api/jobs/${id}/pareto`)]);
-      fronts.set(id, { job, pareto });
+      try {
+        const [job, pareto] = await Promise.all([api(`/api/jobs/${id}`), api(`/api/jobs/${id}/pareto`)]);
+        fronts.set(id, { job, pareto });
+      } catch (error) {
+        if (!(error instanceof ApiError && error.status === 404)) throw error;
+        missing.add(id);
+        fronts.set(id, null);
+      }
     }
     return fronts.get(id);
   }
@@ -33,9 +72,9 @@
     if (top1 == null) return [];
     return [{
       uid: `dense-${job.id}`,
-      name: `${label(job)} · dense`,
+      name: `#${job.id} dense model`,
       legendgroup: `job-${job.id}`,
-      showlegend: false,
+      legendrank: 1000 + 3 * i + 1,
       type: "scatter",
       mode: "markers",
       marker: { size: 12, symbol: "diamond", color: color(i), line: { color: "#ffffff", width: 1 } },
@@ -53,6 +92,7 @@
       uid: `job-${job.id}`,
       name: label(job),
       legendgroup: `job-${job.id}`,
+      legendrank: 1000 + 3 * i,
       type: "scatter",
       mode: "lines+markers",
       line: { shape: "hv", color: color(i), width: 1.5 },
@@ -69,15 +109,18 @@
       .map(({ job }, i) => ({ job, i, at: x(job.budget_ms, job) }))
       .filter(({ at }) => at != null)
       .map(({ job, i, at }) => ({
-        type: "line", name: `budget-${job.id}`, xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
+        type: "line", name: `#${job.id} budget ${ratio ? `${fmt.num(at, 3)}× dense` : fmt.ms(job.budget_ms)}`,
+        xref: "x", yref: "paper", x0: at, x1: at, y0: 0, y1: 1,
         line: { color: color(i), dash: "dash", width: 1 },
+        // In the legend beside its job (one click there hides the job's front, dense model and budget).
+        showlegend: true, legendgroup: `job-${job.id}`, legendrank: 1000 + 3 * i + 2,
       }));
     const chart = layout({
       xaxis: axis(ratio ? "predicted latency / dense latency" : "predicted latency (ms)"),
       yaxis: axis("validation top-1 (%)"),
       shapes,
       showlegend: true,
-      legend: { orientation: "h", y: -0.16, x: 0 },
+      legend: { orientation: "h", y: -0.16, x: 0, traceorder: "grouped" },
     });
     if (!entries.length) {
       chart.annotations = [{ text: "Pick jobs on the left", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { size: 14, color: "#9ca3af" } }];
@@ -99,7 +142,8 @@
         "tr",
         {},
         h("td", {}, h("span", { class: "swatch", style: `background: ${color(i)}` }),
-          h("a", { href: `/jobs/${job.id}`, class: "strong" }, job.name), h("span", { class: "muted id" }, ` #${job.id}`), " ", statusBadge(job.status)),
+          h("a", { href: `/jobs/${job.id}`, class: "strong" }, name(job.name)), h("span", { class: "muted id" }, ` #${job.id}`), " ", statusBadge(job.status)),
+        h("td", { class: "mono small", title: `timm model ${job.model}` }, modelLabel(job)),
         h("td", {}, job.device),
         h("td", { class: "num" }, fmt.ms(job.budget_ms)),
         h("td", { class: "num" }, fmt.ms(job.dense_ms)),
@@ -118,7 +162,7 @@
       "label",
       { class: "pick" },
       h("input", { type: "checkbox", value: job.id, checked: selected.includes(job.id), onchange: onPick }),
-      h("span", {}, h("span", { class: "strong" }, job.name), h("span", { class: "muted" }, ` #${job.id} · ${job.device}`)),
+      h("span", {}, name(job.name, { class: "strong" }), h("span", { class: "muted" }, ` #${job.id} · ${job.model_label ?? job.model} on ${job.device}`)),
       statusBadge(job.status),
     )));
   }
@@ -133,9 +177,10 @@
 
   async function refresh() {
     try {
-      const entries = await Promise.all(selected.map(front));
+      const entries = (await Promise.all(selected.map(front))).filter(Boolean);
       draw(entries);
       table(entries);
+      showIgnored();
       VP.clearBanner();
     } catch (error) {
       VP.showBanner(error.message || String(error));

@@ -1,52 +1,80 @@
 "use strict";
 // Job page: header with live progress, the accuracy/latency plot of every trial and the Pareto models,
-// and the table of Pareto models with downloads. Refreshes every 2 s until the job is final.
+// the table of Pareto models with downloads and the table of every trial (trials.js). Refreshes every 2 s
+// until the job is final.
 
 (() => {
-  const { api, h, esc, fmt, statusBadge, poll, FINAL, layout, axis, PLOT_CONFIG, download } = VP;
+  const { api, h, name, plainName, esc, fmt, bestUnderBudget, measuredOn, statusBadge, poll, FINAL, layout, axis, PLOT_CONFIG, download } = VP;
   const root = document.getElementById("job");
   const jobId = Number(root.dataset.jobId);
   const plot = document.getElementById("front");
   const modelsBody = document.querySelector("#models tbody");
   const cancel = document.getElementById("cancel");
+  let modelsShown = []; // the last Pareto answer's models, for a header redrawn after a cancel
   let modelByTrial = new Map(); // trial number -> Pareto model id, so clicking either point opens the model
   let plotted = false;
+  const trialTable = new TrialTable(document.getElementById("trials-card"), { modelOf: (n) => modelByTrial.get(n) });
 
-  function header(job) {
-    document.title = `${job.name} · vitprune`;
-    document.getElementById("job-name").textContent = job.name;
+  /**
+   * The best accuracies within budget, each named by its images: validation top-1 first (the API's, else the
+   * best saved Pareto model's, all of which are within budget), then the search's calibration top-1.
+   */
+  function bestStats(job, models) {
+    const { images, calib, val: apiVal } = bestUnderBudget(job);
+    const scored = models.filter((m) => Number.isFinite(m.val_top1));
+    const top = scored.reduce((a, m) => (a && a.val_top1 >= m.val_top1 ? a : m), null);
+    const val = images === "validation" ? apiVal : top && top.val_top1;
+    // The job's image sets where the API names them, else the count the best model was validated on.
+    const counted = top && top.metrics && top.metrics.val && top.metrics.val.n_images;
+    const valSet = job.val_images || (counted ? { images: counted } : null);
+    const stats = [];
+    if (Number.isFinite(val)) {
+      stats.push(["Best val top-1", fmt.pct(val), `top-1 of the best Pareto model within the budget, ${measuredOn("validation", valSet)}: images the search never saw`, "validation"]);
+    }
+    stats.push(["Best calib top-1", fmt.pct(calib), `top-1 of the best trial within the budget, ${measuredOn("calibration", job.calib_images)}: the images the search scores`, "calibration"]);
+    return stats;
+  }
+
+  function header(job, models) {
+    document.title = `${plainName(job.name)} · vitprune`;
+    document.getElementById("job-name").replaceChildren(name(job.name));
     document.getElementById("job-status").replaceChildren(statusBadge(job.status));
     const spec = job.spec || {};
     const budget = spec.budget_ratio != null ? `${spec.budget_ratio}× dense` : fmt.ms(spec.budget_ms);
     document.getElementById("job-subtitle").replaceChildren(
-      h("span", { class: "mono" }, job.model),
+      h("span", { class: "mono", title: `timm model ${job.model}` }, job.model_label ?? job.model),
       ` on ${job.device} · batch ${spec.batch ?? 1} · budget ${budget} · ${spec.sampler ?? ""} sampler`,
     );
 
-    const { done, total, feasible, best_accuracy: best, eta_s: eta } = job.progress;
-    const share = total > 0 ? Math.min(1, done / total) : 0;
+    const { done, total, feasible, eta_s: eta } = job.progress;
+    // A job still preparing (the demo model being trained) shows that stage's progress instead of its trials'.
+    const prep = job.status === "preparing" ? job.preparation : null;
+    const [barDone, barTotal] = prep ? [prep.done, prep.total] : [done, total];
+    const share = barTotal > 0 ? Math.min(1, barDone / barTotal) : 0;
     const bar = document.getElementById("progress-bar");
     bar.style.width = `${(100 * share).toFixed(1)}%`;
     bar.parentElement.className = `progress big status-${job.status}`;
     const phase = job.status === "materialising" ? " · validating and saving the Pareto models" : "";
-    document.getElementById("progress-text").textContent = `${done} / ${total} trials${phase}`;
+    document.getElementById("progress-text").textContent = prep
+      ? `${prep.stage} · ${prep.done} / ${prep.total}, then ${total} trials`
+      : `${done} / ${total} trials${phase}`;
 
     const stats = [
-      ["Feasible", `${feasible}`],
-      ["Best under budget", fmt.pct(best), "best calibration top-1 of a trial within the budget"],
+      ...bestStats(job, models),
+      ["Feasible", `${feasible}`, "trials within the budget"],
       ["Budget", fmt.ms(job.budget_ms)],
       ["Dense", fmt.ms(job.dense_ms), "predicted latency of the unpruned model"],
       ["ETA", FINAL.has(job.status) ? "—" : fmt.duration(eta)],
       ["Created", fmt.ago(job.created_at)],
     ];
     document.getElementById("job-stats").replaceChildren(
-      ...stats.map(([label, value, title]) => h("div", { title }, h("dt", {}, label), h("dd", {}, value))),
+      ...stats.map(([label, value, title, images]) => h("div", { title, dataset: { images } }, h("dt", {}, label), h("dd", {}, value))),
     );
 
     const error = document.getElementById("job-error");
     error.hidden = !job.error;
     error.textContent = job.error ? `${job.status === "failed" ? "Failed" : "Note"}: ${job.error}` : "";
-    cancel.hidden = !["queued", "running"].includes(job.status);
+    cancel.hidden = !["preparing", "queued", "running"].includes(job.status);
   }
 
   /** The dense model, once the job has validated it: drawn as a point (before that, its latency as a line). */
@@ -209,7 +237,7 @@
     if (!window.confirm(`Cancel job ${jobId}? Its worker stops within a trial or two.`)) return;
     cancel.disabled = true;
     try {
-      header(await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }));
+      header(await api(`/api/jobs/${jobId}/cancel`, { method: "POST" }), modelsShown);
     } catch (error) {
       VP.showBanner(error.message);
     } finally {
@@ -224,9 +252,11 @@
       api(`/api/jobs/${jobId}/pareto`),
     ]);
     modelByTrial = new Map(pareto.models.map((m) => [m.trial, m.id]));
-    header(job);
+    modelsShown = pareto.models;
+    header(job, pareto.models);
     draw(job, trials, pareto);
     table(job, pareto.models);
+    trialTable.update(trials, pareto.models.length);
     return !FINAL.has(job.status);
   });
 })();

@@ -2,7 +2,7 @@
 // Jobs list: live status and progress (refreshed while any job is unfinished), selection for comparing.
 
 (() => {
-  const { api, h, fmt, statusBadge, progressBar, poll, FINAL } = VP;
+  const { api, h, name, fmt, bestUnderBudget, measuredOn, statusBadge, progressBar, poll, FINAL } = VP;
   const body = document.querySelector("#jobs tbody");
   const compare = document.getElementById("compare");
   const selectAll = document.getElementById("select-all");
@@ -14,8 +14,39 @@
     return ratio != null ? `${ratio}× dense` : fmt.ms(job.spec && job.spec.budget_ms);
   }
 
+  /** The best accuracy within budget, named by the images it was measured on (validation where known). */
+  function best(job) {
+    const { value, images, calib } = bestUnderBudget(job);
+    if (!Number.isFinite(value)) return "—";
+    const title = images === "validation"
+      ? `validation top-1 of the best Pareto model within the budget, ${measuredOn("validation", job.val_images)}`
+        + ` (the search's calibration top-1: ${fmt.pct(calib)})`
+      : `calibration top-1 of the best trial within the budget, ${measuredOn("calibration", job.calib_images)}:`
+        + " the images the search scores on (validation top-1 comes with the Pareto models)";
+    return h("span", { title, dataset: { images } }, fmt.pct(value), h("span", { class: "muted small" }, images === "validation" ? " val" : " calib"));
+  }
+
+  /** Trials done; for a job still preparing (the demo model being trained), its preparation stage by stage. */
+  function progressCell(job) {
+    const prep = job.status === "preparing" ? job.preparation : null;
+    if (prep) {
+      return h(
+        "td",
+        { class: "progress-col", dataset: { preparing: "" } },
+        progressBar(prep.done, prep.total, job.status),
+        h("span", { class: "progress-label", style: "white-space: normal" }, `${prep.stage} · ${prep.done}/${prep.total}`),
+      );
+    }
+    const { done, total, feasible } = job.progress;
+    return h(
+      "td",
+      { class: "progress-col" },
+      progressBar(done, total, job.status),
+      h("span", { class: "progress-label" }, `${done}/${total}`, feasible ? h("span", { class: "muted" }, ` · ${feasible} feasible`) : null),
+    );
+  }
+
   function row(job) {
-    const { done, total, feasible, best_accuracy: best } = job.progress;
     const box = h("input", {
       type: "checkbox",
       value: job.id,
@@ -31,17 +62,12 @@
       "tr",
       { dataset: { jobId: job.id } },
       h("td", { class: "narrow" }, box),
-      h("td", {}, h("a", { href: `/jobs/${job.id}`, class: "strong" }, job.name), h("span", { class: "muted id" }, ` #${job.id}`)),
+      h("td", {}, h("a", { href: `/jobs/${job.id}`, class: "strong" }, name(job.name)), h("span", { class: "muted id" }, ` #${job.id}`)),
       h("td", {}, statusBadge(job.status)),
-      h(
-        "td",
-        { class: "progress-col" },
-        progressBar(done, total, job.status),
-        h("span", { class: "progress-label" }, `${done}/${total}`, feasible ? h("span", { class: "muted" }, ` · ${feasible} feasible`) : null),
-      ),
-      h("td", { class: "num" }, fmt.pct(best)),
+      progressCell(job),
+      h("td", { class: "num best" }, best(job)),
       h("td", { class: "num" }, budget(job)),
-      h("td", { class: "mono small" }, job.model),
+      h("td", { class: "mono small", title: `timm model ${job.model}` }, job.model_label ?? job.model),
       h("td", {}, job.device),
       h("td", { title: fmt.date(job.created_at)?.toLocaleString() ?? "" }, fmt.ago(job.created_at)),
     );

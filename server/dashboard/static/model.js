@@ -2,7 +2,7 @@
 // Model page: metrics, the pruned structure per block (tokens, heads, MLP width), config and downloads.
 
 (() => {
-  const { api, h, esc, fmt, layout, axis, PLOT_CONFIG, download, tokenCounts } = VP;
+  const { api, h, name, plainName, esc, fmt, layout, axis, PLOT_CONFIG, download, tokenCounts } = VP;
   const modelId = Number(document.getElementById("model").dataset.modelId);
 
   function metricCard(label, value, sub, extra = {}) {
@@ -23,7 +23,7 @@
       denseMs ? `${(denseMs / model.predicted_ms).toFixed(2)}× faster than dense` : null,
     ].filter(Boolean).join(" · ");
     const valSub = [
-      val.n_images ? `on ${val.n_images} held-out images` : null,
+      val.n_images ? `on ${val.n_images} validation images` : "on the validation images",
       dense && dense.val && dense.val.top1 != null ? `dense ${fmt.pct(dense.val.top1)}` : null,
     ].filter(Boolean).join(" · ");
     let measured = metricCard("Measured latency", "—", "not measured on this device");
@@ -41,7 +41,7 @@
       metricCard("Validation top-1", fmt.pct(model.val_top1), valSub || null, { class: "primary" }),
       metricCard("Validation top-5", fmt.pct(val.top5)),
       metricCard("Agreement with dense", fmt.pct(agreement), kl != null ? `KL ${fmt.num(kl, 4)}` : null, { title: "top-1 agreement with the dense model" }),
-      metricCard("Calibration top-1", fmt.pct(model.calib_accuracy), "what the search optimised"),
+      metricCard("Calibration top-1", fmt.pct(model.calib_accuracy), "on the calibration images the search scored"),
       metricCard("Predicted latency", fmt.ms(model.predicted_ms), against || null),
       measured,
       metricCard("Parameters", fmt.params(model.params), model.params.toLocaleString()),
@@ -121,13 +121,13 @@
 
   function header(model, job) {
     const jobName = job ? job.name : `job ${model.job_id}`;
-    document.title = `Trial ${model.trial} · ${jobName} · vitprune`;
+    document.title = `Trial ${model.trial} · ${plainName(jobName)} · vitprune`;
     document.getElementById("crumbs").replaceChildren(
-      h("a", { href: "/" }, "Jobs"), " › ", h("a", { href: `/jobs/${model.job_id}` }, jobName), ` › trial ${model.trial}`,
+      h("a", { href: "/" }, "Jobs"), " › ", h("a", { href: `/jobs/${model.job_id}` }, name(jobName)), ` › trial ${model.trial}`,
     );
     document.getElementById("model-title").textContent = `Pruned model · trial ${model.trial}`;
     document.getElementById("model-subtitle").replaceChildren(
-      job ? h("span", { class: "mono" }, job.model) : "", job ? ` on ${job.device} · batch ${job.spec.batch ?? 1} · ` : "",
+      job ? h("span", { class: "mono", title: `timm model ${job.model}` }, job.model_label ?? job.model) : "", job ? ` on ${job.device} · batch ${job.spec.batch ?? 1} · ` : "",
       `model ${model.id}, saved ${fmt.ago(model.created_at)}`,
     );
     document.querySelectorAll("#downloads a[data-format]").forEach((link) => {

@@ -1,9 +1,11 @@
 "use strict";
-// Submit page: builds a JobSpec from the form, POSTs it, and shows the API's errors next to their fields.
-// The server is the one validator (the form is `novalidate`): its messages are the ones the CLI shows too.
+// Submit page: builds a JobSpec from the form, checks every field, POSTs it, and shows every error next to
+// its field at once: the form's own checks (bounds read from the schema, window.FORM_RULES) for what the
+// browser can know, then the API's answer (which lists every path problem) for what only the server knows.
 
 (() => {
   const { api, h, ApiError } = VP;
+  const RULES = window.FORM_RULES;
   const form = document.getElementById("job-form");
   const status = document.getElementById("submit-status");
   const button = document.getElementById("submit");
@@ -14,50 +16,102 @@
   const FIELD_OF_MESSAGE = [
     [/^no weights/, "weights"],
     [/budget/, "budget"],
+    [/token_blocks/, "token_blocks"],
   ];
+  const HOW = {
+    model: "give a timm model name, e.g. deit_tiny_patch16_224",
+    weights: "give the dense model's weights: upload a .safetensors/.pth file, or a path on the server",
+    device: "choose the device whose latency prices every trial",
+    budget: "give a budget: milliseconds, or a share of the dense model's latency such as 0.7",
+    calib: "give the calibration images: upload a zip of an ImageFolder, or a folder on the server",
+  };
 
   const value = (name) => form.elements[name].value.trim();
   const checked = (name) => form.elements[name].checked;
 
-  /** A number input's value; empty means "use the default" (omitted), anything else goes as typed. */
-  function number(name) {
-    const text = value(name);
-    if (text === "") return undefined;
-    const parsed = Number(text);
-    return Number.isFinite(parsed) ? parsed : text;
-  }
+  /** Reads the form; every problem found goes to `problems` ({field, message}), none stops the others. */
+  function readForm() {
+    const problems = [];
+    const problem = (field, message) => {
+      problems.push({ field, message });
+      return undefined;
+    };
 
-  class FormError extends Error {
-    constructor(field, message) {
-      super(message);
-      this.field = field;
+    function bounds(rule) {
+      const parts = [];
+      if (rule.ge !== undefined) parts.push(`at least ${rule.ge}`);
+      if (rule.gt !== undefined) parts.push(`more than ${rule.gt}`);
+      if (rule.le !== undefined) parts.push(`at most ${rule.le}`);
+      if (rule.lt !== undefined) parts.push(`less than ${rule.lt}`);
+      return `${rule.integer ? "a whole number" : "a number"}${parts.length ? ` ${parts.join(" and ")}` : ""}`;
     }
-  }
 
-  function buildBody() {
+    /** A number field's value (undefined when empty: the default), checked against the schema's bounds. */
+    function number(field, rule = field) {
+      const input = form.elements[field];
+      const text = value(field);
+      if (input.validity && input.validity.badInput) return problem(field, "not a number; type digits, e.g. 8");
+      if (text === "") return HOW[field] ? problem(field, HOW[field]) : undefined;
+      const n = Number(text);
+      const r = RULES.numbers[rule];
+      const wrong = !Number.isFinite(n) || (r.integer && !Number.isInteger(n))
+        || (r.ge !== undefined && n < r.ge) || (r.gt !== undefined && n <= r.gt)
+        || (r.le !== undefined && n > r.le) || (r.lt !== undefined && n >= r.lt);
+      return wrong ? problem(field, `give ${bounds(r)}`) : n;
+    }
+
+    /** An upload ref or an absolute server path; the server checks that it exists and is allowed. */
+    function path(field) {
+      const text = value(field);
+      if (text === "") return HOW[field] ? problem(field, HOW[field]) : undefined;
+      if (!text.startsWith("upload:") && !text.startsWith("/")) {
+        return problem(field, "give an upload ref (upload:…, filled in by Upload) or an absolute path on the server");
+      }
+      return text;
+    }
+
+    function onGrid(field, n, step, example) {
+      if (n !== undefined && Math.abs(Math.round(n / step) * step - n) > 1e-9) {
+        problem(field, `give a multiple of ${step}, e.g. ${example}`);
+      }
+      return n;
+    }
+
+    const name = value("name");
+    if (name.length > RULES.name_max) problem("name", `at most ${RULES.name_max} characters`);
+    if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problem("name", "one line of text, without control characters");
+
     let kwargs = {};
     if (value("model_kwargs")) {
       try {
         kwargs = JSON.parse(value("model_kwargs"));
+        const plain = (v) => ["number", "string", "boolean"].includes(typeof v);
+        if (kwargs === null || typeof kwargs !== "object" || Array.isArray(kwargs) || !Object.values(kwargs).every(plain)) {
+          kwargs = problem("model_kwargs", 'give a JSON object of options to numbers, text or true/false, e.g. {"num_classes": 10}');
+        }
       } catch (error) {
-        throw new FormError("model_kwargs", `not JSON: ${error.message}`);
+        kwargs = problem("model_kwargs", `not JSON: ${error.message}`);
       }
     }
-    const budget = number("budget");
-    if (budget === undefined) throw new FormError("budget", "give a budget: milliseconds, or a share of dense latency");
-    const blocks = value("token_blocks").split(/[\s,]+/).filter(Boolean).map((s) => (Number.isInteger(Number(s)) ? Number(s) : s));
+
+    const blockTexts = value("token_blocks").split(/[\s,]+/).filter(Boolean);
+    const blocks = blockTexts.map((s) => (/^\d+$/.test(s) ? Number(s) : s));
+    if (blocks.some((b) => typeof b !== "number") || blocks.some((b, i) => i && b <= blocks[i - 1])) {
+      problem("token_blocks", "give distinct block indices (0, 1, …) in increasing order, e.g. 3, 6, 9");
+    }
+
+    const budgetKey = value("budget_kind") === "ms" ? "budget_ms" : "budget_ratio";
     const spec = {
-      // Empty required fields are left out, so the API answers "Field required" next to them.
-      model: value("model") || undefined,
-      weights: value("weights") || undefined,
+      model: value("model") || problem("model", HOW.model),
+      weights: path("weights"),
       model_kwargs: kwargs,
-      device: device.value || undefined,
+      device: device.value || problem("device", HOW.device),
       batch: number("batch"),
-      [value("budget_kind") === "ms" ? "budget_ms" : "budget_ratio"]: budget,
-      calib: value("calib") || undefined,
-      val: value("val") || undefined,
+      [budgetKey]: number("budget", budgetKey),
+      calib: path("calib"),
+      val: path("val"),
       holdout: number("holdout"),
-      class_map: value("class_map") || undefined,
+      class_map: path("class_map"),
       calib_images: number("calib_images"),
       val_images: number("val_images"),
       trials: number("trials"),
@@ -69,16 +123,17 @@
       space: {
         tokens: value("tokens"),
         token_blocks: blocks,
-        keep_min: number("keep_min"),
+        keep_min: onGrid("keep_min", number("keep_min"), RULES.keep_step, 0.4),
         heads: checked("heads"),
         mlp: checked("mlp"),
         group: number("group"),
         package_token: value("package_token"),
-        merge_max: number("merge_max"),
+        merge_max: onGrid("merge_max", number("merge_max"), RULES.merge_step, 24),
         merge_group: number("merge_group"),
       },
     };
-    return { spec, name: value("name") || null }; // JSON.stringify drops the undefined (defaulted) fields
+    // JSON.stringify drops the undefined (defaulted) fields.
+    return { body: { spec, name: name || null }, problems };
   }
 
   function clearErrors() {
@@ -104,57 +159,84 @@
     return found ? found[1] : null;
   }
 
+  /** One {field, message} per problem the API's answer names; field null for those no field holds. */
+  function serverProblems(error) {
+    if (!(error instanceof ApiError)) return [{ field: null, message: error.message || String(error) }];
+    const body = error.body && typeof error.body === "object" ? error.body : {};
+    // A refusal lists every problem in `errors` (a submit's 400, the API's 422); FastAPI's own 422 in `detail`.
+    const items = Array.isArray(body.errors) ? body.errors : Array.isArray(error.detail) ? error.detail : null;
+    if (items) {
+      return items.map((item) => {
+        const loc = Array.isArray(item.loc) ? item.loc : item.field ? String(item.field).split(".") : [];
+        const own = loc[loc.length - 1];
+        // A path error names its field first ("weights: ... does not exist"); beside the field it need not.
+        let message = String(item.msg ?? item.message ?? "").replace(/^Value error, /, "");
+        if (typeof own === "string" && message.startsWith(`${own}: `)) message = message.slice(own.length + 2);
+        const field = fieldFor(loc) || guessField(message);
+        const where = loc.filter((p) => p !== "body").join(".");
+        return { field, message: field || !where ? message : `${where}: ${message}` };
+      });
+    }
+    const text = typeof error.detail === "string" ? error.detail : error.message;
+    return text.split("\n").filter(Boolean).map((line) => {
+      // Path errors name their field first: "weights: ... does not exist on the server".
+      const match = /^([a-z_.]+): ([\s\S]*)$/.exec(line);
+      const field = match && fieldFor(match[1].split("."));
+      return field ? { field, message: match[2] } : { field: guessField(line), message: line };
+    });
+  }
+
   function showFieldError(field, message) {
     const slot = document.getElementById(`err-${field}`);
     slot.textContent = slot.textContent ? `${slot.textContent} ${message}` : message;
     slot.closest(".field")?.classList.add("invalid");
+    const folded = slot.closest("details");
+    if (folded) folded.open = true; // an error under "More options" must not stay out of sight
   }
 
-  /** Puts each error next to its field; the rest in the banner. Returns whether any went to a field. */
-  function showErrors(error) {
+  /** Puts every problem next to its field, the rest in the banner, and says how many fields need a fix. */
+  function showProblems(problems) {
     const loose = [];
-    if (error instanceof ApiError && error.status === 422 && Array.isArray(error.detail)) {
-      for (const item of error.detail) {
-        const message = String(item.msg || "").replace(/^Value error, /, "");
-        const loc = item.loc || [];
-        const field = fieldFor(loc) || (loc[loc.length - 1] === "spec" ? guessField(message) : null);
-        if (field) showFieldError(field, message);
-        else loose.push(`${(item.loc || []).filter((p) => p !== "body").join(".")}: ${message}`);
-      }
-    } else if (error instanceof ApiError && error.status === 400 && typeof error.detail === "string") {
-      // Path errors name their field first: "weights: ... does not exist on the server".
-      const match = /^([a-z_]+): ([\s\S]*)$/.exec(error.detail);
-      const field = match && fieldFor([match[1]]);
-      const guessed = field ? null : guessField(error.detail);
-      if (field) showFieldError(field, match[2]);
-      else if (guessed) showFieldError(guessed, error.detail);
-      else loose.push(error.detail);
-    } else if (error instanceof FormError) {
-      showFieldError(error.field, error.message);
-    } else {
-      loose.push(error.message || String(error));
+    for (const { field, message } of problems) {
+      if (field && document.getElementById(`err-${field}`)) showFieldError(field, message);
+      else loose.push(message);
     }
     if (loose.length) VP.showBanner(loose.join("\n"));
+    const marked = [...form.querySelectorAll(".field-error")].filter((slot) => slot.textContent).length;
+    status.textContent = marked ? `${marked} field${marked > 1 ? "s need" : " needs"} a fix (marked in red).` : "";
     const first = form.querySelector(".field.invalid") || document.getElementById("banner");
     first.scrollIntoView({ block: "center", behavior: "smooth" });
   }
 
+  // A field the user edits loses its error: what is left marked still needs a fix.
+  form.addEventListener("input", (event) => {
+    const field = event.target.closest(".field");
+    if (!field || !field.classList.contains("invalid")) return;
+    field.classList.remove("invalid");
+    field.querySelector(".field-error").textContent = "";
+  });
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors();
+    const { body, problems } = readForm();
+    if (problems.length) {
+      showProblems(problems);
+      return;
+    }
     button.disabled = true;
     status.textContent = "Checking the model, files, device and budget…";
     try {
       const job = await api("/api/jobs", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify(buildBody()),
+        body: JSON.stringify(body),
       });
       status.textContent = `Queued job ${job.id}.`;
       window.location.href = `/jobs/${job.id}`;
     } catch (error) {
       status.textContent = "";
-      showErrors(error);
+      showProblems(serverProblems(error));
     } finally {
       button.disabled = false;
     }
