@@ -50,7 +50,7 @@ class ProgressBar(SearchHooks):
     def progress(self, state: Progress) -> None:
         self.bar.n = state.done
         best = "-" if state.best_accuracy is None else f"{state.best_accuracy:.1f}%"
-        self.bar.set_postfix(feasible=state.feasible, best_under_budget=best, running=state.running, refresh=False)
+        self.bar.set_postfix(feasible=state.feasible, best_calib_top1=best, running=state.running, refresh=False)
         self.bar.refresh()
 
     def materialising(self) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -66,8 +66,15 @@ class ServiceWorker:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None, idle_exit_s: float | None = None) -> int:
-        """Work until `stop` is set (or idle for `idle_exit_s`); returns the number of jobs finished."""
-        stop = stop or threading.Event()
+        """Work until `stop` is set (or idle for `idle_exit_s`); returns the number of jobs finished.
+
+        Meanwhile the worker's row beats (GET /api/health counts the workers whose row is recent), and
+        it is removed when the worker stops, so a restarted service does not count the old worker too.
+        """
+        with _Heartbeat(self):
+            return self._work(stop or threading.Event(), idle_exit_s)
+
+    def _work(self, stop: threading.Event, idle_exit_s: float | None) -> int:
         finished, idle_since, outages = 0, time.monotonic(), 0
         while not stop.is_set():
             try:
@@ -104,7 +111,7 @@ class ServiceWorker:
         with Session(self.engine) as session:
             row = session.get(Job, job_id)
             spec, study_name = JobSpec.model_validate(row.spec), row.study_name
-        logger.info("job %d: %s (%s)", job_id, row.name, study_name)
+        logger.info("job %d started: %r, %d trials (study %s)", job_id, row.name, spec.trials, study_name)
         self._seen(job_id)
         lease = _Lease(self, job_id)
         try:
@@ -118,10 +125,10 @@ class ServiceWorker:
         except DATABASE_DOWN:
             raise  # not the job's fault: it must not be marked failed (and cannot be, right now)
         except (JobInputError, ValueError, OSError) as error:  # the user's input: say what is wrong
-            logger.warning("job %d failed: %s", job_id, error)
+            logger.warning("job %d failed after %s: %s", job_id, _took(lease.began), error)
             return finish(self.engine, job_id, self.id, "failed", str(error))
         except Exception as error:  # a bug must fail the job it hit, not kill the worker serving all jobs
-            logger.exception("job %d failed", job_id)
+            logger.exception("job %d failed after %s: %s: %s", job_id, _took(lease.began), type(error).__name__, error)
             return finish(self.engine, job_id, self.id, "failed", f"internal error: {type(error).__name__}: {error}")
 
     # -- helping other workers' jobs --------------------------------------------------------------
@@ -140,6 +147,14 @@ class ServiceWorker:
             queued = session.scalar(select(Job.id).where(Job.status == "queued").limit(1))
             status = session.scalar(select(Job.status).where(Job.study_name == study_name))
         return queued is not None or (status is not None and status != "running")
+
+    def retire(self) -> None:
+        """Remove this worker's row: it no longer counts as live (GET /api/health). Called when it stops."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.execute(delete(Worker).where(Worker.id == self.id))
+        except DATABASE_DOWN:  # the row goes stale instead, and stops counting after the health window
+            logger.warning("worker %s stopped; could not remove its row (database unreachable)", self.id)
 
     def _seen(self, job_id: int | None) -> None:
         with Session(self.engine) as session, session.begin():
@@ -211,6 +226,11 @@ class _JobHooks(SearchHooks):
         self._update(dense=_dense(result, context))
         if not finish(self.worker.engine, self.job_id, self.worker.id, "done"):
             raise JobLost
+        complete = result.trials.get("complete", 0)
+        logger.info(
+            "job %d done in %s: %d of %d trials complete, %d Pareto models",
+            *(self.job_id, _took(self.lease.began), complete, self.trials, len(result.models)),
+        )
 
     def _record(self, result: SearchResult) -> None:
         """One row per Pareto model; a job materialised again (after a crash) adds none twice."""
@@ -249,6 +269,7 @@ class _Lease:
 
     def __init__(self, worker: ServiceWorker, job_id: int) -> None:
         self.worker, self.job_id = worker, job_id
+        self.began = time.monotonic()  # when this worker took the job: its log lines say how long it ran
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{job_id}", daemon=True)
@@ -272,3 +293,42 @@ class _Lease:
             if not held:
                 self.lost.set()
                 return
+
+
+def _took(began: float) -> str:
+    """Seconds since `began` (time.monotonic), as a log line says them: '95 s', '12.4 min'."""
+    seconds = time.monotonic() - began
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
+
+
+class _Heartbeat:
+    """Keeps the worker's row recent from a background thread, whatever the worker is busy with, and
+    removes the row when the worker stops: GET /api/health counts the workers whose row is recent.
+
+    (The work loop also writes the row, with the job in hand, at every step; a trial or a materialisation
+    can last longer than the health check's window, hence a thread.)
+    """
+
+    def __init__(self, worker: ServiceWorker) -> None:
+        self.worker = worker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="worker-heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.worker.retire()
+
+    def _beat(self) -> None:
+        worker = self.worker
+        while not self._stop.wait(worker.settings.heartbeat_s):
+            try:
+                with Session(worker.engine) as session, session.begin():
+                    beat = update(Worker).where(Worker.id == worker.id)
+                    session.execute(beat.values(seen_at=db_now(), trials_run=worker.trials_run))
+            except Exception:  # the database is briefly away: the work loop says so; beat again next time
+                logger.debug("worker heartbeat failed", exc_info=True)

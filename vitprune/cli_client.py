@@ -1,6 +1,7 @@
 """`vitprune submit`, `vitprune jobs` and `vitprune download`: the command line as a client of a running service.
 
-vitprune submit    queue a search job on the service (with --upload, local weights and images are sent too)
+vitprune submit    queue a search job on the service (with --upload, local weights and images are sent too); its
+                   last lines, JOB_ID=N and with --wait MODEL_IDS='...', are shell assignments for what follows
 vitprune jobs      list the service's jobs, or show one job with its Pareto models
 vitprune download  fetch a pruned model (bundle zip, safetensors, config or ONNX), its sha256 verified
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 import time
@@ -35,7 +37,7 @@ __all__ = ["CommandError", "add_commands", "auth_headers", "client", "upload_inp
 SERVER_ENV = "VITPRUNE_SERVER"
 TOKEN_ENV = "VITPRUNE_TOKEN"
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-JOB_STATES = ("queued", "running", "materialising", "done", "failed", "cancelled")
+JOB_STATES = ("preparing", "queued", "running", "materialising", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 FORMATS = {"bundle": ".zip", "safetensors": ".safetensors", "config": ".config.json", "onnx": ".onnx"}
 CHECKSUM_HEADER = "X-Checksum-SHA256"
@@ -210,13 +212,48 @@ def upload_inputs(http: httpx.Client, spec: dict) -> dict:
     return spec
 
 
+def _preparation_text(job: dict) -> str | None:
+    """What a `preparing` job is doing, e.g. "preparing the demo model: training the ViT 120/700"; else None."""
+    preparation = job.get("preparation")
+    if job.get("status") != "preparing" or not preparation:
+        return None
+    return f"{preparation['stage']} {preparation['done']}/{preparation['total']}"
+
+
 def _progress_text(job: dict) -> str:
+    if preparing := _preparation_text(job):
+        return preparing
     progress = job.get("progress") or {}
-    best = progress.get("best_accuracy")
     parts = [job["status"], f"{progress.get('feasible', 0)} within budget"]
-    if best is not None:
-        parts.append(f"best {best:.1f}%")
+    best = _best_text(job)
+    if best:
+        parts.append(best)
     return ", ".join(parts)
+
+
+def _best_calib(job: dict) -> float | None:
+    """The best calibration top-1 within budget (`best_accuracy` is its older name, from older servers)."""
+    progress = job.get("progress") or {}
+    return progress.get("best_calib_accuracy", progress.get("best_accuracy"))
+
+
+def _best_text(job: dict) -> str | None:
+    """The best accuracy within budget, named by its images: validation first where the models have it."""
+    val, calib = job.get("best_val_accuracy"), _best_calib(job)
+    if val is not None:
+        return f"best validation top-1 {val:.1f}%" + (f" (calibration {calib:.1f}%)" if calib is not None else "")
+    return f"best calibration top-1 {calib:.1f}%" if calib is not None else None
+
+
+def _images_text(job: dict) -> str | None:
+    """What the job's figures were measured on, e.g. "validation: imagenet-sample (500 images); calibration: ..."."""
+    parts = []
+    for key, role in (("val_images", "validation"), ("calib_images", "calibration")):
+        entry = job.get(key)
+        if entry:
+            count = f" ({entry['images']} images)" if entry.get("images") else ""
+            parts.append(f"{role}: {display_name(entry['name'])}{count}")
+    return "; ".join(parts) or None
 
 
 def wait_for(http: httpx.Client, job: dict, interval: float) -> dict:
@@ -234,6 +271,12 @@ def wait_for(http: httpx.Client, job: dict, interval: float) -> dict:
             time.sleep(interval)
 
 
+def shell_line(name: str, value: object) -> str:
+    """`NAME=value` as a POSIX shell reads it (`eval`), quoted only where it must be."""
+    text = str(value)
+    return f"{name}={text}" if re.fullmatch(r"[A-Za-z0-9_.:/-]+", text) else f"{name}={shlex.quote(text)}"
+
+
 @_handled
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = json.loads(job_from_args(args).model_dump_json())
@@ -243,8 +286,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             spec = upload_inputs(http, spec)
         body = {"spec": spec} | ({"name": args.name} if args.name else {})
         job = _check(http.post("/api/jobs", json=body)).json()
-        print(f"job {job['id']} {job['status']}: {job['name']}")
+        print(f"job {job['id']} {job['status']}: {display_name(job['name'])}")
         print(f"dashboard: {server}/jobs/{job['id']}")
+        # For scripts and the README's tour: `eval "$(grep -E '^(JOB_ID|MODEL_IDS)=' out)"` sets them.
+        print(shell_line("JOB_ID", job["id"]), flush=True)
         if not args.wait:
             return 0
         try:
@@ -252,12 +297,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"stopped waiting; job {job['id']} keeps running on the server", file=sys.stderr)
             return 130
+        models = _check(http.get(f"/api/jobs/{job['id']}/pareto")).json()["models"] if job["status"] == "done" else []
     print(f"job {job['id']} {_progress_text(job)}")
     if job["status"] != "done":
         if job.get("error"):
             print(f"vitprune submit: job {job['id']} {job['status']}: {job['error']}", file=sys.stderr)
         return 1
     print(f"models: vitprune jobs {job['id']}")
+    # The Pareto models, fastest first: `vitprune download ${MODEL_IDS%% *}` fetches the fastest.
+    print(shell_line("MODEL_IDS", " ".join(str(model["id"]) for model in models)))
     return 0
 
 
@@ -276,22 +324,47 @@ def _number(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def display_name(name: str, limit: int | None = None) -> str:
+    """A job's name for a terminal: without bidirectional controls (U+202E, right-to-left override, would
+    reorder the rest of the line, columns after it included), shortened to `limit` characters with "…"."""
+    text = _BIDI_CONTROLS.sub("", name)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _model_text(job: dict) -> str:
+    """What the model is (the demo's small ViT, not the timm name it is built from)."""
+    return job.get("model_label") or job.get("model", "-")
+
+
+def _status_cell(job: dict) -> str:
+    """The status; a preparing job's with how far its current stage is."""
+    preparation = job.get("preparation")
+    if job["status"] != "preparing" or not preparation or not preparation.get("total"):
+        return job["status"]
+    return f"preparing {100 * preparation['done'] // preparation['total']}%"
+
+
 def format_jobs(jobs: list[dict]) -> str:
-    """One line per job: id, name, status, trials done, best calibration top-1 within budget, model."""
+    """One line per job: id, name, status, trials done, best top-1 within budget on validation (the Pareto models)
+    and calibration images (the search's trials), model."""
     if not jobs:
         return "no jobs"
     rows = [
         [
             str(job["id"]),
-            job["name"] if len(job["name"]) <= 40 else job["name"][:39] + "…",
-            job["status"],
+            display_name(job["name"], 40),
+            _status_cell(job),
             f"{job['progress']['done']}/{job['progress']['total']}",
-            _number(job["progress"].get("best_accuracy"), ".1f", "%"),
-            job.get("model", "-"),
+            _number(job.get("best_val_accuracy"), ".1f", "%"),
+            _number(_best_calib(job), ".1f", "%"),
+            _model_text(job),
         ]
         for job in jobs
     ]
-    return _table(["id", "name", "status", "trials", "best in budget", "model"], rows)
+    return _table(["id", "name", "status", "trials", "best val top-1", "best calib top-1", "model"], rows)
 
 
 def format_job(job: dict, pareto: dict, server: str) -> str:
@@ -301,12 +374,14 @@ def format_job(job: dict, pareto: dict, server: str) -> str:
     budget = pareto.get("budget_ms", job.get("budget_ms"))
     dense = pareto.get("dense_ms", job.get("dense_ms"))
     lines = [
-        f"job {job['id']}: {job['name']}",
+        f"job {job['id']}: {display_name(job['name'])}",
         f"status     {_progress_text(job)}; {progress['done']}/{progress['total']} trials{eta}",
-        f"model      {job.get('model', '-')} on {job.get('device', '-')}",
+        f"model      {_model_text(job)} on {job.get('device', '-')}",
         f"budget     {_number(budget, suffix=' ms')} (dense model {_number(dense, suffix=' ms')})",
         f"dashboard  {server}/jobs/{job['id']}",
     ]
+    if _images_text(job):
+        lines.insert(-1, f"images     {_images_text(job)}")
     if job.get("error"):
         lines.append(f"error      {job['error']}")
     models = pareto.get("models") or []
@@ -320,10 +395,11 @@ def format_job(job: dict, pareto: dict, server: str) -> str:
             _number(model["predicted_ms"]),
             _number(model.get("measured_ms")),
             _number(model.get("val_top1"), ".1f", "%"),
+            _number(model.get("calib_accuracy"), ".1f", "%"),
         ]
         for model in models
     ]
-    lines += ["", _table(["model", "trial", "predicted ms", "measured ms", "val top-1"], rows)]
+    lines += ["", _table(["model", "trial", "predicted ms", "measured ms", "val top-1", "calib top-1"], rows)]
     lines.append("download one with: vitprune download MODEL_ID [--format bundle|safetensors|config|onnx]")
     return "\n".join(lines)
 
@@ -438,7 +514,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--upload", action="store_true", help="upload --weights and zip and upload --calib/--val from this machine"
     )
-    run.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only if it is done")
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job until it ends; exit 0 only if it is done, printing MODEL_IDS='...' (its Pareto models)",
+    )
     run.add_argument("--interval", type=float, default=2.0, help="seconds between progress polls with --wait")
     _add_server_options(submit)
     submit.set_defaults(run=cmd_submit)

@@ -91,24 +91,46 @@ def cmd_search(args: argparse.Namespace) -> int:
     (args.out / "job.json").write_text(job.model_dump_json(indent=2))
     url = args.db or os.environ.get(DB_ENV) or f"sqlite:///{args.out / 'search.db'}"
     result = run_search(job, url, args.out, show_progress=not args.json)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    print(f"study {result.study}: {result.trials['complete']} trials, budget {result.budget_ms:.2f} ms")
-    print(f"dense: {_accuracy(result.dense['val'])}  predicted {result.dense['predicted_ms']:.2f} ms")
-    for model in result.models:
+    print(json.dumps(result.to_dict()) if args.json else format_result(result.to_dict(), args.out))
+    return 0
+
+
+def format_result(result: dict, out: Path) -> str:
+    """The front in words: every accuracy says which images it was measured on, validation first."""
+    lines = [f"study {result['study']}: {result['trials']['complete']} trials, budget {result['budget_ms']:.2f} ms"]
+    images = _images(result["models"])
+    if images:
+        lines.append(images)
+    lines.append(f"dense: {_accuracy(result['dense']['val'])}  predicted {result['dense']['predicted_ms']:.2f} ms")
+    for model in result["models"]:
+        accuracy = _accuracy(model["val"])
+        if model.get("calib_accuracy") is not None:
+            accuracy += f", calibration top-1 {model['calib_accuracy']:.1f}%"
         measured = f"  measured {model['measured_ms']:.2f} ms" if "measured_ms" in model else ""
         flag = "  (measured and predicted differ by >10%)" if model.get("latency_mismatch") else ""
-        print(f"{model['bundle']}: {_accuracy(model['val'])}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}")
-    print(f"front: {args.out / 'pareto.json'}, plot: {args.out / 'pareto.html'}")
-    return 0
+        lines.append(f"{model['bundle']}: {accuracy}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}")
+    lines.append(f"front: {out / 'pareto.json'}, plot: {out / 'pareto.html'}")
+    return "\n".join(lines)
 
 
 def _accuracy(metrics: dict) -> str:
     """Validation top-1, or agreement with the dense model for unlabelled images."""
     if metrics["top1"] is not None:
-        return f"top-1 {metrics['top1']:.1f}%"
-    return f"agreement {metrics['agreement']:.1f}%"
+        return f"validation top-1 {metrics['top1']:.1f}%"
+    return f"validation agreement with the dense model {metrics['agreement']:.1f}%"
+
+
+def _images(models: list[dict]) -> str | None:
+    """The line naming the image sets, e.g. "images: validation NAME (N images), calibration NAME (N images)"."""
+    datasets = next((m["datasets"] for m in models if m.get("datasets")), None)
+    if not datasets:
+        return None
+    parts = [
+        f"{role} {datasets[key]['name']} ({datasets[key]['images']} images)"
+        for key, role in (("val", "validation"), ("calib", "calibration"))
+        if key in datasets
+    ]
+    return "images: " + ", ".join(parts)
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from pruning.image_sets import job_image_sets
 from search.job import JobSpec
 from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
@@ -15,7 +16,17 @@ from server.db.models import Job, PrunedModel
 if TYPE_CHECKING:
     from search.records import TrialRecord  # the search layer's trials: loads torch, which schemas need not
 
-__all__ = ["JobOut", "JobSubmit", "ModelOut", "ParetoOut", "Progress", "TrialOut", "UploadOut"]
+__all__ = [
+    "ImageSetOut",
+    "JobOut",
+    "JobSubmit",
+    "ModelOut",
+    "ParetoOut",
+    "Preparation",
+    "Progress",
+    "TrialOut",
+    "UploadOut",
+]
 
 
 def _utc(value: datetime) -> datetime:
@@ -46,8 +57,28 @@ class Progress(BaseModel):
     done: int
     total: int
     feasible: int
-    best_accuracy: float | None = Field(description="best calibration top-1 (%) of a trial within budget so far")
+    best_accuracy: float | None = Field(
+        description="the older name of best_calib_accuracy (same value): best calibration top-1 (%) so far"
+    )
+    best_calib_accuracy: float | None = Field(
+        default=None,
+        description="best calibration top-1 (%) of a trial within budget so far, on the job's calib_images: "
+        "what the search optimises, not a held-out figure (see JobOut.best_val_accuracy)",
+    )
     eta_s: float | None
+
+
+class ImageSetOut(BaseModel):
+    """The images a figure was measured on."""
+
+    name: str = Field(description="the image folder's name, or the upload ref it came from (never a server path)")
+    images: int | None = Field(default=None, description="how many images; null until the job has read them")
+
+
+class Preparation(BaseModel):
+    stage: str = Field(description="what is being prepared, e.g. 'training the demo ViT'")
+    done: int
+    total: int
 
 
 class JobOut(BaseModel):
@@ -55,6 +86,10 @@ class JobOut(BaseModel):
     name: str
     status: str
     model: str
+    model_label: str = Field(
+        description="what the model is, for display: the timm name with the options the job changes, or a "
+        "description (the demo's small ViT); `model` stays the timm name"
+    )
     device: str
     spec: dict[str, Any]
     study_name: str
@@ -70,18 +105,53 @@ class JobOut(BaseModel):
     )
     worker: str | None
     attempts: int
+    preparation: Preparation | None = Field(
+        default=None, description="while status is 'preparing': the stage and its progress (the demo model's training)"
+    )
+    best_val_accuracy: float | None = Field(
+        default=None,
+        description="best validation top-1 (%) of the job's Pareto models (all within budget), on val_images: "
+        "the held-out figure to lead with; null until the models are made, or for unlabelled validation images",
+    )
+    val_images: ImageSetOut | None = Field(default=None, description="the validation images (held out from the search)")
+    calib_images: ImageSetOut | None = Field(
+        default=None, description="the calibration images the search scores trials on (progress.best_calib_accuracy)"
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, models: list[PrunedModel] | None = None) -> JobOut:
+        """`models`: the job's Pareto models, when the caller loaded them for many jobs at once (else job.models)."""
+        models = job.models if models is None else models
         progress = Progress(
             done=job.trials_done,
             total=job.trials_total,
             feasible=job.feasible,
             best_accuracy=job.best_accuracy,
+            best_calib_accuracy=job.best_accuracy,
             eta_s=job.eta_s,
         )
         fields = {name: getattr(job, name) for name in cls.model_fields if hasattr(job, name)}
-        return cls(**fields | {"progress": progress, "worker": job.lease_owner})
+        fields |= {
+            "best_val_accuracy": max((m.val_top1 for m in models if m.val_top1 is not None), default=None),
+            **_image_sets(job.spec, models, job.dense),
+        }
+        label = job.model_label or job.model  # jobs listed before labels existed
+        return cls(**fields | {"progress": progress, "worker": job.lease_owner, "model_label": label})
+
+
+def _image_sets(
+    spec: dict[str, Any], models: list[PrunedModel], dense: dict[str, Any] | None = None
+) -> dict[str, ImageSetOut | None]:
+    """{"val_images": ..., "calib_images": ...}: names from the job's spec, sizes from what its models recorded."""
+    names = job_image_sets(spec) if spec.get("calib") else {}
+    recorded = next((m.metrics["datasets"] for m in models if isinstance(m.metrics.get("datasets"), dict)), {})
+    counts = {role: entry.get("images") for role, entry in recorded.items() if isinstance(entry, dict)}
+    if "val" not in counts and isinstance(dense, dict) and isinstance(dense.get("val"), dict):
+        counts["val"] = dense["val"].get("n_images")  # jobs made before metrics named their images
+    return {
+        f"{role}_images": ImageSetOut(name=names[role]["name"], images=counts.get(role)) if role in names else None
+        for role in ("val", "calib")
+    }
 
 
 class ModelOut(BaseModel):
@@ -89,8 +159,15 @@ class ModelOut(BaseModel):
     job_id: int
     trial: int
     config: dict[str, Any]
-    val_top1: float | None
-    calib_accuracy: float | None
+    val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
+    calib_accuracy: float | None = Field(
+        description="calibration top-1 (%) on calib_images: what the search optimised, not a held-out figure"
+    )
+    val_agreement: float | None = Field(
+        default=None, description="top-1 agreement (%) with the dense model on val_images (also without labels)"
+    )
+    val_images: ImageSetOut | None = Field(default=None, description="the images val_top1 was measured on")
+    calib_images: ImageSetOut | None = Field(default=None, description="the images calib_accuracy was measured on")
     predicted_ms: float
     measured_ms: float | None
     params: int
@@ -102,8 +179,14 @@ class ModelOut(BaseModel):
 
     @classmethod
     def of(cls, model: PrunedModel) -> ModelOut:
-        fields = {name: getattr(model, name) for name in cls.model_fields if name != "summary"}
-        return cls(**fields, summary=summarise(model.config))
+        fields = {name: getattr(model, name) for name in cls.model_fields if hasattr(PrunedModel, name)}
+        val = model.metrics.get("val") if isinstance(model.metrics.get("val"), dict) else {}
+        return cls(
+            **fields,
+            **_image_sets(model.job.spec, [model]),
+            val_agreement=val.get("agreement"),
+            summary=summarise(model.config),
+        )
 
 
 class ParetoOut(BaseModel):

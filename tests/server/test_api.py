@@ -6,17 +6,28 @@ import hashlib
 import io
 import json
 import logging
+import re
+import threading
 import time
 import zipfile
 
 import numpy as np
 import onnxruntime
+import optuna
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from latency_models.registry import Registry
 from pruning import describe
 from pruning.bundle import load_bundle
+from server.api.routes.health import live_window_s
+from server.app import create_app
+from server.db.engine import db_after
+from server.db.models import Worker
+from server.settings import Settings
+from server.worker import ServiceWorker
 from tests.search.tiny import tiny_job, tiny_model
 from tests.server.conftest import spec_json, wait_final
 
@@ -66,6 +77,103 @@ def test_downloads_carry_checksums_and_rebuild_the_model(finished, tmp_path):
     assert np.abs(got - expected).max() < 1e-3
     again = client.get(f"/api/models/{model['id']}/download", params={"format": "onnx"})
     assert again.headers["x-checksum-sha256"] == onnx.headers["x-checksum-sha256"]  # exported once, kept
+
+
+DOWNLOAD_HEADERS = ("content-length", "content-type", "content-disposition", "x-checksum-sha256", "etag")
+
+
+def test_head_on_a_download_answers_the_headers_of_get_without_the_file(finished):
+    # `curl -I` got a 405: HEAD was not routed.
+    client, job = finished
+    model = client.get(f"/api/jobs/{job['id']}/pareto").json()["models"][0]
+    url = f"/api/models/{model['id']}/download"
+    for format in ("bundle", "safetensors", "config", "onnx"):
+        get = client.get(url, params={"format": format})
+        head = client.head(url, params={"format": format})
+        assert head.status_code == get.status_code == 200, (format, head.status_code)
+        assert head.content == b""
+        assert {k: head.headers[k] for k in DOWNLOAD_HEADERS} == {k: get.headers[k] for k in DOWNLOAD_HEADERS}
+        assert int(head.headers["content-length"]) == len(get.content)
+    assert client.head("/api/models/424242/download").status_code == 404
+
+
+def test_a_jobs_study_names_its_objectives_for_optuna_tools(finished):
+    # optuna-dashboard showed "Objective 0" and "Objective 1".
+    client, job = finished
+    study = optuna.load_study(study_name=job["study_name"], storage=client.app.state.optuna_storage)
+    assert study.metric_names == ["calibration top-1 %", "predicted latency ms"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+
+
+def _health(client: TestClient) -> int:
+    answer = client.get("/api/health")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["workers"]
+
+
+def _until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_health_counts_live_workers_only(tmp_path):
+    # After a restart with one worker, health counted two: the stopped one had been seen in the last minute.
+    settings = {"home": tmp_path / "home", "heartbeat_s": 1, "poll_s": 0.2}
+    with TestClient(create_app(Settings(**settings))) as first:
+        _until(lambda: _health(first) == 1)
+    with TestClient(create_app(Settings(**settings), worker=False)) as restarted:
+        assert _health(restarted) == 0, "a stopped worker still counted"
+        # A worker that died without stopping (killed) counts until its row is older than the window.
+        window = live_window_s(restarted.app.state.settings)
+        with restarted.app.state.sessions() as session, session.begin():
+            session.add(Worker(id="killed-long-ago", host="h", pid=1, seen_at=db_after(-window - 5)))
+            session.add(Worker(id="killed-just-now", host="h", pid=2, seen_at=db_after(-1)))
+        assert _health(restarted) == 1
+
+
+def test_a_busy_worker_keeps_its_row_recent(make_service, monkeypatch, tmp_path):
+    # A worker in a long trial or materialisation writes no row from its loop; its heartbeat thread does.
+    busy, release = threading.Event(), threading.Event()
+    step = ServiceWorker._step
+
+    def long_step(self: ServiceWorker) -> tuple[bool, int]:
+        if self.settings.home != tmp_path / "home":  # another test's service, still running
+            return step(self)
+        self._seen(None)
+        busy.set()
+        release.wait(60)
+        return False, 0
+
+    monkeypatch.setattr(ServiceWorker, "_step", long_step)
+    client = make_service()  # heartbeat_s=1
+
+    def seen_at() -> object:
+        with client.app.state.sessions() as session:
+            return session.scalar(select(Worker.seen_at))
+
+    try:
+        assert busy.wait(30)
+        first = seen_at()
+        _until(lambda: seen_at() > first, timeout=15)
+        assert _health(client) == 1
+    finally:
+        release.set()
+
+
+def test_the_log_says_when_a_job_starts_and_ends(make_service, tiny_root, caplog):
+    client = make_service()
+    with caplog.at_level(logging.INFO, logger="server.worker"):
+        submitted = client.post("/api/jobs", json={"spec": spec_json(tiny_job(tiny_root, trials=4)), "name": "logged"})
+        job_id = submitted.json()["id"]
+        assert wait_final(client, job_id)["status"] == "done"
+        _until(lambda: any(f"job {job_id} done in" in r.getMessage() for r in caplog.records), timeout=10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.worker"]
+    assert any(line.startswith(f"job {job_id} started: 'logged', 4 trials") for line in lines), lines
+    (done,) = [line for line in lines if line.startswith(f"job {job_id} done in")]
+    models = len(client.get(f"/api/jobs/{job_id}/pareto").json()["models"])
+    assert re.fullmatch(rf"job {job_id} done in \d+ s: [0-4] of 4 trials complete, {models} Pareto models", done)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import io
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -118,8 +119,8 @@ def make_app(service: FakeService) -> FastAPI:
     def pareto(job_id: int) -> dict:
         found = find(job_id)
         models = [
-            {"id": 1, "trial": 3, "predicted_ms": 9.8, "measured_ms": 10.1, "val_top1": 68.5},
-            {"id": 2, "trial": 7, "predicted_ms": 12.1, "measured_ms": None, "val_top1": 71.0},
+            {"id": 1, "trial": 3, "predicted_ms": 9.8, "measured_ms": 10.1, "val_top1": 68.5, "calib_accuracy": 72.0},
+            {"id": 2, "trial": 7, "predicted_ms": 12.1, "measured_ms": None, "val_top1": 71.0, "calib_accuracy": 74.5},
         ]
         return {"budget_ms": 12.5, "dense_ms": 17.9, "models": models if found["status"] == "done" else []}
 
@@ -230,7 +231,7 @@ def test_wait_follows_the_job_to_done(service, capsys):
     argv = ["submit", *job_options("/srv/w.safetensors", "/srv/images"), "--wait", "--interval", "0"]
     code, out, _ = run(capsys, *argv)
     assert code == 0
-    assert "job 1 done" in out and "best 74.0%" in out
+    assert "job 1 done" in out and "best calibration top-1 74.0%" in out  # an older server: calibration only
 
 
 def test_wait_exits_1_when_the_job_fails(service, capsys):
@@ -246,8 +247,9 @@ def test_jobs_lists_filters_and_shows_one_with_its_models(service, capsys):
     service.jobs[1]["progress"] |= {"done": 4, "best_accuracy": 71.25}
     code, out, _ = run(capsys, "jobs")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["id", "name", "status", "trials", "best", "in", "budget", "model"]
-    assert lines[1].split() == ["1", "first", "search", "done", "4/4", "71.2%", "deit_tiny_patch16_224"]
+    header = ["id", "name", "status", "trials", "best", "val", "top-1", "best", "calib", "top-1", "model"]
+    assert code == 0 and lines[0].split() == header
+    assert lines[1].split() == ["1", "first", "search", "done", "4/4", "-", "71.2%", "deit_tiny_patch16_224"]
     assert lines[2].split()[-1] == "vit_small_patch16_224"
 
     code, out, _ = run(capsys, "jobs", "--status", "running", "--json")
@@ -328,3 +330,91 @@ def test_validation_errors_are_summarised():
     )
     with pytest.raises(cli_client.CommandError, match=r"422: spec\.trials: Input should be greater than 0"):
         cli_client._check(response)
+
+
+def test_a_right_to_left_override_in_a_name_does_not_reorder_the_job_list(service, capsys):
+    # U+202E in a name would print the rest of its line (status, trials, model) backwards in a terminal.
+    service.add_job("evil\u202eabc\u2066x\u2069", status="done")
+    code, out, _ = run(capsys, "jobs")
+    assert code == 0 and not any(char in out for char in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    assert out.splitlines()[1].split()[:3] == ["1", "evilabcx", "done"]
+    code, out, _ = run(capsys, "jobs", "1")
+    assert code == 0 and "job 1: evilabcx" in out
+
+
+def test_accuracies_are_labelled_with_their_images_and_validation_leads(service, capsys):
+    """A calibration top-1 (what the search optimised) is never shown as if it were the held-out one."""
+    job = service.add_job("labelled", status="done")
+    job["progress"] |= {"done": 4, "best_accuracy": 77.5, "best_calib_accuracy": 77.5}
+    job |= {
+        "best_val_accuracy": 74.5,
+        "val_images": {"name": "imagenet-sample", "images": 500},
+        "calib_images": {"name": "imagenet-sample (50% of it)", "images": 500},
+    }
+    code, out, _ = run(capsys, "jobs")
+    assert code == 0 and out.splitlines()[1].split()[4:6] == ["74.5%", "77.5%"]  # val top-1, then calib top-1
+
+    code, out, _ = run(capsys, "jobs", "1")
+    assert code == 0
+    assert "best validation top-1 74.5% (calibration 77.5%)" in out
+    assert "images     validation: imagenet-sample (500 images); calibration: imagenet-sample (50% of it)" in out
+    header = next(line for line in out.splitlines() if line.startswith("model  trial"))
+    assert header.split()[-4:] == ["val", "top-1", "calib", "top-1"]
+    assert any(line.split() == ["1", "3", "9.80", "10.10", "68.5%", "72.0%"] for line in out.splitlines())
+
+
+def _shell(output: str, script: str) -> str:
+    """Runs `script` in bash after evaluating the JOB_ID/MODEL_IDS lines of `output`, as the README's tour does."""
+    prelude = "eval \"$(printf '%s\\n' \"$OUTPUT\" | grep -E '^(JOB_ID|MODEL_IDS)=')\"\n"
+    done = subprocess.run(
+        ["bash", "-euc", prelude + script], env={"OUTPUT": output, "PATH": "/usr/bin:/bin"}, capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_submit_prints_the_job_id_as_a_line_a_shell_can_reuse(service, capsys):
+    code, out, _ = run(capsys, "submit", *job_options("/srv/w.safetensors", "/srv/images"), "--name", "n1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "job 1 queued: n1" and lines[-1] == "JOB_ID=1"  # the human lines stay, the id comes last
+    assert _shell(out, 'echo "jobs $JOB_ID"') == "jobs 1"
+
+
+def test_submit_wait_also_prints_the_pareto_model_ids_fastest_first(service, capsys):
+    service.add_job("the demo job")  # listed first, as after `vitprune serve --demo`: the id is the submitted job's
+    argv = ["submit", *job_options("/srv/w.safetensors", "/srv/images"), "--wait", "--interval", "0"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert out.splitlines()[-1] == "MODEL_IDS='1 2'"
+    assert _shell(out, 'echo "$JOB_ID|$MODEL_IDS|${MODEL_IDS%% *}"') == "2|1 2|1"
+
+
+def test_submit_wait_prints_no_model_ids_for_a_job_that_failed(service, capsys):
+    argv = ["submit", *job_options("/srv/w.safetensors", "/srv/images"), "--name", "will fail", "--wait"]
+    code, out, _ = run(capsys, *argv, "--interval", "0")
+    assert code == 1 and "JOB_ID=1" in out.splitlines() and "MODEL_IDS" not in out
+
+
+def test_shell_lines_quote_what_a_shell_would_split_or_expand():
+    assert cli_client.shell_line("JOB_ID", 7) == "JOB_ID=7"
+    assert cli_client.shell_line("MODEL_IDS", "") == "MODEL_IDS=''"
+    assert cli_client.shell_line("X", "a b$HOME;`x`") == "X='a b$HOME;`x`'"
+
+
+def test_jobs_show_what_the_model_is_and_how_far_a_preparing_job_is(service, capsys):
+    job = service.add_job("DEMO", status="preparing", total=60)
+    job |= {
+        "model_label": "demo ViT (6 blocks, 96 wide, 32 px, DEMO shapes)",
+        "preparation": {"stage": "preparing the demo model: training the ViT", "done": 175, "total": 700},
+    }
+    code, out, _ = run(capsys, "jobs")
+    row = out.splitlines()[1]
+    assert code == 0 and "preparing 25%" in row and "demo ViT (6 blocks" in row and "deit_tiny" not in row
+    code, out, _ = run(capsys, "jobs", "--status", "preparing")
+    assert code == 0 and "DEMO" in out
+    service.advance = lambda job: None  # the fake would start the job; it is still preparing
+    code, out, _ = run(capsys, "jobs", "1")
+    assert code == 0
+    assert "status     preparing the demo model: training the ViT 175/700; 0/60 trials" in out
+    assert "model      demo ViT (6 blocks, 96 wide, 32 px, DEMO shapes) on mobile-cpu" in out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.search.tiny import tiny_job
 from vitprune.cli import build_parser, main
-from vitprune.cli_search import job_from_args
+from vitprune.cli_search import format_result, job_from_args
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -90,7 +91,7 @@ def test_an_infeasible_budget_is_refused_with_both_numbers(capsys, tmp_path):
     job = tiny_job(tmp_path, budget_ms=0.0001, budget_ratio=None)
     (tmp_path / "job.json").write_text(job.model_dump_json())
     code, _, err = run(capsys, "search", "--job", tmp_path / "job.json", "--out", tmp_path / "out")
-    assert code == 2 and "cheapest config" in err and "budget of 0.00 ms" in err
+    assert code == 2 and "cheapest config" in err and "budget of 0.0001 ms" in err
 
 
 def test_merge_flags_set_the_search_space():
@@ -102,3 +103,19 @@ def test_merge_flags_set_the_search_space():
     assert (space.tokens, space.merge_group, space.merge_max) == ("topk+merge", 1, 16)
     default = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).space
     assert (default.tokens, default.merge_group, default.merge_max) == ("topk", 3, 24)
+
+
+def test_the_result_labels_each_accuracy_with_its_images():
+    datasets = {"val": {"name": "imagenet/val", "images": 500}, "calib": {"name": "imagenet/calib", "images": 400}}
+    row = {"bundle": "models/trial-0024", "val": {"top1": 74.5}, "calib_accuracy": 77.5, "predicted_ms": 3.2}
+    result = {
+        "study": "s",
+        "trials": {"complete": 30},
+        "budget_ms": 4.0,
+        "dense": {"val": {"top1": 78.4}, "predicted_ms": 6.0},
+        "models": [row | {"datasets": datasets}],
+    }
+    lines = format_result(result, Path("out")).splitlines()
+    assert lines[1] == "images: validation imagenet/val (500 images), calibration imagenet/calib (400 images)"
+    assert lines[2] == "dense: validation top-1 78.4%  predicted 6.00 ms"
+    assert lines[3] == "models/trial-0024: validation top-1 74.5%, calibration top-1 77.5%  predicted 3.20 ms"

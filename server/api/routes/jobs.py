@@ -6,16 +6,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from search.context import JobInputError, check_job
+from search.job import JobSpec
 from search.records import trial_records
 from server.api.deps import JobDep, RegistryDep, SessionDep, SettingsDep, StoreDep
-from server.api.paths import PathError, resolve_paths
+from server.api.paths import PathError, public_message, resolve_paths
 from server.api.routing import JSONRoute
 from server.api.schemas import JobOut, JobSubmit, ModelOut, ParetoOut, TrialOut
 from server.db.models import JOB_STATES, PrunedModel
 from server.jobs import cancel_job, create_job, list_jobs
+from server.settings import Settings
+from server.store import ArtifactStore
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=JSONRoute)
 
@@ -23,17 +27,37 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"], route_class=JSONRoute)
 @router.post("", status_code=201, response_model=JobOut)
 async def submit(
     body: JobSubmit, session: SessionDep, settings: SettingsDep, store: StoreDep, registry: RegistryDep
-) -> JobOut:
+) -> JobOut | JSONResponse:
     """Queue a search job. Its model, weights, images, device and budget are checked first, so a job
     that cannot run is refused now with the reason (e.g. the cheapest config's latency) instead of
-    failing in the queue."""
+    failing in the queue. A refusal (400) has `detail` (every problem, "; " between them) and
+    `errors`, one {field, loc, message} per problem: every bad path at once, not only the first."""
     try:
-        spec = resolve_paths(body.spec, settings, store)
+        spec, bad_paths = _resolve_every_path(body.spec, settings, store)
+        if bad_paths:
+            return _refused([(("body", "spec", error.field), str(error)) for error in bad_paths])
         # Building the model (its options first), loading weights and pricing it take seconds: not on the event loop.
         await run_in_threadpool(check_job, spec, registry)
-    except (PathError, JobInputError, ValueError, OSError) as error:
-        raise HTTPException(400, str(error)) from error
+    except (JobInputError, ValueError, OSError) as error:
+        return _refused([(("body", "spec"), public_message(str(error), body.spec, settings, store))])
     return JobOut.of(create_job(session, spec, body.name))
+
+
+def _resolve_every_path(spec: JobSpec, settings: Settings, store: ArtifactStore) -> tuple[JobSpec, list[PathError]]:
+    """`spec` with its paths resolved, and the error of every bad one (resolve_paths stops at the first)."""
+    errors: list[PathError] = []
+    while True:
+        try:
+            return resolve_paths(spec, settings, store), errors
+        except PathError as error:
+            errors.append(error)
+            spec = spec.model_copy(update={error.field: None})  # reported: the next pass checks the others
+
+
+def _refused(problems: list[tuple[tuple[str, ...], str]]) -> JSONResponse:
+    # The shape of the 422 answers (server/api/errors.py): a sentence, and one entry per problem.
+    errors = [{"field": ".".join(loc[1:]), "loc": list(loc), "message": message} for loc, message in problems]
+    return JSONResponse({"detail": "; ".join(message for _, message in problems), "errors": errors}, status_code=400)
 
 
 @router.get("", response_model=list[JobOut])
@@ -52,7 +76,17 @@ def jobs(
         if value is not None and "\x00" in value:
             raise HTTPException(400, f"{name}: a NUL character never occurs in a {name} name; remove it")
     found = list_jobs(session, status=status, model=model, device=device, limit=limit, offset=offset)
-    return [JobOut.of(job) for job in found]
+    models = _models_of(session, [job.id for job in found])
+    return [JobOut.of(job, models.get(job.id, [])) for job in found]
+
+
+def _models_of(session: SessionDep, job_ids: list[int]) -> dict[int, list[PrunedModel]]:
+    """The Pareto models of many jobs in one query (each job's best validation top-1 and image counts)."""
+    grouped: dict[int, list[PrunedModel]] = {}
+    if job_ids:
+        for model in session.scalars(select(PrunedModel).where(PrunedModel.job_id.in_(job_ids))):
+            grouped.setdefault(model.job_id, []).append(model)
+    return grouped
 
 
 @router.get("/{job_id}", response_model=JobOut)
