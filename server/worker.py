@@ -27,6 +27,7 @@ from search.driver import SearchDriver, SearchHooks, SearchStopped
 from search.job import JobSpec
 from search.pareto import SearchResult
 from search.study import Progress, open_storage
+from server.api.paths import public_message
 from server.db.engine import db_now
 from server.db.models import Job, PrunedModel, Worker
 from server.jobs import claim_job, finish, renew_lease, update_job
@@ -126,10 +127,16 @@ class ServiceWorker:
             raise  # not the job's fault: it must not be marked failed (and cannot be, right now)
         except (JobInputError, ValueError, OSError) as error:  # the user's input: say what is wrong
             logger.warning("job %d failed after %s: %s", job_id, _took(lease.began), error)
-            return finish(self.engine, job_id, self.id, "failed", str(error))
+            return finish(self.engine, job_id, self.id, "failed", self._public(str(error), spec))
         except Exception as error:  # a bug must fail the job it hit, not kill the worker serving all jobs
             logger.exception("job %d failed after %s: %s: %s", job_id, _took(lease.began), type(error).__name__, error)
-            return finish(self.engine, job_id, self.id, "failed", f"internal error: {type(error).__name__}: {error}")
+            reason = self._public(f"internal error: {type(error).__name__}: {error}", spec)
+            return finish(self.engine, job_id, self.id, "failed", reason)
+
+    def _public(self, message: str, spec: JobSpec) -> str:
+        """A failure as the job's owner may read it: the server's root and store directories hidden
+        (the log keeps the whole message)."""
+        return public_message(message, spec, self.settings, self.store)
 
     # -- helping other workers' jobs --------------------------------------------------------------
 

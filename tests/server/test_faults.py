@@ -138,6 +138,9 @@ def test_a_failed_artifact_write_fails_the_job_clearly_and_leaves_no_half_file(
     # The server's log says so too, with how long the job ran and why it failed.
     failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"job {job_id} failed after ")]
     assert failed and "No space left on device" in failed[0], [r.getMessage() for r in caplog.records]
+    # The job's owner reads the failure without the server's directories; the log keeps them.
+    store = str(client.app.state.settings.artifacts)
+    assert store in failed[0] and store not in job["error"], job["error"]
     assert client.get(f"/api/jobs/{job_id}/pareto").json()["models"] == []
     home = client.app.state.settings.artifacts / "jobs" / str(job_id)
     assert not list(home.rglob("model.safetensors")), "a half-written bundle was left where it could be served"
