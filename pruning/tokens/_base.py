@@ -63,8 +63,6 @@ class TokenOp(BaseModel):
     """False: refused on families that pool a token grid between stages (PiT)."""
     order: ClassVar[int] = 0
     """Where the op is listed (forms, help texts)."""
-    title: ClassVar[str] = ""
-    """The op in a few words, for help texts and forms."""
     count_rule: ClassVar[tuple[str, str] | None] = None
     """How the dashboard follows token counts: ("ratio", field) keeps ceil(field * N); ("pairs", field)
     removes min(field, N // 2); ("per_image", "") makes later counts unknown; None keeps all."""

@@ -45,7 +45,6 @@ class MergeReduction(TokenOp):
     fixed_counts: ClassVar[bool] = True
     grid_ok: ClassVar[bool] = False  # merged tokens no longer form the grid that PiT pools
     order: ClassVar[int] = 3
-    title: ClassVar[str] = "ToMe merge counts per group of merge_group blocks"
     count_rule: ClassVar = ("pairs", "r")
     widen: ClassVar[str] = "raise merge_max"
     axis: ClassVar = SearchAxis(

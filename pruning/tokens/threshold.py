@@ -33,7 +33,6 @@ class ThresholdReduction(TokenOp):
     needs: ClassVar = "scores"
     per_image: ClassVar[bool] = True
     order: ClassVar[int] = 2
-    title: ClassVar[str] = "AS-ViT score thresholds at token_blocks"
     count_rule: ClassVar = ("per_image", "")
     widen: ClassVar[str] = "raise threshold_max, more token_blocks"
     axis: ClassVar = SearchAxis(prefix="threshold", per="block", off=0.0, cheapest="high", fields=("threshold_max",))

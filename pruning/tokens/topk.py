@@ -29,7 +29,6 @@ class TopKReduction(TokenOp):
 
     needs: ClassVar = "scores"
     order: ClassVar[int] = 1
-    title: ClassVar[str] = "top-k keep ratios at token_blocks (EViT)"
     count_rule: ClassVar = ("ratio", "keep_ratio")
     widen: ClassVar[str] = "lower keep_min, more token_blocks"
     axis: ClassVar = SearchAxis(
