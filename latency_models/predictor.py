@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from latency_models.calibration.model import calibration_for, correct
 from latency_models.interpolate import expand_1d, expand_2d
 from latency_models.profiling import Shape, offgrid_tokens
 from latency_models.profiling.ops import ENTRY_KINDS, PRICINGS, TokenFlow, pricing
-from latency_models.schema import LatencyTable
+from latency_models.schema import Calibration, LatencyTable
 from pruning.config import PruneConfig
 from pruning.spec import ModelSpec
 
@@ -61,8 +62,14 @@ class Prediction:
     extrapolated: bool
     """True when some part lies outside the table's grid (tokens, widths or batch size)."""
     parts: dict[str, float] = field(default_factory=dict)
-    """Milliseconds per kind of part (embed, attention, the entry kind of each token op, mlp, head);
-    filled by `breakdown`."""
+    """Milliseconds per kind of part (embed, attention, the entry kind of each token op, mlp, head,
+    and the end-to-end `calibration`); filled by `breakdown`."""
+    blocks_ms: float = 0.0
+    """The blocks' share of `ms` before calibration (what `Calibration.scale` multiplies)."""
+    reductions: tuple[tuple[str, int], ...] = ()
+    """(token op kind, tokens entering the block) of every block that reduces tokens, in order."""
+    calibrated: bool = False
+    """True when the table's end-to-end calibration for this shape and batch was applied."""
 
 
 @dataclass
@@ -78,6 +85,7 @@ class _Lookup:
     ops: dict[str, dict]  # token-op entry kind -> {variant: [tokens in, second axis]}, as its `arrays` builds
     outside: dict[str, np.ndarray]
     blocks_scale: float = 1.0  # the whole dense model timed as one over its parts (`_blocks_scale`)
+    calibration: Calibration | None = None  # the end-to-end correction for this shape and batch
     batch_extrapolated: bool = False
     missing: dict[str, str] = field(default_factory=dict)
     """Entry kinds the table lacks (made before they were priced): the CoverageError for a config using them."""
@@ -144,6 +152,7 @@ class LatencyPredictor:
     ) -> Prediction:
         """Like `predict`, with the milliseconds of each kind of part."""
         parts = {"embed": 0.0, "attention": 0.0, **{op: 0.0 for op in ENTRY_KINDS}, "mlp": 0.0, "head": 0.0}
+        parts["calibration"] = 0.0
         return self._run(config, spec, batch, kept_tokens, parts)
 
     def _run(self, config, spec, batch, kept_tokens, parts) -> Prediction:
@@ -157,6 +166,7 @@ class LatencyPredictor:
         extrapolated = look.batch_extrapolated
         total = 0.0  # the blocks
         reduction = 0
+        reductions = []
         for cfg in config.blocks:
             op = cfg.tokens
             # A block reducing tokens by score runs explicit attention that returns them; one that needs
@@ -181,6 +191,7 @@ class LatencyPredictor:
                 else:
                     kept = op.kept(flow.n_patch)
                 reduction += 1
+                reductions.append((op.kind, flow.tokens))
                 priced = pricing(op.kind)
                 cost, outside = priced.price(look, flow, kept, config.package_token)
                 total += cost
@@ -193,12 +204,23 @@ class LatencyPredictor:
             extrapolated |= bool(out["mlp"][flow.tokens, cfg.mlp_hidden])
             if parts is not None:
                 parts["mlp"] += cost
-        total = look.embed + look.blocks_scale * total + look.head[flow.tokens]
+        blocks = look.blocks_scale * total
+        total = look.embed + blocks + look.head[flow.tokens]
+        reductions = tuple(reductions)
+        correction = correct(look.calibration, blocks, reductions, prefix + n_patch) if look.calibration else 0.0
         if parts is not None:
             for part in ("attention", *ENTRY_KINDS, "mlp"):
                 parts[part] *= look.blocks_scale
             parts["embed"], parts["head"] = look.embed, float(look.head[flow.tokens])
-        return Prediction(ms=float(total), extrapolated=extrapolated, parts=parts or {})
+            parts["calibration"] = correction
+        return Prediction(
+            ms=float(total + correction),
+            extrapolated=extrapolated,
+            parts=parts or {},
+            blocks_ms=float(blocks),
+            reductions=reductions,
+            calibrated=look.calibration is not None,
+        )
 
     def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:
         """The table's entry for `spec`'s dense MLP half at all tokens and `batch` (key, ms), if the
@@ -298,6 +320,7 @@ class LatencyPredictor:
         # The composites are compared with on-grid parts, before blocks off the grid are scaled.
         look.blocks_scale = self._blocks_scale(spec, batch, look)
         look.reducing = self._reducing(spec, batch, look)
+        look.calibration = calibration_for(self.table, spec, batch)
         look.attention = {k: v * offgrid[:, None] for k, v in attention.items()}
         look.mlp, look.chain = mlp * offgrid[:, None], chain * offgrid
         return look

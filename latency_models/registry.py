@@ -1,7 +1,8 @@
 """Device profiles by name: where a search gets the latency table of its target device.
 
-- `host-cpu`: this machine's CPU, measured on first use for each model shape and batch size and
-  cached, keyed by the machine (CPU model, core count, torch version) and the thread count. A cached
+- `host-cpu`: this machine's CPU, measured on first use for each model shape and batch size,
+  calibrated end to end on real pruned models (`latency_models.calibration`) and cached, keyed by
+  the machine (CPU model, core count, torch version) and the thread count. A cached
   table lacking entries that the grid now plans gets just those timed, at the table's machine speed,
   and added on its next use (`complete_table`; composites compared with their parts only come with
   them, see `to_time`).
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from latency_models.calibration.run import CalibrationPlan
 from latency_models.devices import KINDS, DeviceBackend, DeviceProfile, DeviceSettings, ImportedKind, UnknownDeviceError
 from latency_models.devices.completion import complete_table, to_time
 from latency_models.devices.measured import measured_device
@@ -32,6 +34,10 @@ from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
 __all__ = ["DeviceProfile", "Registry", "UnknownDeviceError", "complete_table", "default_profiles_dir", "to_time"]
+
+
+DEFAULT_PLAN = CalibrationPlan()
+"""Measured tables are calibrated end to end on first use for each model shape and batch size."""
 
 
 def default_profiles_dir() -> Path:
@@ -45,11 +51,17 @@ def default_profiles_dir() -> Path:
 class Registry:
     """Named device profiles over one profiles directory."""
 
-    def __init__(self, root: Path | None = None, threads: int | None = None, timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | None = None,
+        threads: int | None = None,
+        timing: Timing | None = None,
+        calibration: CalibrationPlan | None = DEFAULT_PLAN,
+    ) -> None:
         self.root = Path(root) if root is not None else default_profiles_dir()
         self.threads = threads or torch.get_num_threads()
         self.timing = timing or Timing()
-        self.settings = DeviceSettings(self.root, self.threads, self.timing)
+        self.settings = DeviceSettings(self.root, self.threads, self.timing, calibration)
         built_in = [kind(self.settings) for kind in KINDS]
         self._imported = ImportedKind(self.settings, built_in=lambda name: any(k.claims(name) for k in built_in))
         self.kinds = (*built_in, self._imported)

@@ -27,6 +27,8 @@ from latency_models.profiling.ops._base import BOOL, COUNT, POSITIVE
 __all__ = [
     "TOKEN_OP_ENTRIES",
     "AttentionEntry",
+    "Calibration",
+    "CalibrationCheck",
     "ChainEntry",
     "DeviceInfo",
     "EmbedEntry",
@@ -54,7 +56,7 @@ Positive = Annotated[int, Field(gt=0)]
 
 class DeviceInfo(_Strict):
     name: str = Field(min_length=1)
-    kind: Literal["measured", "analytic", "imported"]
+    kind: Literal["measured", "analytic", "imported", "fitted"]
     runtime: str
     hardware: str
     machine: str = ""
@@ -189,11 +191,68 @@ Entry = Annotated[
 ]
 
 
+class CalibrationCheck(_Strict):
+    """How a calibrated table predicted a fresh draw of real pruned models, timed after the fit."""
+
+    configs: Positive
+    seed: int
+    within_10pct: float = Field(ge=0, le=1)
+    bias: float
+    """Median signed error of the predictions, (predicted - measured) / measured: < 0 predicts low."""
+    mape: float = Field(ge=0)
+    worst: float
+    under_p95: float = Field(ge=0)
+    """How far measured latency exceeds the prediction for all but the worst 5% of configs: the
+    safety margin that keeps a search's models within budget (`budget_margin='auto'`)."""
+    drift: float = Field(gt=0)
+    """The machine's speed during the check over its speed when the table was timed (the probe)."""
+
+
+class Calibration(_Strict):
+    """What whole pruned models cost on this device beyond the table's parts, for one dense model shape
+    at one batch size: fitted to real pruned models timed end to end at the table's own settings, and
+    then checked on a fresh draw (`check`). `LatencyPredictor` applies it to that shape and batch:
+
+        ms = embed + head + blocks x (1 + scale) + offset + sum over token ops k of
+             (per_block[k] + per_token[k] x tokens in / tokens of the dense model) per block reducing by k
+    """
+
+    batch: Positive
+    embed_dim: Positive
+    heads: Positive
+    head_dim: Positive
+    mlp_hidden: Positive
+    tokens: Positive
+    depth: Positive
+    image_size: Positive
+    num_classes: Positive
+    scale: float
+    offset_ms: float
+    per_block_ms: dict[str, float] = Field(default_factory=dict)
+    per_token_ms: dict[str, float] = Field(default_factory=dict)
+    configs: Positive
+    """Pruned models it was fitted to (the dense model among them)."""
+    seed: int
+    fit_mape: float = Field(ge=0)
+    raw_bias: float
+    """Median signed error of the uncalibrated predictions on the fitting draw."""
+    check: CalibrationCheck | None = None
+    created: datetime
+
+    def shape_key(self) -> tuple:
+        return (
+            self.batch, self.embed_dim, self.heads, self.head_dim, self.mlp_hidden,
+            self.tokens, self.depth, self.image_size, self.num_classes,
+        )  # fmt: skip
+
+
 class LatencyTable(_Strict):
     schema_name: Literal["vitprune.latency-table"] = Field(SCHEMA, alias="schema")
     version: Literal[1] = SCHEMA_VERSION
     device: DeviceInfo
     entries: tuple[Entry, ...]
+    calibrations: tuple[Calibration, ...] = ()
+    """End-to-end corrections per model shape and batch (measured tables; see `Calibration`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -238,7 +297,13 @@ class LatencyTable(_Strict):
         entries = {entry_id(e.model_dump()): e for e in (*self.entries, *other.entries)}
         batches = tuple(sorted({*self.device.batch_sizes, *other.device.batch_sizes}))
         device = other.device.model_copy(update={"batch_sizes": batches})
-        return LatencyTable(device=device, entries=tuple(entries.values()))
+        calibrations = {c.shape_key(): c for c in (*self.calibrations, *other.calibrations)}
+        return LatencyTable(device=device, entries=tuple(entries.values()), calibrations=tuple(calibrations.values()))
+
+    def calibrated(self, calibration: Calibration) -> LatencyTable:
+        """This table with `calibration` in place of any earlier one for the same shape and batch."""
+        kept = tuple(c for c in self.calibrations if c.shape_key() != calibration.shape_key())
+        return self.model_copy(update={"calibrations": (*kept, calibration)})
 
     def keys(self) -> set[str]:
         return {entry_id(e.model_dump()) for e in self.entries}

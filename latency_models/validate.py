@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from latency_models.predictor import LatencyPredictor
+from latency_models.predictor import LatencyPredictor, Prediction
 from latency_models.profiling import Timing, kernel, summarise, time_round
 from latency_models.profiling.ops import PRICINGS, TokenPricing, pricing
 from pruning.config import BlockConfig, PruneConfig
@@ -39,6 +39,7 @@ __all__ = [
     "ValidationReport",
     "ValidationRow",
     "kept_counts",
+    "measure_configs",
     "random_config",
     "token_kind",
     "validate",
@@ -96,6 +97,16 @@ class ValidationReport:
         return float(np.mean(np.abs(self.errors())))
 
     @property
+    def bias(self) -> float:
+        """Median signed error: < 0 when the table predicts low (models run over what it promises)."""
+        return float(np.median(self.errors()))
+
+    @property
+    def under_p95(self) -> float:
+        """How far measured latency exceeds the prediction for all but the worst 5% of configs (>= 0)."""
+        return max(0.0, float(np.quantile(1.0 / (1.0 + self.errors()) - 1.0, 0.95)))
+
+    @property
     def worst(self) -> ValidationRow:
         return self.rows[int(np.argmax(np.abs(self.errors())))]
 
@@ -131,6 +142,8 @@ class ValidationReport:
             "configs": len(self.rows),
             "within_10pct": round(self.within_10, 4),
             "mape": round(self.mape, 4),
+            "bias": round(self.bias, 4),
+            "under_p95": round(self.under_p95, 4),
             "worst_error": round(worst.error(), 4),
             "worst_config": worst.summary,
             "spearman": round(self.spearman, 4),
@@ -145,8 +158,8 @@ class ValidationReport:
         s = self.summary()
         lines = [
             f"{self.model} at batch {self.batch} on '{self.device}' ({self.threads} threads): {s['configs']} random "
-            f"configs, {100 * s['within_10pct']:.0f}% within +-10%, MAPE {100 * s['mape']:.1f}%, worst "
-            f"{100 * s['worst_error']:+.1f}%, Spearman {s['spearman']:.3f}",
+            f"configs, {100 * s['within_10pct']:.0f}% within +-10%, MAPE {100 * s['mape']:.1f}%, bias "
+            f"{100 * s['bias']:+.1f}%, worst {100 * s['worst_error']:+.1f}%, Spearman {s['spearman']:.3f}",
             "",
             f"Machine speed since the table was measured: x{s['drift']:.3f} slower (by the probe timed before "
             f"every round; errors above compare with measurements normalised by it, raw ones give "
@@ -353,15 +366,36 @@ def validate(
     table does not price, as tables made before an op was priced do not.
     """
     spec = describe(dense, name)
-    rng = random.Random(seed)
+    if leave_out is None:
+        leave_out = predictor.unpriced(spec, batch)
+    candidates = validation_configs(spec, configs, random.Random(seed), leave_out)
     if images is None:
         images = torch.randn(batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(seed))
+    rows, _, drift, used_threads = measure_configs(
+        predictor, dense, candidates, batch=batch, images=images, threads=threads, timing=timing, name=name,
+        progress=progress,
+    )  # fmt: skip
+    return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift)
+
+
+def measure_configs(
+    predictor: LatencyPredictor,
+    dense: nn.Module,
+    candidates: list[PruneConfig],
+    *,
+    batch: int,
+    images: torch.Tensor,
+    threads: int | None = None,
+    timing: Timing = VALIDATION_TIMING,
+    name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[ValidationRow], list[Prediction], float, int]:
+    """Build `candidates` as pruned models of `dense`, time each end to end at `batch` and price it
+    with `predictor`: (rows, predictions, the machine's drift, threads used). See `validate`."""
+    spec = describe(dense, name)
     if images.shape[0] < batch:
         raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
     images = images[:batch]
-    if leave_out is None:
-        leave_out = predictor.unpriced(spec, batch)
-    candidates = validation_configs(spec, configs, rng, leave_out)
     models, predictions = [], []
     for config in candidates:
         pruned = prune_model(dense, config, name=spec.name).eval()
@@ -400,4 +434,4 @@ def validate(
             )
         )
     drift = statistics.median(f for factors in speed for f in factors) if probe is not None else 1.0
-    return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift)
+    return rows, predictions, drift, used_threads

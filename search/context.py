@@ -14,6 +14,7 @@ import optuna
 import torch
 from torch import nn
 
+from latency_models.calibration import calibration_for
 from latency_models.predictor import LatencyPredictor
 from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
@@ -56,7 +57,14 @@ class JobContext:
     calib: ImageSet
     importance: Importance | None
     cache_dir: Path | None = None
+    margin: float = 0.0
+    """The safety margin the search keeps: `budget_ms` is the job's budget / (1 + margin)."""
     _evaluator: TrialEvaluator | None = None
+
+    @property
+    def requested_ms(self) -> float:
+        """The job's own budget, before the safety margin."""
+        return self.budget_ms * (1.0 + self.margin)
 
     @property
     def evaluator(self) -> TrialEvaluator:
@@ -83,12 +91,14 @@ class JobContext:
         importance = None
         if job.space.heads or job.space.mlp:
             importance = calibrated_importance(dense, family_of(dense).blocks(dense), fit_batches(calib))
-        return cls(job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, cache_dir)
+        margin = budget_margin(job, predictor, spec)
+        return cls(job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, cache_dir, margin)
 
     def save_to(self, study: optuna.Study) -> None:
         """Store on the study what a joining worker must share with this process."""
         study.set_user_attr("job", self.job.model_dump_json())
         study.set_user_attr("budget_ms", self.budget_ms)
+        study.set_user_attr("budget_margin", self.margin)
         study.set_user_attr("dense_ms", self.dense_ms)
         study.set_user_attr("table", self.predictor.table.model_dump(mode="json", by_alias=True))
         if self.importance is not None:
@@ -129,6 +139,7 @@ class JobContext:
             calib,
             importance,
             cache_dir,
+            margin=attrs.get("budget_margin", 0.0),
         )
 
 
@@ -158,8 +169,18 @@ def _price(job: JobSpec, spec: ModelSpec, registry: Registry) -> tuple[TrialSpac
     predictor = LatencyPredictor(table)
     dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
     budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
+    budget_ms /= 1.0 + budget_margin(job, predictor, spec)
     _check_feasible(space, predictor, job, budget_ms)
     return space, predictor, dense_ms, budget_ms
+
+
+def budget_margin(job: JobSpec, predictor: LatencyPredictor, spec: ModelSpec) -> float:
+    """The share the search keeps below the job's budget: the job's own, or with 'auto' how far the
+    table's check saw 95% of fresh configs run over its predictions (0 for a table without a check)."""
+    if job.budget_margin != "auto":
+        return job.budget_margin or 0.0
+    calibration = calibration_for(predictor.table, spec, job.batch)
+    return calibration.check.under_p95 if calibration is not None and calibration.check is not None else 0.0
 
 
 def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:

@@ -178,6 +178,13 @@ class JobSpec(_Strict):
     batch: int = Field(default=1, ge=1, le=4096)
     budget_ms: float | None = Field(default=None, gt=0)
     budget_ratio: float | None = Field(default=None, gt=0, le=1.0)
+    budget_margin: float | Literal["auto"] | None = Field(
+        default=None,
+        description=(
+            "search under budget / (1 + margin), so models the table prices low still meet the budget: a share "
+            "(0.05 = 5%), or 'auto' for the table's checked error (how far 95% of fresh configs ran over it)"
+        ),
+    )
     calib: Path = Field(description="calibration images (ImageFolder): the search scores trials on them")
     val: Path | None = Field(default=None, description="validation images, disjoint from calib")
     holdout: float = Field(
@@ -200,6 +207,8 @@ class JobSpec(_Strict):
     def _one_budget(self) -> JobSpec:
         if (self.budget_ms is None) == (self.budget_ratio is None):
             raise ValueError("give exactly one budget: budget_ms (milliseconds) or budget_ratio (share of dense)")
+        if isinstance(self.budget_margin, float) and not 0.0 <= self.budget_margin <= 1.0:
+            raise ValueError(f"budget_margin {self.budget_margin} must lie in [0, 1] (a share) or be 'auto'")
         if not self.weights and not self.pretrained:
             raise ValueError("no weights: give weights (a local .safetensors or .pth file) or pretrained=true")
         return self
@@ -211,6 +220,8 @@ class JobSpec(_Strict):
         it; leaving them out otherwise keeps the key (and so the study) of every job written before it.
         """
         unused: dict = {"trials": True, "onnx": True}
+        if self.budget_margin is None:  # added later: jobs without a margin keep their study names
+            unused["budget_margin"] = True
         if skipped := self.space.unused_fields():
             unused["space"] = dict.fromkeys(sorted(skipped), True)
         identity = self.model_dump_json(exclude=unused)

@@ -38,7 +38,16 @@ from search.context import JobContext, fit_batches
 from search.evaluator import padded_widths
 from search.trials import is_pareto_candidate
 
-__all__ = ["DENSE_STAGES", "MISMATCH", "PARETO_STAGES", "SearchResult", "materialise", "pareto_row", "pareto_trials"]
+__all__ = [
+    "DENSE_STAGES",
+    "MISMATCH",
+    "PARETO_STAGES",
+    "SearchResult",
+    "flag_over_budget",
+    "materialise",
+    "pareto_row",
+    "pareto_trials",
+]
 
 MISMATCH = 0.10
 """Measured and predicted latency further apart than this are flagged."""
@@ -114,7 +123,7 @@ def materialise(
             recover=recover,
             reference=dense.logits,
             out=path,
-            report=lambda record, extra=extra: pareto_row(record) | extra,
+            report=lambda record, extra=extra: flag_over_budget(pareto_row(record) | extra, context.requested_ms),
             overwrite=True,
         )
         provenance = {
@@ -160,6 +169,8 @@ def _shared_figures(context: JobContext, inputs: StageInputs, dense_row: dict[st
         },
         "latency_batch": context.job.batch,
         "budget_ms": round(context.budget_ms, 4),
+        "budget_margin": round(context.margin, 4),
+        "requested_budget_ms": round(context.requested_ms, 4),
         "dense": {key: dense_row[key] for key in _DENSE_FIGURES if key in dense_row},
     }
 
@@ -209,6 +220,14 @@ def pareto_row(record: ModelRecord) -> dict[str, Any]:
     if record.latency is not None:
         row["measured_ms"] = round(record.latency.ms, 4)
         row["latency_mismatch"] = abs(record.latency.ms / record.predicted_ms - 1) > MISMATCH
+    return row
+
+
+def flag_over_budget(row: dict[str, Any], budget_ms: float) -> dict[str, Any]:
+    """`row` with `over_budget`: True when the model, timed on its own device, ran over the job's budget
+    (the budget as asked, before any safety margin); absent when it could not be timed here."""
+    if "measured_ms" in row:
+        row["over_budget"] = row["measured_ms"] > budget_ms
     return row
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from latency_models.calibration import trust
 from latency_models.registry import Registry
 from pruning.bundle import WEIGHTS_FILE
 from search.context import JobContext, JobInputError
@@ -190,6 +191,15 @@ def _skipped_images(context: JobContext) -> dict:
     return notes
 
 
+def _latency_note(context: JobContext) -> dict:
+    """What the job's budget rests on: the table's checked error, and the safety margin kept below it."""
+    return {
+        "trust": trust(context.predictor.table, context.spec, context.job.batch),
+        "margin": round(context.margin, 4),
+        "requested_budget_ms": round(context.requested_ms, 4),
+    }
+
+
 def _dense(result: SearchResult, context: JobContext) -> dict:
     """The dense model as the dashboard draws it beside the pruned ones."""
     structure = [{"tokens_in": b.tokens_in, "heads": b.heads, "mlp_hidden": b.mlp_hidden} for b in context.spec.blocks]
@@ -208,8 +218,8 @@ class _JobHooks(SearchHooks):
         return update_job(self.worker.engine, self.job_id, self.worker.id, **values)
 
     def started(self, context: JobContext, state: Progress) -> None:
-        notes = _skipped_images(context)
-        self._update(budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes or None)
+        notes = _skipped_images(context) | {"latency": _latency_note(context)}
+        self._update(budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes)
         self.started_at, self.done_at_start = time.monotonic(), state.done
 
     def progress(self, state: Progress) -> None:

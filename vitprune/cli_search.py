@@ -56,6 +56,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         batch=args.batch,
         budget_ms=args.budget_ms,
         budget_ratio=args.budget_ratio,
+        budget_margin=args.budget_margin,
         calib=args.calib,
         val=args.val,
         holdout=args.holdout,
@@ -147,6 +148,11 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     budget = group.add_mutually_exclusive_group()
     budget.add_argument("--budget-ms", type=float, help="latency budget in milliseconds per batch")
     budget.add_argument("--budget-ratio", type=float, help="latency budget as a share of the dense model's")
+    group.add_argument(
+        "--budget-margin",
+        type=margin,
+        help="search under budget / (1 + margin): a share (0.05) or 'auto' (the table's checked error)",
+    )
     data = parser.add_argument_group("images")
     data.add_argument("--calib", type=Path, help="calibration images (ImageFolder): the search scores trials here")
     data.add_argument("--val", type=Path, help="validation images for the Pareto models, disjoint from --calib")
@@ -200,3 +206,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, required=True, help="directory for pareto.json, pareto.html and bundles")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress bar")
     search.set_defaults(run=cmd_search)
+
+
+def margin(text: str) -> float | str:
+    """--budget-margin: 'auto' or a share in [0, 1]."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a share such as 0.05, or 'auto'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a margin is a share in [0, 1], e.g. 0.05")
+    return value

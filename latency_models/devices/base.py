@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from latency_models.profiling import Timing
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from latency_models.calibration.run import CalibrationPlan
 
 __all__ = ["DeviceBackend", "DeviceKind", "DeviceProfile", "DeviceSettings", "UnknownDeviceError", "coverage"]
 
@@ -32,16 +35,21 @@ class DeviceProfile:
     available: bool
     coverage: str
     """What the table holds now, e.g. 'embed 192 at batch 1, 32' or 'measured on first use'."""
+    basis: str = ""
+    """What its milliseconds rest on, in a line: measured here and calibrated end to end (with the
+    checked error), fitted on N timings (with the fit's error), or specifications only."""
 
 
 @dataclass(frozen=True)
 class DeviceSettings:
-    """What every device kind is built with: the profiles directory its tables live under, and the
-    CPU thread count and timing with which this machine measures its own tables."""
+    """What every device kind is built with: the profiles directory its tables live under, the
+    CPU thread count and timing with which this machine measures its own tables, and how it
+    calibrates them end to end (None: not at all)."""
 
     root: Path
     threads: int
     timing: Timing
+    calibration: CalibrationPlan | None = None
 
 
 class DeviceBackend(Protocol):

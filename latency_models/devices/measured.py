@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from latency_models.calibration.model import calibration_for
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage
 from latency_models.devices.completion import complete_table, to_time
 from latency_models.predictor import shape_of
@@ -76,8 +77,21 @@ class MeasuredDevice:
     def profile(self) -> DeviceProfile:
         available = self.available()
         path = self.path if available else None
-        covers = coverage(LatencyTable.load(path)) if path and path.exists() else "measured on first use"
-        return DeviceProfile(self.name, "measured", self.description(), available, covers)
+        if path and path.exists():
+            table = LatencyTable.load(path)
+            return DeviceProfile(self.name, "measured", self.description(), available, coverage(table), basis(table))
+        basis_text = "measured here on first use, then calibrated end to end" if self.calibrates else "measured here"
+        return DeviceProfile(self.name, "measured", self.description(), available, "measured on first use", basis_text)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether its tables are calibrated end to end: on the CPU, with a calibration plan."""
+        return self.settings.calibration is not None and self.torch_device == "cpu"
+
+    def _uncalibrated(self, table: LatencyTable, spec: ModelSpec, batches: list[int]) -> list[int]:
+        if not self.calibrates or not calibratable(spec):
+            return []
+        return [b for b in sorted(set(batches)) if calibration_for(table, spec, b) is None]
 
     def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
         if not self.available():
@@ -85,12 +99,15 @@ class MeasuredDevice:
         path = self.path
         if not path.exists():
             return False
-        return not to_time(LatencyTable.load(path).keys(), plan(shape_of(spec), sorted(set(batches))))
+        table = LatencyTable.load(path)
+        return not to_time(table.keys(), plan(shape_of(spec), sorted(set(batches)))) and not self._uncalibrated(
+            table, spec, batches
+        )
 
     def table(self, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyTable:
         if not self.available():
             raise self.unavailable()
-        return complete_table(
+        table = complete_table(
             self.path,
             plan(shape_of(spec), sorted(set(batches))),
             name=self.name,
@@ -99,6 +116,18 @@ class MeasuredDevice:
             timing=self.settings.timing,
             progress=progress,
         )
+        missing = self._uncalibrated(table, spec, batches)
+        if missing:
+            from latency_models.calibration.run import calibrate, dense_vit
+
+            dense = dense_vit(spec)
+            for batch in missing:
+                table = calibrate(
+                    table, dense, batch=batch, plan=self.settings.calibration, threads=self.threads,
+                    progress=_progress(f"calibrating {spec.name} at batch {batch}") if progress else None,
+                )  # fmt: skip
+                table.save(self.path)
+        return table
 
     def details(self) -> dict[str, Any]:
         return {}
@@ -158,3 +187,38 @@ class MeasuredKind:
 
     def backend(self, name: str) -> MeasuredDevice:
         return MEASURED[name](name, self.settings)
+
+
+def calibratable(spec: ModelSpec) -> bool:
+    """Whether a calibration can build dense models of `spec`'s shape (plain ViTs, one class token)."""
+    return spec.family == "vit" and spec.num_prefix_tokens == 1
+
+
+def basis(table: LatencyTable) -> str:
+    """What a measured table's milliseconds rest on, with its calibrations' checked errors."""
+    checked = [c for c in table.calibrations if c.check is not None]
+    if not checked:
+        return "measured here, not calibrated end to end"
+    parts = [
+        f"batch {c.batch}, {c.tokens} tokens x {c.embed_dim}: {100 * c.check.within_10pct:.0f}% of "
+        f"{c.check.configs} fresh configs within +-10%, bias {100 * c.check.bias:+.1f}%"
+        for c in checked
+    ]
+    return "measured here, calibrated end to end (" + "; ".join(parts) + ")"
+
+
+def _progress(title: str):
+    """A progress callback for a calibration's two stages (fit, check), on stderr."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def tick(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"{title}: {stage}", unit="model", leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return tick

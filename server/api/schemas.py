@@ -101,7 +101,10 @@ class JobOut(BaseModel):
     dense_ms: float | None
     error: str | None
     notes: dict[str, Any] | None = Field(
-        description="what to know about a job that runs, e.g. skipped_calib_images: unreadable images (count, files)"
+        description=(
+            "what to know about a job that runs: latency (trust: what its budget rests on, margin: the safety "
+            "margin kept below it), skipped_calib_images: unreadable images (count, files)"
+        )
     )
     worker: str | None
     attempts: int

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from latency_models.calibration.run import CalibrationPlan
 from latency_models.predictor import CoverageError, LatencyPredictor, shape_of
 from latency_models.profiling import Timing, entry_id, plan
 from latency_models.registry import DeviceProfile, Registry, UnknownDeviceError, complete_table, to_time
@@ -30,9 +31,12 @@ def spec(small_vit):
     return describe(small_vit, "tiny32")
 
 
+FAST_CALIBRATION = CalibrationPlan(configs=10, check=8, timing=FAST)
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    return Registry(tmp_path_factory.mktemp("profiles"), threads=1, timing=FAST)
+    return Registry(tmp_path_factory.mktemp("profiles"), threads=1, timing=FAST, calibration=FAST_CALIBRATION)
 
 
 def test_host_cpu_is_measured_on_first_use_then_read_from_the_cache(registry, spec, monkeypatch):
@@ -53,6 +57,25 @@ def test_host_cpu_is_measured_on_first_use_then_read_from_the_cache(registry, sp
     assert dense.ms > 0 and not dense.extrapolated
     listed = {d.name: d for d in registry.devices()}
     assert "192" in listed["host-cpu"].coverage and listed["host-cpu"].available
+
+
+def test_a_host_table_is_calibrated_end_to_end_and_says_how_well_it_checked(registry, spec):
+    table = registry.table("host-cpu", spec, [1], progress=False)
+    (calibration,) = [c for c in table.calibrations if c.batch == 1]
+    assert calibration.configs == FAST_CALIBRATION.configs and calibration.embed_dim == 192
+    check = calibration.check
+    assert check is not None and check.configs == FAST_CALIBRATION.check and check.seed == FAST_CALIBRATION.seed + 1
+    assert 0.0 <= check.within_10pct <= 1.0 and check.under_p95 >= 0.0
+    prediction = LatencyPredictor(table).predict(PruneConfig.dense(spec), spec, 1)
+    assert prediction.calibrated
+    basis = {d.name: d for d in registry.devices()}["host-cpu"].basis
+    assert "calibrated end to end" in basis and f"{check.configs} fresh configs" in basis
+    # A table that lost its calibration (made before calibrations) is not ready: it is calibrated on next use.
+    path = registry.measured_path("host-cpu")
+    path.write_text(table.model_copy(update={"calibrations": ()}).model_dump_json(by_alias=True))
+    assert not registry.ready("host-cpu", spec, [1])
+    again = registry.table("host-cpu", spec, [1], progress=False)
+    assert [c.batch for c in again.calibrations] == [1] and registry.ready("host-cpu", spec, [1])
 
 
 def test_a_new_batch_size_is_added_to_the_cached_table(registry, spec):

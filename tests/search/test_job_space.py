@@ -138,3 +138,36 @@ def test_options_that_change_nothing_do_not_make_a_new_config(spec):
     assert {space.config(p).key() for p in [dense, *variants]} == {space.config(dense).key()}
     pruned = dense | {"keep_3": 0.7}
     assert space.config(pruned | {"package_token": True}).key() != space.config(pruned).key()
+
+
+def test_a_safety_margin_is_part_of_the_study_and_must_be_a_share_or_auto():
+    assert job(budget_margin=0.05).study_key() != job().study_key() != job(budget_margin="auto").study_key()
+    for bad in (-0.1, 1.5, "sometimes"):
+        with pytest.raises(ValidationError, match="budget_margin"):
+            job(budget_margin=bad)
+
+
+def test_auto_margin_is_the_share_by_which_the_tables_check_saw_models_run_over(spec):
+    from datetime import datetime, timezone
+
+    from latency_models.analytic import PRESETS, analytic_table
+    from latency_models.calibration.model import KEY_FIELDS, shape_key
+    from latency_models.predictor import LatencyPredictor, shape_of
+    from latency_models.schema import Calibration, CalibrationCheck
+    from search.context import budget_margin
+
+    table = analytic_table(PRESETS["fpga:zcu102"], [shape_of(spec)], [1])
+    predictor = LatencyPredictor(table)
+    assert budget_margin(job(budget_margin="auto"), predictor, spec) == 0.0  # no check: nothing to go by
+    assert budget_margin(job(budget_margin=0.07), predictor, spec) == 0.07
+    check = CalibrationCheck(
+        configs=24, seed=1, within_10pct=0.9, bias=-0.02, mape=0.04, worst=-0.12, under_p95=0.083, drift=1.0
+    )
+    calibration = Calibration(
+        **dict(zip(KEY_FIELDS, shape_key(spec, 1), strict=True)),
+        scale=0.0, offset_ms=0.0, configs=32, seed=0, fit_mape=0.03, raw_bias=-0.05, check=check,
+        created=datetime.now(timezone.utc),
+    )  # fmt: skip
+    calibrated = LatencyPredictor(table.calibrated(calibration))
+    assert budget_margin(job(budget_margin="auto"), calibrated, spec) == pytest.approx(0.083)
+    assert budget_margin(job(budget_margin="auto", batch=4), calibrated, spec) == 0.0  # checked at batch 1 only

@@ -80,3 +80,11 @@ def test_pareto_rows_name_their_images_device_and_dense_model_and_the_card_print
         assert "Target device: `fpga` (analytic" in card
         for internal in ("None", "dense_ms_same_run", row["bundle"], str(tmp_path)):
             assert internal not in card
+
+
+def test_a_model_timed_over_the_budget_asked_for_is_flagged():
+    from search.pareto import flag_over_budget
+
+    assert flag_over_budget({"measured_ms": 10.4, "predicted_ms": 9.5}, 10.0)["over_budget"] is True
+    assert flag_over_budget({"measured_ms": 9.9, "predicted_ms": 9.5}, 10.0)["over_budget"] is False
+    assert "over_budget" not in flag_over_budget({"predicted_ms": 9.5}, 10.0)  # not timed here: nothing to say

@@ -36,6 +36,9 @@ def test_a_finished_job_has_its_trials_its_pareto_models_and_progress(finished):
     client, job = finished
     assert job["progress"]["done"] == job["progress"]["total"] == 12
     assert job["budget_ms"] < job["dense_ms"] and job["started_at"] and job["finished_at"]
+    latency = job["notes"]["latency"]  # what the budget rests on, and no safety margin asked for
+    assert latency["trust"].startswith("specifications only") and latency["margin"] == 0.0
+    assert latency["requested_budget_ms"] == pytest.approx(job["budget_ms"], abs=1e-4)
     trials = client.get(f"/api/jobs/{job['id']}/trials").json()
     assert len(trials) >= 12 and all(t["state"] in ("complete", "fail", "pruned") for t in trials)
     pareto = client.get(f"/api/jobs/{job['id']}/pareto").json()

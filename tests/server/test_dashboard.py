@@ -653,6 +653,9 @@ def test_accuracy_figures_name_their_images(page: Page, service: Service) -> Non
     assert stats[0][:3] == ["validation", "Best val top-1", f"{best_val:.1f}%"]
     assert "validation images" in stats[0][3]
     assert stats[1][:2] == ["calibration", "Best calib top-1"] and "calibration images" in stats[1][3]
+    # What the budget rests on: an analytic device's specifications, unchecked against a real device.
+    latency = next(s for s in stats if s[1] == "Latency")
+    assert latency[2] == "specifications only" and latency[3] == job["notes"]["latency"]["trust"]
     assert tab.locator("#trials th[data-sort=accuracy]").inner_text().lower().startswith("calib top-1")
 
     tab = page.open("/")

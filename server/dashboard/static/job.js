@@ -35,6 +35,21 @@
     return stats;
   }
 
+  /** The budget the search keeps, and the safety margin below the budget asked for, if any. */
+  function budgetStat(job) {
+    const latency = (job.notes && job.notes.latency) || {};
+    if (!(latency.margin > 0)) return ["Budget", fmt.ms(job.budget_ms)];
+    return ["Budget", `${fmt.ms(latency.requested_budget_ms)} − ${fmt.pct(100 * latency.margin)}`,
+      `the search keeps a ${fmt.pct(100 * latency.margin)} safety margin: it searches under ${fmt.ms(job.budget_ms)}`];
+  }
+
+  /** What the job's latencies rest on: the table's checked error, fitted timings, or specifications only. */
+  function latencyStat(job) {
+    const trust = job.notes && job.notes.latency && job.notes.latency.trust;
+    if (!trust) return [];
+    return [["Latency", trust.split(":")[0], trust]];
+  }
+
   function header(job, models) {
     document.title = `${plainName(job.name)} · vitprune`;
     document.getElementById("job-name").replaceChildren(name(job.name));
@@ -62,7 +77,8 @@
     const stats = [
       ...bestStats(job, models),
       ["Feasible", `${feasible}`, "trials within the budget"],
-      ["Budget", fmt.ms(job.budget_ms)],
+      budgetStat(job),
+      ...latencyStat(job),
       ["Dense", fmt.ms(job.dense_ms), "predicted latency of the unpruned model"],
       ["ETA", FINAL.has(job.status) ? "—" : fmt.duration(eta)],
       ["Created", fmt.ago(job.created_at)],
@@ -88,8 +104,10 @@
     const trialText = (t) =>
       `<b>trial ${t.number}</b>${t.feasible === false ? " · over budget" : ""}<br>` +
       `calib top-1 ${fmt.pct(t.accuracy)} · ${fmt.ms(t.latency_ms)}<br>${esc(t.summary ?? "")}`;
+    const overBudget = (m) => Boolean(m.metrics && m.metrics.over_budget);
     const paretoText = (m) =>
       `<b>Pareto model · trial ${m.trial}</b><br>val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
+      (overBudget(m) ? `<br><b>⚠ over the budget when timed: ${fmt.ms(m.measured_ms)}</b>` : "") +
       `<br>${esc(m.summary)}<br><i>click to open</i>`;
     const denseText = (d) =>
       `<b>dense model</b><br>val top-1 ${fmt.pct(d.val.top1)} · ${fmt.ms(d.predicted_ms)}<br>` +
@@ -147,7 +165,13 @@
         customdata: models.map((m) => m.id),
         text: models.map(paretoText),
         hovertemplate: "%{text}<extra></extra>",
-        marker: { size: 11, color: "#2563eb", line: { color: "#ffffff", width: 1.5 } },
+        // Models that ran over the budget when timed on their own device are drawn red, with an x.
+        marker: {
+          size: 11,
+          color: models.map((m) => (overBudget(m) ? "#dc2626" : "#2563eb")),
+          symbol: models.map((m) => (overBudget(m) ? "circle-x" : "circle")),
+          line: { color: "#ffffff", width: 1.5 },
+        },
       },
       denseTrace,
     ].filter(Boolean);
@@ -160,7 +184,14 @@
       note: { x, xref: "x", yref: "paper", y: 1, yanchor: "bottom", text: label, showarrow: false, font: { color, size: 11 } },
     });
     const lines = [];
-    if (job.budget_ms != null) lines.push(vline("budget", job.budget_ms, "#dc2626", "dash", `budget ${fmt.ms(job.budget_ms)}`));
+    const latency = (job.notes && job.notes.latency) || {};
+    if (latency.margin > 0 && latency.requested_budget_ms != null) {
+      // With a safety margin the search keeps below the budget asked for: both lines.
+      lines.push(vline("budget", latency.requested_budget_ms, "#dc2626", "dash", `budget ${fmt.ms(latency.requested_budget_ms)}`));
+      if (job.budget_ms != null) lines.push(vline("searched", job.budget_ms, "#f59e0b", "dot", `searched under ${fmt.ms(job.budget_ms)}`));
+    } else if (job.budget_ms != null) {
+      lines.push(vline("budget", job.budget_ms, "#dc2626", "dash", `budget ${fmt.ms(job.budget_ms)}`));
+    }
     if (!dense && job.dense_ms != null) lines.push(vline("dense", job.dense_ms, "#6b7280", "dot", `dense ${fmt.ms(job.dense_ms)}`));
     return { shapes: lines.map((l) => l.shape), annotations: lines.map((l) => l.note) };
   }
@@ -197,10 +228,12 @@
   function modelRow(model) {
     const val = (model.metrics && model.metrics.val) || {};
     const mismatch = model.metrics && model.metrics.latency_mismatch;
+    const over = model.metrics && model.metrics.over_budget;
+    const why = [over ? "ran over the budget when timed" : "", mismatch ? "measured and predicted differ by more than 10%" : ""];
     const measured = model.measured_ms == null
       ? "—"
-      : h("span", { class: mismatch ? "flag" : "", title: mismatch ? "measured and predicted differ by more than 10%" : "" },
-        fmt.ms(model.measured_ms), mismatch ? " ⚠" : "");
+      : h("span", { class: over || mismatch ? "flag" : "", title: why.filter(Boolean).join("; ") },
+        fmt.ms(model.measured_ms), over ? " ⚠ over budget" : mismatch ? " ⚠" : "");
     const formats = [["bundle", "zip"], ["safetensors", "weights"], ["config", "config"], ["onnx", "onnx"]];
     return h(
       "tr",

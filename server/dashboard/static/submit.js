@@ -101,6 +101,7 @@
     }
 
     const budgetKey = value("budget_kind") === "ms" ? "budget_ms" : "budget_ratio";
+    const margin = value("budget_margin"); // a choice of the select, never typed: none, "auto" or a share
     const spec = {
       model: value("model") || problem("model", HOW.model),
       weights: path("weights"),
@@ -108,6 +109,7 @@
       device: device.value || problem("device", HOW.device),
       batch: number("batch"),
       [budgetKey]: number("budget", budgetKey),
+      budget_margin: margin === "" ? undefined : margin === "auto" ? "auto" : Number(margin),
       calib: path("calib"),
       val: path("val"),
       holdout: number("holdout"),
@@ -254,7 +256,7 @@
       const describe = () => {
         const found = devices.find((d) => d.name === device.value);
         document.querySelector('[data-field="device"] .hint').textContent = found
-          ? `${found.description} · ${found.coverage}`
+          ? `${found.description} · ${found.coverage}${found.basis ? ` · rests on: ${found.basis}` : ""}`
           : "whose latency table prices every trial";
       };
       device.addEventListener("change", describe);
