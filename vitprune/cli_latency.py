@@ -1,7 +1,8 @@
 """Latency-table commands of the `vitprune` command line.
 
 vitprune profile        measure this machine's latency table for a model shape (cached as host-cpu / cuda)
-vitprune devices        list the device profiles a search can target
+vitprune devices        list the device profiles a search can target, and what each one's figures rest on
+vitprune devices fit    fit an analytic preset to a few timings measured on a device, stored as a named device
 vitprune lut validate   random pruned configs, measured here vs predicted by a table
 vitprune lut import     store a table measured elsewhere (python -m latency_models.profiling) as a device
 """
@@ -70,7 +71,64 @@ def cmd_devices(args: argparse.Namespace) -> int:
     for d in devices:
         state = "" if d.available else " [not available here]"
         print(f"{d.name:<{width}}  {d.kind:<8}  {d.description}{state}; {d.coverage}")
+        if d.basis:
+            print(f"{'':<{width}}  {'':<8}  rests on: {d.basis}")
     return 0
+
+
+def cmd_devices_fit(args: argparse.Namespace) -> int:
+    from latency_models.devices.fitted import FittedKind
+    from latency_models.fitting import read_timings
+    from latency_models.registry import Registry
+
+    rows = read_timings(args.timings)
+    fitted = FittedKind(Registry().settings)
+    record, left_out = fitted.fit(args.name, args.base, rows, dtype=args.dtype)
+    path = fitted.path(args.name)
+    if args.json:
+        print(
+            record.model_dump_json(by_alias=True, include={"name", "base", "cores", "dtype", "free", "rows", "summary"})
+        )
+    else:
+        print(_fit_report(record, left_out))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _fit_report(record, left_out: int) -> str:
+    """The fit in words: each timing with its errors, the parameters moved, the summary."""
+    s = record.summary
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:+.1f}%"
+
+    lines = [
+        f"{record.name}: {record.configuration} ({record.dtype}) fitted on {s['timings']} timings of "
+        f"{s['models']} models"
+        + (f" ({left_out} timing{'s' * (left_out > 1)} of other configurations left out)" if left_out else ""),
+        "",
+        "| model | image | batch | measured ms | preset ms | fitted ms | fit error | left-out error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in record.rows:
+        lines.append(
+            f"| {row.model} | {row.image_size} | {row.batch} | {row.ms:.3g} | {row.preset_ms:.3g} | "
+            f"{row.fitted_ms:.3g} | {pct(row.error())} | {pct(row.error('lomo'))} |"
+        )
+    lines += ["", "| parameter | preset | fitted | range |", "|---|---:|---:|---|"]
+    for name, value in record.free.items():
+        lines.append(f"| {name} | {value.preset:.4g} | {value.fitted:.4g} | {value.lower:g} .. {value.upper:g} |")
+    lines += ["", f"basis: {record.basis()}"]
+    base = f"median error {100 * s['base_median_error']:.1f}%, worst {100 * s['base_worst_error']:.1f}%"
+    lines.append(f"the preset unfitted: {base}")
+    if s["at_bound"]:
+        lines.append(
+            "warning: the fit stopped at a physical bound ("
+            + "; ".join(s["at_bound"])
+            + "): the timings ask for more than the base allows there; check that they are of the device, "
+            "core configuration and dtype the base describes"
+        )
+    return "\n".join(lines)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -148,10 +206,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prof.add_argument("--dry-run", action="store_true", help="print the grid size and exit")
     prof.set_defaults(run=cmd_profile)
 
-    devices = commands.add_parser("devices", help="list the device profiles (measured, analytic, imported)")
+    devices = commands.add_parser("devices", help="list the device profiles (measured, analytic, fitted, imported)")
     devices.add_argument("--threads", type=int, help="thread count of the host-cpu profile (default: torch's)")
     devices.add_argument("--json", action="store_true")
     devices.set_defaults(run=cmd_devices)
+    actions = devices.add_subparsers(dest="action", metavar="{fit}", help="(none: list the devices)")
+    fit = actions.add_parser(
+        "fit",
+        help="fit an analytic preset to timings measured on a device (see docs/fitting.md)",
+        description="Fit an analytic preset's free parameters to end-to-end timings of dense ViTs measured on "
+        "a device, and store it as a device that searches can target by name.",
+    )
+    fit.add_argument("--name", required=True, help="device name, e.g. my-phone (lowercase letters, digits, . _ -)")
+    fit.add_argument(
+        "--base",
+        required=True,
+        help="the preset to fit: mobile-cpu[:<soc>][@one|cluster|all|<threads>] or fpga[:<board>]",
+    )
+    fit.add_argument("--timings", type=Path, required=True, help="CSV: model, ms [, image_size, batch, cores, dtype]")
+    fit.add_argument(
+        "--dtype", choices=["float32", "int8", "int16"], help="fit the rows of this dtype (default: the file's)"
+    )
+    fit.add_argument("--json", action="store_true", help="print the fit as JSON")
+    fit.set_defaults(run=cmd_devices_fit)
 
     lut = commands.add_parser("lut", help="latency tables: validate, import").add_subparsers(dest="lut", required=True)
     check = lut.add_parser("validate", help="random pruned configs measured here vs the table's predictions")

@@ -4,16 +4,18 @@ An analytic table has the same schema and the same grid of entries as a measured
 (`latency_models.profiling.plan`), so the predictor and the search use it unchanged. Two models,
 each one class whose `cost(key)` gives the milliseconds of one table entry:
 
-- `MobileCpu`: a roofline per op of the fp32 runtime on a phone CPU (`MobileCpuParams`);
+- `MobileCpu`: a roofline per op of the fp32 or int8 runtime on a phone CPU (`MobileCpuParams`: the
+  SoC's clusters, the core configuration a run uses and its dtype, `on_cores` / `with_dtype`);
 - `Fpga`: a tiled GEMM array with nonlinear units on an FPGA, in fixed point (`FpgaParams`).
 
 A model counts the block halves and the ends itself; a token op's entries are counted by the op's
 pricing module (`latency_models.profiling.ops`) with the primitives the model hands it. Composites
 cost the sum of their parts: an analytic model has no interactions between ops.
 
-`PRESETS` holds parameters for real devices, each number cited in the preset's `sources` or marked
-there as a modelling assumption. An analytic model ranks configurations by where their time goes;
-only a measured table predicts milliseconds on a real device.
+`PRESETS` holds parameters for real devices (phones in `phones.py`, boards in `presets.py`), each
+number cited in the preset's `sources` or marked there as a modelling assumption (docs/devices.md).
+An analytic model ranks configurations by where their time goes; only a measured table, or a model
+fitted to the device's timings, predicts its milliseconds.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ import importlib.metadata
 from datetime import datetime, timezone
 
 from latency_models.analytic.fpga import Fpga, FpgaParams
-from latency_models.analytic.mobile_cpu import CoreGroup, MobileCpu, MobileCpuParams
+from latency_models.analytic.mobile_cpu import CORE_WORDS, Cluster, MobileCpu, MobileCpuParams
 from latency_models.analytic.presets import PRESETS
 from latency_models.profiling import SCHEMA, SCHEMA_VERSION, Shape, entry_id, plan
 from latency_models.schema import LatencyTable
 
 __all__ = [
+    "CORE_WORDS",
     "MODELS",
     "PRESETS",
-    "CoreGroup",
+    "Cluster",
     "Fpga",
     "FpgaParams",
     "MobileCpu",

@@ -9,7 +9,9 @@ a conservative choice), in fixed point of `bits` bits (weights and activations):
   per cycle over a `pe_cols`-wide output bus: `pe_rows` cycles, not overlapped because there is one
   set of accumulators); the first tile also fills the array's skew (`pe_rows + pe_cols` cycles):
 
-      cycles = ceil(M / pe_rows) * ceil(N / pe_cols) * (K + pe_rows) + pe_rows + pe_cols
+      cycles = (ceil(M / pe_rows) * ceil(N / pe_cols) * (K + pe_rows) + pe_rows + pe_cols) / array_efficiency
+
+  (`array_efficiency` is 1, the ideal schedule, unless fitted to a board's timings.)
 
 - Attention runs per image and head on the same array (QK^T, then PV), with the softmax unit in
   between; one head's N x N probabilities stay on chip.
@@ -87,6 +89,10 @@ class FpgaParams(_Frozen):
     """On-chip datapath moving kept token vectors, bytes per cycle (assumption)."""
     layer_overhead_cycles: int = Field(ge=0)
     """Control cycles per op: instruction fetch, DMA descriptors, pipeline drain (assumption)."""
+    array_efficiency: Fraction = 1.0
+    """Share of the GEMM array's cycles that do useful work. 1 is the ideal tiled schedule of the
+    module docstring; a board's measured timings can show less (stalls on weight tiles, control
+    between tiles), which a fit to its timing report finds (`latency_models.fitting`)."""
     sources: tuple[str, ...] = ()
     """Where each number comes from; assumptions are marked as such."""
 
@@ -172,7 +178,7 @@ class Fpga:
         if count * m * k * n == 0:
             return 0.0
         R, C = self.params.pe_rows, self.params.pe_cols
-        return count * math.ceil(m / R) * math.ceil(n / C) * (k + R) + R + C
+        return (count * math.ceil(m / R) * math.ceil(n / C) * (k + R) + R + C) / self.params.array_efficiency
 
     def unit(self, elements: int, lanes: int, passes: int, tensors: list[float], extra: float = 0) -> Op:
         """A streaming unit: `passes` over `elements`; `tensors` are the bytes of what it reads and writes."""

@@ -1,61 +1,14 @@
-"""Device presets for the analytic models, each number traced to a public document or marked as an assumption."""
+"""Device presets for the analytic models, each number traced to a public document or marked as an assumption.
+
+The phones (`mobile-cpu:<soc>`) are in `phones.py`; the FPGA boards (`fpga:<board>`) here."""
 
 from __future__ import annotations
 
 from latency_models.analytic.fpga import FpgaParams
-from latency_models.analytic.mobile_cpu import CoreGroup, MobileCpuParams
+from latency_models.analytic.mobile_cpu import MobileCpuParams
+from latency_models.analytic.phones import PHONES, SNAPDRAGON_8_GEN_2
 
 __all__ = ["PRESETS", "SNAPDRAGON_8_GEN_2", "ZCU102"]
-
-SNAPDRAGON_8_GEN_2 = MobileCpuParams(
-    name="mobile-cpu:snapdragon-8-gen-2",
-    hardware=(
-        "Qualcomm Snapdragon 8 Gen 2 (SM8550), fp32 on 4 threads: the Cortex-X3 prime core "
-        "and 3 of the 4 Cortex-A715/A710 performance cores"
-    ),
-    cores=(
-        CoreGroup(name="Cortex-X3", count=1, clock_ghz=3.2, fp32_flops_per_cycle=32.0),
-        CoreGroup(name="Cortex-A715/A710", count=3, clock_ghz=2.8, fp32_flops_per_cycle=16.0),
-    ),
-    gemm_efficiency=0.6,
-    attention_efficiency=0.35,
-    elementwise_efficiency=0.25,
-    scalar_ops_per_cycle=1.0,
-    dram_bandwidth_gbs=67.2,
-    bandwidth_efficiency=0.5,
-    op_overhead_us=5.0,
-    parallel_grain_mflop=1.0,
-    layernorm_flops_per_element=8.0,
-    gelu_flops_per_element=20.0,
-    softmax_flops_per_element=20.0,
-    sources=(
-        "Spec - Qualcomm, Snapdragon 8 Gen 2 Mobile Platform product brief (qualcomm.com): Kryo CPU, "
-        "1 prime core (Arm Cortex-X3) up to 3.2 GHz, 4 performance cores (2x Cortex-A715, 2x Cortex-A710) "
-        "up to 2.8 GHz, 3 efficiency cores (Cortex-A510) up to 2.0 GHz; LPDDR5X up to 4200 MHz.",
-        "Spec - Arm, Cortex-X3 Core Software Optimization Guide (developer.arm.com): four 128-bit FP/ASIMD pipelines "
-        "that each issue a vector FMLA per cycle: 4 pipes x 4 fp32 lanes x 2 FLOP = 32 FLOP/cycle.",
-        "Spec - Arm, Cortex-A715 and Cortex-A710 Core Software Optimization Guides (developer.arm.com): two 128-bit "
-        "FP/ASIMD pipelines with FMLA: 2 x 4 x 2 = 16 FLOP/cycle; the two core types are counted as one group "
-        "because their clock and FP width are the same.",
-        "Spec-derived - DRAM peak: LPDDR5X at 4200 MHz is 8400 MT/s; x 64-bit bus (four 16-bit channels, the usual "
-        "flagship configuration; the bus width is not in the product brief) = 67.2 GB/s.",
-        "Assumption - threads: 4 threads on the prime core and three performance cores, a common setting for CPU "
-        "inference on phones (TFLite benchmark_model --num_threads=4); the efficiency cores are left out because "
-        "a thread on them would hold up every parallel op. Clocks are the maximum clocks (no thermal throttling).",
-        "Assumption - gemm_efficiency 0.6: tuned NEON fp32 GEMM kernels (XNNPACK, Ruy) reach a majority of the "
-        "FMA peak on large shapes; packing, edge tiles and the narrow D=192/384 layers of small ViTs cost the rest.",
-        "Assumption - attention_efficiency 0.35: the per-head matmuls are small (K = head_dim = 64, or N) and "
-        "batched over heads, so they reach a lower share of peak than the Linear layers.",
-        "Assumption - elementwise_efficiency 0.25 with FLOP counts LayerNorm 8, GELU 20 (erf approximation), "
-        "softmax 20 (exp polynomial, max, sum, divide) per element: these ops do not keep the FMA pipes busy.",
-        "Assumption - scalar_ops_per_cycle 1: top-k and sort are branchy scalar code (one comparison per cycle).",
-        "Assumption - bandwidth_efficiency 0.5: a phone CPU cluster sustains roughly half the DRAM peak.",
-        "Assumption - op_overhead_us 5: operator dispatch plus waking and joining the thread pool in a mobile "
-        "runtime, per op.",
-        "Assumption - parallel_grain_mflop 1: below about 1 MFLOP (~10 us on one core) per thread, another thread "
-        "costs more in wake-up and barrier than it saves.",
-    ),
-)
 
 ZCU102 = FpgaParams(
     name="fpga:zcu102",
@@ -110,4 +63,5 @@ ZCU102 = FpgaParams(
     ),
 )
 
-PRESETS: dict[str, MobileCpuParams | FpgaParams] = {preset.name: preset for preset in (SNAPDRAGON_8_GEN_2, ZCU102)}
+PRESETS: dict[str, MobileCpuParams | FpgaParams] = {preset.name: preset for preset in (*PHONES, ZCU102)}
+"""Every preset by name; a phone preset is at its default core configuration (`MobileCpuParams.on_cores`)."""

@@ -8,6 +8,8 @@ come in kinds, each a `DeviceKind` in one module here that claims its names and 
   (growing a cached table: `completion.py`);
 - `analytic.py`: the analytic presets of `latency_models.analytic` (`mobile-cpu:*`, `fpga:*`, and
   the bare model names for their defaults);
+- `fitted.py`: analytic presets fitted to a few timings measured on a device, under a user's name
+  (`latency_models.fitting`);
 - `imported.py`: tables measured elsewhere and imported under a name; asked last, it takes every
   name no other kind claims.
 
@@ -30,6 +32,7 @@ from latency_models.devices.base import (
     UnknownDeviceError,
     coverage,
 )
+from latency_models.devices.fitted import FittedKind
 from latency_models.devices.imported import ImportedKind
 from latency_models.devices.measured import MeasuredKind
 
@@ -44,5 +47,5 @@ __all__ = [
     "coverage",
 ]
 
-KINDS: tuple[type, ...] = (MeasuredKind, AnalyticKind)
+KINDS: tuple[type, ...] = (MeasuredKind, AnalyticKind, FittedKind)
 """The kinds with built-in names, in the order they are asked and listed (imported tables come last)."""

@@ -1,6 +1,8 @@
 """Devices we cannot time: the analytic presets of `latency_models.analytic`, named `<model>:<preset>`
-(e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. Their tables are
-computed, for any ViT shape, and kept in memory for the registry's lifetime.
+(e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. A phone preset also
+runs on a named core configuration, `mobile-cpu:<soc>@<cores>` with cores one | cluster | all | a
+thread count (`MobileCpuParams.on_cores`); without `@` it is the preset's default configuration.
+Their tables are computed, for any ViT shape, and kept in memory for the registry's lifetime.
 
 A new analytic model and its presets live in `latency_models.analytic` (its `PRESETS` lists them
 here); its bare name's default preset goes into `DEFAULTS`.
@@ -10,29 +12,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from latency_models.analytic import PRESETS, analytic_table
+from latency_models.analytic import PRESETS, MobileCpuParams, analytic_table
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
 from latency_models.predictor import shape_of
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["DEFAULTS", "AnalyticDevice", "AnalyticKind"]
+__all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind"]
 
 DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"}
 """A bare analytic model name names its default preset."""
 
+BASIS = "specifications only (analytic model, not fitted to timings)"
+
 
 class AnalyticDevice:
-    """One preset: a table priced by its analytic model, for any ViT shape and batch sizes."""
+    """One preset (a phone's on one core configuration): a table priced by its analytic model, for any
+    ViT shape and batch sizes."""
 
     def __init__(self, name: str, params: Any, tables: dict[tuple, LatencyTable]) -> None:
         self.name = name
         self.params = params
-        self._tables = tables  # shared by the kind's devices, keyed by preset, shape and batches
+        self._tables = tables  # shared by the kind's devices, keyed by device name, shape and batches
 
     def profile(self) -> DeviceProfile:
         model = self.name.split(":", 1)[0]
-        return DeviceProfile(self.name, "analytic", f"analytic {model} model, {self.params.hardware}", True, "any ViT")
+        description = f"analytic {model} model, {self.params.hardware}"
+        if isinstance(self.params, MobileCpuParams) and "@" not in self.name:
+            description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>)"
+        return DeviceProfile(self.name, "analytic", description, True, "any ViT", BASIS)
 
     def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
         return True
@@ -48,7 +56,8 @@ class AnalyticDevice:
 
 
 class AnalyticKind:
-    """Every name with a ':' and every bare model name of `DEFAULTS`; the presets are listed by name."""
+    """Every name with a ':' and every bare model name of `DEFAULTS` (with or without '@<cores>'); the
+    presets are listed by name, a phone's at its default core configuration."""
 
     aliases = DEFAULTS
 
@@ -56,13 +65,24 @@ class AnalyticKind:
         self._tables: dict[tuple, LatencyTable] = {}
 
     def claims(self, name: str) -> bool:
-        return ":" in name or name in self.aliases
+        return ":" in name or name.partition("@")[0] in self.aliases
 
     def listed(self) -> list[AnalyticDevice]:
         return [AnalyticDevice(name, params, self._tables) for name, params in sorted(PRESETS.items())]
 
     def backend(self, name: str) -> AnalyticDevice:
-        name = self.aliases.get(name, name)
-        if name not in PRESETS:
+        preset, at, cores = name.partition("@")
+        preset = self.aliases.get(preset, preset)
+        name = preset + at + cores
+        if preset not in PRESETS:
             raise UnknownDeviceError(f"unknown analytic device {name!r}; presets: {', '.join(sorted(PRESETS))}")
-        return AnalyticDevice(name, PRESETS[name], self._tables)
+        params = PRESETS[preset]
+        if not at:
+            return AnalyticDevice(name, params, self._tables)
+        if not isinstance(params, MobileCpuParams):
+            raise UnknownDeviceError(f"{preset} has no core configurations ('@'): use {preset}")
+        try:
+            configured = params.on_cores(cores)
+        except ValueError as error:
+            raise UnknownDeviceError(f"unknown device {name!r}: {error}") from None
+        return AnalyticDevice(configured.name, configured, self._tables)

@@ -134,7 +134,7 @@ def test_table_covers_the_plan_and_round_trips(preset_table):
     assert device.sources == params.sources and device.notes
     assert "name" not in device.parameters and "sources" not in device.parameters
     if isinstance(params, MobileCpuParams):
-        assert device.threads == 4 and device.dtype == "float32"
+        assert device.threads == params.threads and device.dtype == "float32"
     else:
         assert device.threads is None and device.dtype == f"int{params.bits}"
     assert all(e.spread_ms == 0.0 and e.median_ms > 0 for e in table.entries)
@@ -257,7 +257,7 @@ FPGAS = [FPGA, FPGA.model_copy(update={"ddr_bandwidth_gbs": 0.5})]
 @pytest.mark.parametrize("params", CPUS, ids=["preset", "starved"])
 @pytest.mark.parametrize(("tokens", "batch"), CASES)
 def test_cpu_never_beats_its_roofline(tokens, batch, params):
-    peak_flops = sum(g.count * g.clock_ghz * 1e9 * g.fp32_flops_per_cycle for g in params.cores)
+    peak_flops = sum(c.clock_ghz * 1e9 * c.fp32_flops_per_cycle for c in params.thread_cores())
     bandwidth = params.dram_bandwidth_gbs * 1e9
     for shape in (TINY, SMALL):
         for hidden in (8, shape.mlp_hidden):
@@ -276,7 +276,7 @@ def test_cpu_never_beats_its_roofline(tokens, batch, params):
 @pytest.mark.parametrize("params", CPUS, ids=["preset", "starved"])
 @pytest.mark.parametrize("batch", [1, 32])
 def test_cpu_merge_never_beats_its_roofline(params, batch):
-    peak_flops = sum(g.count * g.clock_ghz * 1e9 * g.fp32_flops_per_cycle for g in params.cores)
+    peak_flops = sum(c.clock_ghz * 1e9 * c.fp32_flops_per_cycle for c in params.thread_cores())
     bandwidth = params.dram_bandwidth_gbs * 1e9
     for n, r in ((197, 8), (197, 98), (101, 30)):
         a, b = n // 2, (n - 1) // 2  # the n - 1 patch tokens alternate into A and B
@@ -376,10 +376,10 @@ def with_changes(params, **changes):
 
 
 def test_invalid_cpu_parameters_name_the_field():
-    cores = [dict(g) for g in CPU.model_dump()["cores"]]
-    cores[0]["clock_ghz"] = 0.0
+    clusters = [dict(c) for c in CPU.model_dump()["clusters"]]
+    clusters[0]["clock_ghz"] = 0.0
     with pytest.raises(ValidationError, match="clock_ghz"):
-        with_changes(CPU, cores=cores)
+        with_changes(CPU, clusters=clusters)
     with pytest.raises(ValidationError, match="gemm_efficiency"):
         with_changes(CPU, gemm_efficiency=1.5)
     with pytest.raises(ValidationError, match="dram_bandwidth_gbs"):
