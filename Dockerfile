@@ -12,6 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# tcmalloc: vitprune times models (latency tables, their calibration, Pareto models) with it when it is
+# installed; glibc's malloc page-faults big batches in a pattern that depends on the process's history.
+RUN apt-get update && apt-get install -y --no-install-recommends libtcmalloc-minimal4 \
+    && rm -rf /var/lib/apt/lists/*
+
 # CPU-only torch first, in its own layer: PyPI's default wheels bundle CUDA (gigabytes) that a CPU
 # service never uses, and this layer stays cached while the project's sources change.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu torch torchvision

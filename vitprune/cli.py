@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vitprune.allocator import arrange
 from vitprune.arguments import ints
 from vitprune.cli_client import add_commands as add_client_commands
 from vitprune.cli_latency import add_commands as add_latency_commands
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "evaluate" and not args.data:
         parser.error("evaluate needs --data DIR")
+    if argv is None:  # the program itself, not a call from Python: it may re-execute under tcmalloc
+        arrange(args.command, sys.argv[1:])
     try:
         return args.run(args)
     except _user_errors() as err:
