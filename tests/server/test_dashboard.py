@@ -305,6 +305,9 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     tab.fill("#f-weights", str(root / "weights.safetensors"))
     tab.fill("#f-model_kwargs", json.dumps(KWARGS))
     tab.select_option("#f-device", "fpga:zcu102")
+    # The device's hint says what its latencies rest on.
+    assert "rests on: specifications only" in tab.locator("[data-field='device'] .hint").inner_text()
+    tab.select_option("#f-budget_margin", "auto")
     tab.select_option("#f-budget_kind", "ratio")
     tab.fill("#f-budget", "5")
     tab.fill("#f-calib", str(root / "calib"))
@@ -340,7 +343,7 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     job_id = int(tab.url.rsplit("/", 1)[1])
     job = service.api.get(f"/api/jobs/{job_id}").json()
     assert job["name"] == "from the form"
-    assert job["spec"]["budget_ratio"] == 0.93 and job["spec"]["trials"] == 6
+    assert job["spec"]["budget_ratio"] == 0.93 and job["spec"]["trials"] == 6 and job["spec"]["budget_margin"] == "auto"
     assert job["spec"]["space"]["token_blocks"] == [1, 2] and job["spec"]["model_kwargs"] == KWARGS
     tab.wait_for_selector("#job-status .badge")
 
