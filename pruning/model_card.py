@@ -326,6 +326,8 @@ class _Card:
         device = self._device()
         if device:
             lines.append(f"- Target device: {device}")
+        if isinstance(self.metrics.get("device"), Mapping) and self.metrics["device"].get("basis"):
+            lines.append(f"- Its latencies rest on: {self.metrics['device']['basis']}")
         if batch:
             lines.append(f"- Batch size: {batch} (latencies are per batch)")
         if self.metrics.get("budget_ms") is not None:
@@ -340,6 +342,8 @@ class _Card:
             lines.append(f"- Measured on the machine that made the bundle: {_ms(measured)}{versus}")
             if self.metrics.get("latency_mismatch"):
                 lines.append("- Measured and predicted latency differ by more than 10%: trust the measurement.")
+            if self.metrics.get("over_budget"):
+                lines.append("- **Measured over the budget asked for**: it does not meet the budget on this machine.")
         return lines
 
     def _device(self) -> str | None:

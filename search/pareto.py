@@ -26,6 +26,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from latency_models.calibration import trust
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import DeviceInfo
 from pruning.bundle import METRICS_FILE, TIMM_PRETRAINED
@@ -166,6 +167,7 @@ def _shared_figures(context: JobContext, inputs: StageInputs, dense_row: dict[st
             "runtime": device.runtime,
             "threads": device.threads,
             "dtype": device.dtype,
+            "basis": trust(context.predictor.table, context.spec, context.job.batch),
         },
         "latency_batch": context.job.batch,
         "budget_ms": round(context.budget_ms, 4),

@@ -78,6 +78,8 @@ def test_pareto_rows_name_their_images_device_and_dense_model_and_the_card_print
         )
         assert f"Budget of the search: {row['budget_ms']:.2f} ms" in card
         assert "Target device: `fpga` (analytic" in card
+        assert row["device"]["basis"].startswith("specifications only")
+        assert f"Its latencies rest on: {row['device']['basis']}" in card
         for internal in ("None", "dense_ms_same_run", row["bundle"], str(tmp_path)):
             assert internal not in card
 
