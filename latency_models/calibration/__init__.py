@@ -12,6 +12,6 @@ the table, so every job can say how far its budget can be trusted.
 `run.py` times the models and needs torch and the pruning package.
 """
 
-from latency_models.calibration.model import FEATURES, calibration_for, correct, fit, trust
+from latency_models.calibration.model import calibration_for, correct, fit, trust
 
-__all__ = ["FEATURES", "calibration_for", "correct", "fit", "trust"]
+__all__ = ["calibration_for", "correct", "fit", "trust"]

@@ -24,9 +24,8 @@ import numpy as np
 from latency_models.schema import Calibration, LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["FEATURES", "MIN_CONFIGS", "calibration_for", "correct", "fit", "shape_key", "trust"]
+__all__ = ["KEY_FIELDS", "MIN_CONFIGS", "calibration_for", "correct", "fit", "shape_key", "trust"]
 
-FEATURES = ("scale", "offset", "per_block", "per_token")
 KEY_FIELDS = ("batch", "embed_dim", "heads", "head_dim", "mlp_hidden", "tokens", "depth", "image_size", "num_classes")
 MIN_CONFIGS = 8
 """Fewer timed models than this cannot pin the terms."""

@@ -15,8 +15,9 @@ from latency_models.profiling import Timing
 from latency_models.schema import CalibrationCheck, LatencyTable
 from latency_models.validate import VALIDATION_TIMING, ValidationReport, measure_configs, validation_configs
 from pruning.model import describe
+from pruning.spec import ModelSpec
 
-__all__ = ["CalibrationPlan", "calibrate", "dense_vit"]
+__all__ = ["CalibrationPlan", "calibratable", "calibrate", "dense_vit"]
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,18 @@ def calibrate(
     return table.calibrated(calibration.model_copy(update={"check": check}))
 
 
-def dense_vit(spec) -> nn.Module:
+def calibratable(spec: ModelSpec) -> bool:
+    """Whether a calibration can build dense models of `spec`'s shape (plain ViTs, one class token)."""
+    return spec.family == "vit" and spec.num_prefix_tokens == 1
+
+
+def dense_vit(spec: ModelSpec) -> nn.Module:
     """A dense timm ViT of `spec`'s shape with random weights: what a calibration times (latency does
     not depend on the weights' values; a threshold config's counts come from the same model)."""
     from timm.models.vision_transformer import VisionTransformer
 
     block = spec.blocks[0]
-    if spec.family != "vit" or spec.num_prefix_tokens != 1:
+    if not calibratable(spec):
         raise ValueError(f"{spec.name}: calibration builds plain ViTs with one class token")
     side = round(block.tokens_in**0.5)
     model = VisionTransformer(

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from latency_models.calibration.model import calibration_for
+from latency_models.calibration.run import calibratable, calibrate, dense_vit
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage
 from latency_models.devices.completion import complete_table, to_time
 from latency_models.predictor import shape_of
@@ -118,8 +119,6 @@ class MeasuredDevice:
         )
         missing = self._uncalibrated(table, spec, batches)
         if missing:
-            from latency_models.calibration.run import calibrate, dense_vit
-
             dense = dense_vit(spec)
             for batch in missing:
                 table = calibrate(
@@ -187,11 +186,6 @@ class MeasuredKind:
 
     def backend(self, name: str) -> MeasuredDevice:
         return MEASURED[name](name, self.settings)
-
-
-def calibratable(spec: ModelSpec) -> bool:
-    """Whether a calibration can build dense models of `spec`'s shape (plain ViTs, one class token)."""
-    return spec.family == "vit" and spec.num_prefix_tokens == 1
 
 
 def basis(table: LatencyTable) -> str:
