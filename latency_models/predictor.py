@@ -10,7 +10,8 @@ costs and how it changes the tokens that flow on is its pricing module's (`laten
 this module follows the flow. Blocks at token counts off the grid's multiples of 8 cost what a few
 measured off-grid counts say they add; each reducing block what the reducing chains timed whole
 cost beyond their parts; and every block is scaled by the whole dense model timed as one over its
-parts (`_blocks_scale`).
+parts (`_blocks_scale`). Last, a table calibrated end to end for the model's shape and batch adds
+what whole pruned models were measured to cost beyond all that (`latency_models.calibration`).
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ class LatencyPredictor:
         self, config: PruneConfig, spec: ModelSpec, batch: int = 1, kept_tokens: Sequence[float] | None = None
     ) -> Prediction:
         """Like `predict`, with the milliseconds of each kind of part."""
-        parts = {"embed": 0.0, "attention": 0.0, **{op: 0.0 for op in ENTRY_KINDS}, "mlp": 0.0, "head": 0.0}
-        parts["calibration"] = 0.0
+        kinds = ("embed", "attention", *ENTRY_KINDS, "mlp", "head", "calibration")
+        parts = dict.fromkeys(kinds, 0.0)
         return self._run(config, spec, batch, kept_tokens, parts)
 
     def _run(self, config, spec, batch, kept_tokens, parts) -> Prediction:
