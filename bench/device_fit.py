@@ -45,7 +45,7 @@ from latency_models.analytic import PRESETS, Cluster, MobileCpuParams, analytic_
 from latency_models.devices.analytic import DEFAULTS
 from latency_models.fitting import TimingRow, fit, predict, resolve_model
 from latency_models.predictor import LatencyPredictor, shape_of
-from latency_models.profiling import Timing, summarise, time_round
+from latency_models.profiling import Execution, Timing, summarise, time_round
 from latency_models.validate import random_config, summarise_config
 from pruning import describe
 from pruning.model import prune_model
@@ -150,7 +150,7 @@ def uptime() -> str:
 def measure(models: dict[str, tuple[torch.nn.Module, torch.Tensor]], timing: Timing) -> dict[str, float]:
     """ms of each model's forward pass at one thread: median over passes of each round's median."""
     rounds: dict[str, list[list[float]]] = {name: [] for name in models}
-    cpu = torch.device("cpu")
+    cpu = Execution()
     with torch_threads(1):
         for n in range(timing.passes):
             for name, (model, x) in models.items():

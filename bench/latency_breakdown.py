@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from latency_models.predictor import LatencyPredictor
-from latency_models.profiling import Timing, time_round
+from latency_models.profiling import Execution, Timing, time_round
 from latency_models.schema import LatencyTable
 from pruning import PruneConfig, describe, prune_model
 from pruning.block import attention_half, mlp_half
@@ -53,13 +53,13 @@ def configs(spec) -> dict[str, PruneConfig]:
     }
 
 
-def median_round(fn, cpu: torch.device) -> float:
+def median_round(fn, cpu: Execution) -> float:
     return statistics.median(time_round(fn, cpu, TIMING))
 
 
 def measure(model, images: torch.Tensor) -> dict[str, float]:
     """Whole model, and the sums of its attention halves (with token ops) and MLP halves timed alone."""
-    cpu = torch.device("cpu")
+    cpu = Execution()
     with torch.inference_mode():
         state, entering = model.embed(images), []
         for index in range(len(model.blocks)):

@@ -38,7 +38,7 @@ from pathlib import Path
 import timm
 import torch
 
-from latency_models.profiling import Timing, summarise, time_round
+from latency_models.profiling import Execution, Timing, summarise, time_round
 from latency_models.profiling.ops.merge import merge_pairs
 from latency_models.profiling.run import hardware_name
 from pruning.block import block_forward
@@ -84,7 +84,7 @@ def _items(batch: int, blocks: list[torch.nn.Module]) -> dict[str, Callable[[], 
 def measure(batch: int, blocks: list[torch.nn.Module], timing: Timing) -> list[dict]:
     items = _items(batch, blocks)
     rounds: dict[str, list[list[float]]] = {name: [] for name in items}
-    cpu = torch.device("cpu")
+    cpu = Execution()
     order = sorted(items, key=lambda name: not name.startswith("block"))  # each dense block next to its pair
     for n in range(timing.passes):
         for name in order:

@@ -62,6 +62,8 @@ class DeviceInfo(_Strict):
     machine: str = ""
     threads: Positive | None = None
     dtype: str = "float32"
+    mode: Literal["eager", "cuda_graphs"] = "eager"
+    """How its models run (`latency_models.profiling.execution`): eagerly, or as replayed CUDA graphs."""
     batch_sizes: tuple[Positive, ...]
     created: datetime
     tool_version: str

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from latency_models.predictor import LatencyPredictor, Prediction
-from latency_models.profiling import Timing, kernel, summarise, time_round
+from latency_models.profiling import Execution, Timing, kernel, summarise, time_round
 from latency_models.profiling.ops import PRICINGS, TokenPricing, pricing
 from pruning.config import BlockConfig, PruneConfig
 from pruning.model import describe, prune_model
@@ -391,7 +391,9 @@ def measure_configs(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[ValidationRow], list[Prediction], float, int]:
     """Build `candidates` as pruned models of `dense`, time each end to end at `batch` and price it
-    with `predictor`: (rows, predictions, the machine's drift, threads used). See `validate`."""
+    with `predictor`: (rows, predictions, the machine's drift, threads used). See `validate`.
+
+    The models run as the table's execution says (its torch device, dtype, eager or CUDA graphs)."""
     spec = describe(dense, name)
     if images.shape[0] < batch:
         raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
@@ -403,16 +405,19 @@ def measure_configs(
         predictions.append(predictor.predict(config, spec, batch, kept_tokens=kept_counts(pruned, images)))
     rounds: list[list[list[float]]] = [[] for _ in candidates]
     speed: list[list[float]] = [[] for _ in candidates]  # probe now / probe in the table, per round
-    cpu = torch.device("cpu")
+    execution = Execution.of(predictor.table.device.model_dump())
+    execution.check()
+    models, images = [execution.place(m) for m in models], execution.inputs(images)
     probe = predictor.probe(spec, batch)
     with torch_threads(threads) as used_threads:
-        probe_fn = kernel(probe[0], cpu) if probe is not None else None
+        with execution.building():
+            probe_fn = kernel(probe[0], execution.torch_device) if probe is not None else None
         for n in range(timing.passes):
             for index, pruned in enumerate(models):
                 if probe_fn is not None:
                     # Timed exactly as the profiler timed it, so the ratio is the machine's speed alone.
-                    speed[index].append(statistics.median(time_round(probe_fn, cpu, PROBE_TIMING)) / probe[1])
-                rounds[index].append(time_round(lambda m=pruned: m(images), cpu, timing))
+                    speed[index].append(statistics.median(time_round(probe_fn, execution, PROBE_TIMING)) / probe[1])
+                rounds[index].append(time_round(lambda m=pruned: m(images), execution, timing))
                 if progress is not None:
                     progress(n * len(models) + index + 1, timing.passes * len(models))
     rows = []

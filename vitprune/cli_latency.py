@@ -31,6 +31,7 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from latency_models.devices.measured import MEASURED
     from latency_models.predictor import shape_of
     from latency_models.profiling import Timing, plan, profile
     from latency_models.registry import Registry
@@ -46,14 +47,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     timing = Timing(passes=args.passes)
+    device = "host-cpu" if args.device == "cpu" else args.device
     if args.out:
+        execution = MEASURED[device].execution
         table = profile(
-            keys, name=args.name or "host-cpu", out=args.out, device=args.device, threads=args.threads, timing=timing
+            keys, name=args.name or device, out=args.out, execution=execution, threads=args.threads, timing=timing
         )
         LatencyTable.parse(table, str(args.out))
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} ({execution.describe()})")
         return 0
-    device = "cuda" if args.device == "cuda" else "host-cpu"
     registry = Registry(threads=args.threads, timing=timing)
     registry.table(device, spec, args.batch)
     print(f"{device}: table cached at {registry.measured_path(device)}")
@@ -132,11 +134,10 @@ def _fit_report(record, left_out: int) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    import torch
     from timm.data import resolve_data_config
 
     from latency_models.predictor import LatencyPredictor
-    from latency_models.profiling import Timing, runtime_name
+    from latency_models.profiling import Execution, Timing, runtime_name
     from latency_models.registry import Registry
     from latency_models.schema import LatencyTable
     from latency_models.validate import VALIDATION_TIMING, validate
@@ -149,8 +150,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         predictor = LatencyPredictor(LatencyTable.load(args.table))
     else:
         predictor = Registry(threads=args.threads).predictor(args.device, spec, [args.batch])
-    info, here = predictor.table.device, runtime_name(torch.device("cpu"))
-    if info.kind == "measured" and "cuda" not in info.runtime and info.runtime != here:
+    info = predictor.table.device
+    here = runtime_name(Execution.of(info.model_dump()).torch_device)  # models are timed on the table's device
+    if info.kind == "measured" and info.runtime != here:
         print(
             f"warning: the table was timed with {info.runtime} and this process runs {here}; "
             "measurements here may not match it (preload the table's allocator, or re-profile)",
@@ -198,7 +200,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prof = commands.add_parser("profile", help="measure this machine's latency table for a model shape")
     prof.add_argument("--model", required=True, help="timm model name, e.g. deit_tiny_patch16_224 (no weights needed)")
     prof.add_argument("--batch", type=batch_sizes, default=[1], help="batch sizes, e.g. 1,32")
-    prof.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    prof.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "cuda-fp32"],
+        default="cpu",
+        help="cpu; cuda: the GPU in bf16 with CUDA graphs (as deployed); cuda-fp32: the GPU in float32, eagerly",
+    )
     prof.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     prof.add_argument("--passes", type=int, default=5, help="timed rounds per entry, one per pass over the grid")
     prof.add_argument("--out", type=Path, help="write a standalone table file instead of the host-cpu/cuda cache")

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from latency_models.profiling import Timing, composite_parts, entry_id, profile, runtime_name
+from latency_models.profiling import Execution, Timing, composite_parts, entry_id, profile, runtime_name
 from latency_models.schema import LatencyTable
 
 __all__ = ["complete_table", "to_time"]
@@ -19,7 +17,7 @@ def complete_table(
     keys: list[dict],
     *,
     name: str,
-    device: str = "cpu",
+    execution: Execution | None = None,
     threads: int | None = None,
     timing: Timing | None = None,
     progress: bool = True,
@@ -27,7 +25,8 @@ def complete_table(
     """The table at `path` with every entry of `keys`: the missing ones (all of them if there is no
     file yet, the merge entries of a table made before merging was priced) are timed on this machine
     now and added; entries already there keep their values. Returns the table, saved back to `path`.
-    Refuses to add to a table timed with another runtime (torch version, backend or allocator).
+    Refuses to add to a table timed with another runtime (torch version, backend or allocator) or
+    execution (dtype, mode).
 
     A shared machine's speed wanders by several percent between runs, and a prediction sums entries
     of both runs, so the table's probe (its dense MLP half, per batch size) is timed again alongside
@@ -38,17 +37,25 @@ def complete_table(
     missing = to_time(have, keys)
     if cached is not None and not missing:
         return cached
-    if cached is not None and cached.device.runtime != (runtime := runtime_name(torch.device(device))):
-        raise ValueError(
-            f"{path} was measured with {cached.device.runtime} and this process runs {runtime}: "
-            "entries timed now would not match; run with the table's runtime, or delete the file to re-measure"
+    execution = execution or Execution()
+    if cached is not None:
+        ran, runs = (
+            f"{cached.device.runtime} in {cached.device.dtype}, {cached.device.mode}",
+            f"{runtime_name(execution.torch_device)} in {execution.dtype}, {execution.mode}",
         )
+        if ran != runs:
+            raise ValueError(
+                f"{path} was measured with {ran} and this process runs {runs}: entries timed now would not "
+                "match; run with the table's runtime, or delete the file to re-measure"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".new.json")  # its .partial.jsonl lets an interrupted run resume
     timing = timing or Timing()
     probes = _probes(cached, missing) if cached is not None else {}
     keys = missing + [probe.model_dump(exclude={"median_ms", "spread_ms"}) for probe in probes.values()]
-    fresh = profile(keys, name=name, out=scratch, device=device, threads=threads, timing=timing, progress=progress)
+    fresh = profile(
+        keys, name=name, out=scratch, execution=execution, threads=threads, timing=timing, progress=progress
+    )
     table = LatencyTable.parse(fresh, name)
     if cached is not None:
         table = cached.merged(_at_speed_of(table, probes))

@@ -27,19 +27,19 @@ from latency_models.calibration.run import calibratable, calibrate, dense_vit
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage
 from latency_models.devices.completion import complete_table, to_time
 from latency_models.predictor import shape_of
-from latency_models.profiling import allocator, plan
+from latency_models.profiling import Execution, allocator, plan
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
-__all__ = ["MEASURED", "Cuda", "HostCpu", "MeasuredDevice", "MeasuredKind", "measured_device"]
+__all__ = ["MEASURED", "Cuda", "CudaEagerFp32", "HostCpu", "MeasuredDevice", "MeasuredKind", "measured_device"]
 
 
 class MeasuredDevice:
     """A device of this machine, measured with torch into a cached table that grows as it is used."""
 
-    torch_device = "cpu"
-    """Where the profiler runs its kernels."""
+    execution = Execution()
+    """Where and how the profiler runs its kernels and the calibration its models."""
 
     def __init__(self, name: str, settings: DeviceSettings) -> None:
         self.name = name
@@ -86,8 +86,8 @@ class MeasuredDevice:
 
     @property
     def calibrates(self) -> bool:
-        """Whether its tables are calibrated end to end: on the CPU, with a calibration plan."""
-        return self.settings.calibration is not None and self.torch_device == "cpu"
+        """Whether its tables are calibrated end to end (with a calibration plan)."""
+        return self.settings.calibration is not None
 
     def _uncalibrated(self, table: LatencyTable, spec: ModelSpec, batches: list[int]) -> list[int]:
         if not self.calibrates or not calibratable(spec):
@@ -112,7 +112,7 @@ class MeasuredDevice:
             self.path,
             plan(shape_of(spec), sorted(set(batches))),
             name=self.name,
-            device=self.torch_device,
+            execution=self.execution,
             threads=self.threads,
             timing=self.settings.timing,
             progress=progress,
@@ -144,15 +144,16 @@ class HostCpu(MeasuredDevice):
 
 
 class Cuda(MeasuredDevice):
-    """This machine's GPU, when torch sees one."""
+    """This machine's GPU, when torch sees one, as models are deployed on it: bf16, each forward one
+    replayed CUDA graph (launch costs gone; eagerly, a small ViT is bound by kernel launches)."""
 
-    torch_device = "cuda"
+    execution = Execution("cuda", "bfloat16", "cuda_graphs")
 
     def available(self) -> bool:
         return torch.cuda.is_available()
 
     def description(self) -> str:
-        return "this machine's GPU"
+        return f"this machine's GPU ({self.execution.dtype}, {self.execution.mode.replace('_', ' ')})"
 
     def gpu(self) -> str:
         return torch.cuda.get_device_name()
@@ -161,7 +162,13 @@ class Cuda(MeasuredDevice):
         return UnknownDeviceError(f"device {self.name!r}: torch sees no CUDA GPU on this machine")
 
 
-MEASURED: dict[str, type[MeasuredDevice]] = {"host-cpu": HostCpu, "cuda": Cuda}
+class CudaEagerFp32(Cuda):
+    """This machine's GPU running float32 eagerly, as a model runs before it is optimised for deployment."""
+
+    execution = Execution("cuda", "float32", "eager")
+
+
+MEASURED: dict[str, type[MeasuredDevice]] = {"host-cpu": HostCpu, "cuda": Cuda, "cuda-fp32": CudaEagerFp32}
 """The measured devices by name, in the order they are listed."""
 
 

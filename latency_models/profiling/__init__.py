@@ -25,6 +25,7 @@ not already sitting in cache from the previous call. Results are appended to `<o
 as they come, so an interrupted run resumes where it stopped.
 """
 
+from .execution import DTYPES, MODES, Execution
 from .grid import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -41,9 +42,12 @@ from .kernels import kernel
 from .run import Timing, allocator, profile, runtime_name, summarise, time_round
 
 __all__ = [
+    "DTYPES",
+    "MODES",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SHAPES",
+    "Execution",
     "Shape",
     "Timing",
     "allocator",

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .execution import DTYPES, MODES, Execution
 from .grid import SHAPES, Shape, entry_id, plan
 from .run import Timing, profile
 
@@ -43,11 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=_ints, default=[1], help="batch sizes, e.g. 1,32")
     parser.add_argument("--out", type=Path, required=True, help="table file to write (JSON)")
     parser.add_argument("--name", default=platform.node() or "device", help="device name stored in the table")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N for another GPU)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=list(DTYPES), help="number format the model is deployed in"
+    )
+    parser.add_argument(
+        "--mode",
+        default="eager",
+        choices=list(MODES),
+        help="how it runs: eagerly, or each forward replayed as one CUDA graph (GPUs; what a deployment does)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
     parser.add_argument("--passes", type=int, default=5, help="timed rounds per entry, one per pass over the grid")
     parser.add_argument("--dry-run", action="store_true", help="print the grid size and exit")
     args = parser.parse_args(argv)
+    try:
+        execution = Execution(args.device, args.dtype, args.mode)
+    except ValueError as error:
+        parser.error(str(error))
     keys = [k for shape in args.shape for k in plan(shape, args.batch)]
     keys = list({entry_id(k): k for k in keys}.values())
     counts: dict[str, int] = {}
@@ -58,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.monotonic()
     profile(
-        keys, name=args.name, out=args.out, device=args.device, threads=args.threads, timing=Timing(passes=args.passes)
+        keys,
+        name=args.name,
+        out=args.out,
+        execution=execution,
+        threads=args.threads,
+        timing=Timing(passes=args.passes),
     )
     print(f"wrote {args.out} in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .execution import Execution
 from .grid import SCHEMA, SCHEMA_VERSION, entry_id
 from .kernels import kernel
 
@@ -30,17 +31,17 @@ class Timing:
     """Each round repeats the call until it has run at least this long (and at least 3 times)."""
 
 
-def time_round(fn: Callable[[], object], device: torch.device, timing: Timing) -> list[float]:
-    """One round of calls of `fn` after warm-up: milliseconds per call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def time_round(fn: Callable[[], object], execution: Execution, timing: Timing) -> list[float]:
+    """One round of calls of `fn` after warm-up, run as `execution` runs it: milliseconds per call."""
 
     def once() -> float:
         start = time.perf_counter()
-        fn()
-        sync()
+        call()
+        execution.sync()
         return time.perf_counter() - start
 
     with torch.inference_mode():
+        call, _ = execution.prepare(fn)
         first = min(once() for _ in range(max(1, timing.warmup)))
         iters = max(3, min(200, math.ceil(timing.min_round_s / max(first, 1e-6))))
         gc_was_enabled = gc.isenabled()
@@ -114,13 +115,14 @@ def allocator() -> str:
 
 def runtime_name(device: torch.device) -> str:
     """What runs the model: torch, its backend and, when it is not the system's, the allocator."""
-    parts = [f"cuda {torch.version.cuda}" if device.type == "cuda" else "cpu"]
+    parts = [f"cuda {torch.version.cuda}" if device.type == "cuda" else "cpu"]  # Execution.of reads it back
     if (malloc := allocator()) != "system":
         parts.append(malloc)
     return f"torch {torch.__version__} ({', '.join(parts)})"
 
 
-def device_info(name: str, device: torch.device, threads: int, batches: list[int]) -> dict:
+def device_info(name: str, execution: Execution, threads: int, batches: list[int]) -> dict:
+    device = execution.torch_device
     cuda = device.type == "cuda"
     return {
         "name": name,
@@ -129,7 +131,8 @@ def device_info(name: str, device: torch.device, threads: int, batches: list[int
         "hardware": torch.cuda.get_device_name(device) if cuda else hardware_name(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} logical cpus",
         "threads": None if cuda else threads,
-        "dtype": "float32",
+        "dtype": execution.dtype,
+        "mode": execution.mode,
         "batch_sizes": sorted(set(batches)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tool_version": _tool_version(),
@@ -150,27 +153,28 @@ def profile(
     *,
     name: str,
     out: Path,
-    device: str = "cpu",
+    execution: Execution | None = None,
     threads: int | None = None,
     timing: Timing = Timing(),
     progress: bool = True,
 ) -> dict:
-    """Time every entry in `keys`, resuming from `<out>.partial.jsonl`; write and return the table."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: torch sees no CUDA device on this machine")
+    """Time every entry in `keys` as `execution` runs it, resuming from `<out>.partial.jsonl`; write and
+    return the table. A partial file holds only rounds of the same execution (its name says which)."""
+    execution = execution or Execution()
+    execution.check()
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _profile(keys, name, out, dev, timing, progress)
+        return _profile(keys, name, out, execution, timing, progress)
     finally:
         torch.set_num_threads(previous)  # a library call leaves the process as it found it
 
 
-def _profile(keys: list[dict], name: str, out: Path, dev: torch.device, timing: Timing, progress: bool) -> dict:
+def _profile(keys: list[dict], name: str, out: Path, execution: Execution, timing: Timing, progress: bool) -> dict:
     keys = list({entry_id(k): k for k in keys}.values())
-    partial = out.with_name(out.name + ".partial.jsonl")
+    tag = "" if execution == Execution() else f".{execution.device}-{execution.dtype}-{execution.mode}".replace(":", "")
+    partial = out.with_name(out.name + tag + ".partial.jsonl")
     rounds = _read_partial(partial)
     total = len(keys) * timing.passes
     tick = _progress(total, sum(min(len(rounds.get(entry_id(k), [])), timing.passes) for k in keys))
@@ -182,7 +186,9 @@ def _profile(keys: list[dict], name: str, out: Path, dev: torch.device, timing: 
                     continue
                 # A chain entry is the time of one of its blocks, a reducing chain's of one of its pairs.
                 per_call = key.get("blocks") or key.get("pairs") or 1
-                done.append([t / per_call for t in time_round(kernel(key, dev), dev, timing)])
+                with execution.building():
+                    fn = kernel(key, execution.torch_device)
+                done.append([t / per_call for t in time_round(fn, execution, timing)])
                 sink.write(json.dumps({"id": entry_id(key), "ms": [round(t, 5) for t in done[-1]]}) + "\n")
                 sink.flush()
                 if progress:
@@ -194,7 +200,7 @@ def _profile(keys: list[dict], name: str, out: Path, dev: torch.device, timing: 
     table = {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
-        "device": device_info(name, dev, torch.get_num_threads(), [k["batch"] for k in keys]),
+        "device": device_info(name, execution, torch.get_num_threads(), [k["batch"] for k in keys]),
         "entries": entries,
     }
     tmp = out.with_name(out.name + ".tmp")

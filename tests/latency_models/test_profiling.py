@@ -15,6 +15,7 @@ import torch
 
 from latency_models.profiling import (
     SHAPES,
+    Execution,
     Timing,
     composite_parts,
     entry_id,
@@ -197,6 +198,52 @@ def test_profile_writes_a_valid_table_and_resumes_an_interrupted_run(tmp_path, m
     assert all(e.median_ms > 0 for e in table.entries if e.op != "select" or e.tokens_out < e.tokens_in)
     merge_entry = TOKEN_OP_ENTRIES["merge"]
     assert sum(isinstance(e, merge_entry) for e in table.entries) == sum(k["op"] == "merge" for k in keys) > 0
+
+
+def test_a_table_is_timed_and_records_the_execution_it_was_timed_in(tmp_path, monkeypatch):
+    """bf16 on the CPU is the CUDA path's twin: kernels are built in the dtype, the table says so."""
+    built = []
+    real_kernel = run_module.kernel
+
+    def recording_kernel(key, device):
+        built.append(torch.get_default_dtype())
+        return real_kernel(key, device)
+
+    monkeypatch.setattr(run_module, "kernel", recording_kernel)
+    keys = _small_keys()[:6]
+    bf16 = Execution("cpu", "bfloat16")
+    table = LatencyTable.parse(profile(keys, name="b", out=tmp_path / "b.json", execution=bf16, timing=FAST))
+    assert set(built) == {torch.bfloat16} and torch.get_default_dtype() == torch.float32  # restored
+    assert (table.device.dtype, table.device.mode) == ("bfloat16", "eager")
+    assert Execution.of(table.device.model_dump()) == bf16
+    assert Execution.of({"runtime": "torch 2.9.0+cu130 (cuda 13.0)", "dtype": "bfloat16", "mode": "cuda_graphs"}) == (
+        Execution("cuda", "bfloat16", "cuda_graphs")
+    )
+    assert Execution.of({"runtime": "torch 2.9.0+cu130 (cpu, tcmalloc)"}) == Execution()  # older tables: eager fp32
+
+
+def test_an_execution_this_machine_cannot_run_is_refused_clearly():
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        Execution("cpu", "float32", "cuda_graphs")
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        Execution("cpu", "int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="torch sees no CUDA device"):
+            Execution("cuda", "bfloat16", "cuda_graphs").check()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; the CPU twin is above)")
+def test_cuda_graphs_replay_what_the_eager_call_computes():
+    execution = Execution("cuda", "bfloat16", "cuda_graphs")
+    with execution.building():
+        mlp = execution.place(MlpHalf(64, 128))
+    x = execution.inputs(torch.randn(2, 17, 64))
+    out = {}
+    with torch.inference_mode():
+        call, graphed = execution.prepare(lambda: out.__setitem__("y", mlp(x)))
+        call()
+        execution.sync()
+        assert graphed and torch.equal(out["y"], mlp(x))
 
 
 def test_the_profiler_runs_with_torch_alone(tmp_path):

@@ -292,7 +292,9 @@ def test_a_table_timed_with_another_allocator_is_neither_completed_nor_shared(tm
 
     run_with("tcmalloc")
     assert run.runtime_name(torch.device("cpu")) == f"torch {torch.__version__} (cpu, tcmalloc)"
-    with pytest.raises(ValueError, match=r"measured with torch .* \(cpu\) and this process runs .*tcmalloc"):
+    with pytest.raises(
+        ValueError, match=r"measured with torch .* \(cpu\) in float32, eager and this process runs .*tcmalloc"
+    ):
         complete_table(path, keys, name="board", threads=1, timing=FAST, progress=False)
     assert complete_table(path, keys[:2], name="board") == table  # nothing to add: read as it is
     assert Registry(tmp_path, threads=1).measured_path("host-cpu") != system_cache

@@ -55,7 +55,9 @@ def test_validate_warns_when_this_process_runs_another_runtime_than_the_table(ca
 
     spec = describe(timm.create_model("deit_tiny_patch16_224"), "deit_tiny_patch16_224")
     analytic = Registry(tmp_path).table("fpga:zcu102", spec, [1])
-    device = analytic.device.model_copy(update={"kind": "measured", "runtime": "torch 0.0 (cpu, tcmalloc)"})
+    device = analytic.device.model_copy(
+        update={"kind": "measured", "runtime": "torch 0.0 (cpu, tcmalloc)", "dtype": "float32"}
+    )
     path = tmp_path / "board.json"
     analytic.model_copy(update={"device": device}).save(path)
     argv = ["lut", "validate", "--table", str(path), "--model", "deit_tiny_patch16_224", "--configs", "2"]
