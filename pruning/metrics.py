@@ -21,13 +21,20 @@ __all__ = ["EvalResult", "classification_metrics", "evaluate", "predict"]
 
 @dataclass
 class EvalResult:
-    """Metrics in percent (top1, top5, agreement) and nats (kl); None where the input was not given."""
+    """Metrics in percent (top1, top5, agreement) and nats (kl); None where the input was not given.
+
+    Each `_se` is the standard error of its metric over the images (the spread of the per-image
+    values / sqrt(n)): on 500 images one top-1 standard error is about 2 points, so two models
+    closer than that are not told apart."""
 
     n_images: int
     top1: float | None = None
     top5: float | None = None
     agreement: float | None = None
     kl: float | None = None
+    top1_se: float | None = None
+    agreement_se: float | None = None
+    kl_se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +68,14 @@ def _percent(hits: torch.Tensor) -> float:
     return float(hits.to(torch.float64).mean().item() * 100.0)
 
 
+def _standard_error(values: torch.Tensor, scale: float = 1.0) -> float:
+    """Standard error of the mean of per-image `values` (0 for a single image)."""
+    values = values.to(torch.float64)
+    if len(values) < 2:
+        return 0.0
+    return float(values.std().item() / len(values) ** 0.5 * scale)
+
+
 def classification_metrics(
     logits: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -78,6 +93,7 @@ def classification_metrics(
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         result.top1 = _percent(topk[:, 0] == labels)
+        result.top1_se = _standard_error(topk[:, 0] == labels, 100.0)
         result.top5 = _percent((topk == labels[:, None]).any(dim=1))
     if reference_logits is not None:
         if reference_logits.shape != logits.shape:
@@ -86,14 +102,15 @@ def classification_metrics(
                 f"does not match logits shape {tuple(logits.shape)}"
             )
         reference = reference_logits.to(logits.device)
-        result.agreement = _percent(logits.argmax(dim=1) == reference.argmax(dim=1))
+        agrees = logits.argmax(dim=1) == reference.argmax(dim=1)
+        result.agreement, result.agreement_se = _percent(agrees), _standard_error(agrees, 100.0)
         # float64 log-softmax: exact zero for identical logits and no cancellation for near-equal ones.
         log_p = F.log_softmax(reference.to(torch.float64), dim=1)
         log_q = F.log_softmax(logits.to(torch.float64), dim=1)
         terms = log_p.exp() * (log_p - log_q)
         # Classes the reference gives probability 0 contribute 0 (the limit), not 0 * inf = nan.
         per_image = torch.where(torch.isneginf(log_p), torch.zeros_like(terms), terms).sum(dim=1)
-        result.kl = float(per_image.mean().item())
+        result.kl, result.kl_se = float(per_image.mean().item()), _standard_error(per_image)
     return result
 
 

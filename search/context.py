@@ -19,6 +19,7 @@ from latency_models.predictor import LatencyPredictor
 from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
 from pruning import PruneConfig, describe
+from pruning.compute import compute_device
 from pruning.data import IMAGE_EXTENSIONS, ImageSet, load_image_folder
 from pruning.families import family_of
 from pruning.image_sets import eval_data_config
@@ -31,7 +32,7 @@ from search.model_options import check_model_options
 from search.space import TrialSpace
 from search.units import format_ms_apart
 
-__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "check_job", "fit_batches", "job_images"]
+__all__ = ["InfeasibleJobError", "JobContext", "JobInputError", "can_score", "check_job", "fit_batches", "job_images"]
 
 FIT_IMAGES = 256
 """Calibration images that importance (one backward pass each) and weight recovery fit on; more changes little."""
@@ -59,7 +60,14 @@ class JobContext:
     cache_dir: Path | None = None
     margin: float = 0.0
     """The safety margin the search keeps: `budget_ms` is the job's budget / (1 + margin)."""
+    compute: str = "auto"
+    """This process's compute device, for a job that leaves it to the worker (`compute: auto`)."""
     _evaluator: TrialEvaluator | None = None
+
+    @property
+    def compute_device(self) -> torch.device:
+        """Where this process scores the job's trials: the job's compute, or with `auto` the process's."""
+        return compute_device(self.job.compute if self.job.compute != "auto" else self.compute)
 
     @property
     def requested_ms(self) -> float:
@@ -70,7 +78,15 @@ class JobContext:
     def evaluator(self) -> TrialEvaluator:
         """Built on first use: it runs the dense model over the calibration set once."""
         if self._evaluator is None:
-            self._evaluator = TrialEvaluator(self.dense, self.spec, self.calib, self.importance, seed=self.job.seed)
+            self._evaluator = TrialEvaluator(
+                self.dense,
+                self.spec,
+                self.calib,
+                self.importance,
+                seed=self.job.seed,
+                device=self.compute_device,
+                dtype=self.job.score_dtype,
+            )
         return self._evaluator
 
     def images(self, which: str) -> ImageSet:
@@ -141,6 +157,15 @@ class JobContext:
             cache_dir,
             margin=attrs.get("budget_margin", 0.0),
         )
+
+
+def can_score(job: JobSpec, compute: str = "auto") -> bool:
+    """Whether a process whose own compute is `compute` can score `job` (a job asking for a GPU needs one)."""
+    try:
+        compute_device(job.compute if job.compute != "auto" else compute)
+    except ValueError:
+        return False
+    return True
 
 
 def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, float] | None:

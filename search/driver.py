@@ -23,7 +23,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.registry import Registry
-from search.context import JobContext
+from pruning.compute import compute_device
+from search.context import JobContext, can_score
 from search.job import JobSpec
 from search.pareto import SearchResult, materialise
 from search.study import Progress, fail_stale, make_sampler, progress, study_job, submit
@@ -68,7 +69,8 @@ class SearchDriver:
     """Runs searches in the Optuna storage every worker shares; counts the trials this process ran.
 
     `registry` resolves the device tables of new jobs, `cache_dir` keeps decoded images between runs,
-    `poll_s` is how long to wait while other workers hold a job's last trials.
+    `poll_s` is how long to wait while other workers hold a job's last trials, `compute` is where this
+    process scores the trials of jobs that leave it to the worker (`pruning.compute`).
     """
 
     def __init__(
@@ -78,7 +80,10 @@ class SearchDriver:
         registry: Registry | None = None,
         cache_dir: Path | None = None,
         poll_s: float = POLL_S,
+        compute: str = "auto",
     ) -> None:
+        compute_device(compute)  # a worker told to use a GPU it does not have says so at once
+        self.compute = compute
         self.storage = storage
         self.registry = registry
         self.cache_dir = cache_dir
@@ -97,8 +102,10 @@ class SearchDriver:
         """
         hooks = hooks or SearchHooks()
         started = time.perf_counter()
+        compute_device(job.compute if job.compute != "auto" else self.compute)  # before any study is made
         out.mkdir(parents=True, exist_ok=True)
         study, context = submit(job, self.storage, registry=self.registry, cache_dir=self.cache_dir, name=name)
+        context.compute = self.compute
         self._check(hooks)
         state = progress(study)
         hooks.started(context, state)
@@ -140,7 +147,7 @@ class SearchDriver:
                 continue
             study = optuna.load_study(study_name=name, storage=self.storage)
             job = study_job(study)
-            if job is None:
+            if job is None or not can_score(job, self.compute):  # e.g. a job scored on GPUs, on a CPU worker
                 continue
             fail_stale(study, self.storage)
             if progress(study).waiting == 0:
@@ -163,6 +170,7 @@ class SearchDriver:
             logger.info("joining %s", name)
             try:
                 self._contexts[name] = JobContext.from_study(study, cache_dir=self.cache_dir)
+                self._contexts[name].compute = self.compute
             except (ValueError, OSError) as error:  # e.g. the job's weights or images are not on this machine
                 logger.error("cannot work on %s here: %s", name, error)
                 self._unusable.add(name)

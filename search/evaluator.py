@@ -5,6 +5,11 @@ first pruned block are the dense blocks, so their output is cached (per block bo
 recently used first out under a memory cap) and a trial only runs the blocks from its first
 change on. The images are decoded and normalised once, in a seeded random order, so that the
 first few batches are a fair sample of the whole set (cheap-first evaluation reads only those).
+
+Everything a trial runs (the images, the dense model's logits, the prefix cache, the pruned model)
+lives on the compute device (`pruning.compute`: the CPU or a GPU), and scoring may run under bf16 or
+fp16 autocast; the dense logits the trials are compared with are then computed the same way, so
+fidelity measures what pruning changes, not what the number format does.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 from torch import nn
 
 from pruning import PruneConfig, PrunedViT, prune_model
+from pruning.compute import scoring
 from pruning.data import ImageSet
 from pruning.importance import Importance
 from pruning.metrics import EvalResult, classification_metrics
@@ -38,6 +44,8 @@ class Evaluation:
     images: int
     first_block: int
     seconds: float
+    build_seconds: float = 0.0
+    """Of `seconds`, building the pruned model (slicing the dense weights, moving them to the compute device)."""
 
     @property
     def accuracy(self) -> float:
@@ -78,6 +86,8 @@ class TrialEvaluator:
         importance: head / channel importance for configs that prune heads or channels.
         batch_size: images per forward pass.
         seed: the order in which images are batched.
+        device: the compute device (default: the CPU).
+        dtype: float32, or bfloat16 / float16 to score under autocast.
     """
 
     def __init__(
@@ -90,18 +100,22 @@ class TrialEvaluator:
         batch_size: int = 50,
         seed: int = 0,
         cache_bytes: int = CACHE_BYTES,
+        device: torch.device | None = None,
+        dtype: str = "float32",
     ) -> None:
         self.dense = dense.eval()
         self.spec = spec
         self.importance = importance
         self.cache_bytes = cache_bytes
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
         shuffled = images.subset(order)
-        self.inputs = [x for x, _ in shuffled.batches(batch_size)]
+        self.inputs = [x.to(self.device) for x, _ in shuffled.batches(batch_size)]
         self.labels = shuffled.labels
-        self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name)
+        self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name).to(self.device)
         self._states: OrderedDict[int, list[TokenState]] = OrderedDict()
-        with torch.inference_mode():
+        with scoring(self.device, dtype):
             self.dense_logits = torch.cat([self._finish(self.reference, s, 0)[0] for s in self._states_at(0)])
 
     def __len__(self) -> int:
@@ -117,11 +131,12 @@ class TrialEvaluator:
         """
         start = time.perf_counter()
         first = first_change(config, self.spec)
-        pruned = prune_model(self.dense, config, name=self.spec.name, importance=self.importance)
+        pruned = prune_model(self.dense, config, name=self.spec.name, importance=self.importance).to(self.device)
+        build = time.perf_counter() - start
         done = self._batch_count(sample.images) if sample is not None else 0
         logits = [sample.logits] if sample is not None else []
         counts = [sample.counts] if sample is not None and sample.counts is not None else []
-        with torch.inference_mode():
+        with scoring(self.device, self.dtype):
             for state in self._states_at(first)[done : self._batch_count(max_images)]:
                 out, kept = self._finish(pruned, state, first)
                 logits.append(out)
@@ -133,7 +148,8 @@ class TrialEvaluator:
         metrics = classification_metrics(logits_all, labels, self.dense_logits[:n])
         kept_counts = torch.cat(counts) if counts else None
         seconds = time.perf_counter() - start + (sample.seconds if sample is not None else 0.0)
-        return Evaluation(metrics, logits_all, kept_counts, n, first, seconds)
+        build += sample.build_seconds if sample is not None else 0.0
+        return Evaluation(metrics, logits_all, kept_counts, n, first, seconds, build)
 
     def _batch_count(self, max_images: int | None) -> int:
         if max_images is None:
@@ -147,8 +163,8 @@ class TrialEvaluator:
     @staticmethod
     def _finish(model: PrunedViT, state: TokenState, start: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         state = model.run_blocks(state, start=start)
-        counts = torch.stack(state.counts, dim=1) if state.counts else None
-        return model.head(state).float(), counts
+        counts = torch.stack(state.counts, dim=1).cpu() if state.counts else None
+        return model.head(state).float().cpu(), counts
 
     # -- the prefix cache -----------------------------------------------------------------------
 
@@ -158,7 +174,7 @@ class TrialEvaluator:
             self._states.move_to_end(boundary)
             return self._states[boundary]
         below = [b for b in self._states if b < boundary]
-        with torch.inference_mode():
+        with scoring(self.device, self.dtype):
             if below:
                 start = max(below)
                 states = [self.reference.run_blocks(s, start=start, stop=boundary) for s in self._states[start]]

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
@@ -199,6 +200,15 @@ class JobSpec(_Strict):
     )
     sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
     space: SearchSpace = SearchSpace()
+    compute: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description=COMPUTE_HELP + "; only workers that have it take the job",
+    )
+    score_dtype: Literal[tuple(SCORE_DTYPES)] = Field(
+        default="float32",
+        description="score trials in float32, or under bf16 / fp16 autocast (faster on a GPU; docs/gpu.md)",
+    )
     recover: bool = Field(default=True, description="refit pruned projections of the Pareto models (no training)")
     onnx: bool = Field(default=False, description="add model.onnx to every Pareto bundle")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seeds the sampler and the holdout split")
@@ -219,7 +229,10 @@ class JobSpec(_Strict):
         The fields of a token op added after the first release change nothing unless the space searches
         it; leaving them out otherwise keeps the key (and so the study) of every job written before it.
         """
-        unused: dict = {"trials": True, "onnx": True}
+        # Where trials are scored changes no trial's meaning: workers of any compute share a study.
+        unused: dict = {"trials": True, "onnx": True, "compute": True}
+        if self.score_dtype == "float32":  # added later, like the margin
+            unused["score_dtype"] = True
         if self.budget_margin is None:  # added later: jobs without a margin keep their study names
             unused["budget_margin"] = True
         if skipped := self.space.unused_fields():

@@ -113,6 +113,8 @@ def materialise(
         extra = {
             "trial": trial.number,
             "calib_accuracy": trial.values[0],
+            # one standard error of it over the calibration images: closer models are not told apart
+            "calib_accuracy_se": trial.user_attrs.get("top1_se", trial.user_attrs.get("agreement_se")),
             "recovered": recover,
             "bundle": str(path.relative_to(out)),
             "dense_ms_same_run": dense_row.get("measured_ms"),
@@ -238,6 +240,7 @@ def _trial_counts(study: optuna.Study) -> dict[str, Any]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     evaluated = [t for t in complete if t.user_attrs.get("evaluated")]
     eval_s = [t.user_attrs["eval_s"] for t in evaluated if "eval_s" in t.user_attrs]
+    build_s = [t.user_attrs["build_s"] for t in evaluated if "build_s" in t.user_attrs]
     wall = [(t.datetime_complete - t.datetime_start).total_seconds() for t in complete if t.datetime_start]
     return {
         "complete": len(complete),
@@ -246,6 +249,7 @@ def _trial_counts(study: optuna.Study) -> dict[str, Any]:
         "over_budget_skipped": sum(not t.user_attrs.get("evaluated") for t in complete),
         "duplicates": sum("duplicate_of" in t.user_attrs for t in complete),
         "mean_eval_s": round(sum(eval_s) / len(eval_s), 3) if eval_s else None,
+        "mean_build_s": round(sum(build_s) / len(build_s), 3) if build_s else None,  # of eval_s: building models
         "trials_per_min": round(60 * len(wall) / sum(wall), 2) if wall and sum(wall) > 0 else None,
     }
 

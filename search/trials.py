@@ -87,6 +87,7 @@ class TrialObjective:
         trial.set_user_attr("eval_images", evaluation.images)
         trial.set_user_attr("first_pruned_block", evaluation.first_block)
         trial.set_user_attr("eval_s", round(evaluation.seconds, 3))
+        trial.set_user_attr("build_s", round(evaluation.build_seconds, 4))
         return self._result(trial, evaluation.accuracy, predicted, evaluated=True)
 
     def _evaluate(self, config, predicted: float | None) -> Evaluation:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, case, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from search.job import JobSpec
@@ -60,6 +60,7 @@ def create_job(
         model=spec.model,
         model_label=(label or model_label(spec))[:LABEL_LENGTH],
         device=spec.device,
+        compute=spec.compute.split(":")[0],  # cuda:1 asks for a GPU like cuda: it is claimed by GPU workers
         study_name="",
         trials_total=spec.trials,
     )
@@ -106,23 +107,35 @@ def _claimable():
     return or_(Job.status == "queued", expired)
 
 
-def claim_job(engine: Engine, worker: str, lease_s: int) -> int | None:
-    """Take the oldest queued job, or a running job whose worker stopped renewing its lease."""
+def _for_compute(gpu: bool):
+    """The jobs a worker can score, those it suits best first: a GPU worker takes the jobs that need a GPU
+    first, then those left to any worker, then CPU jobs; a CPU worker never takes a job that needs a GPU."""
+    if gpu:
+        return true(), case((Job.compute == "cuda", 0), (Job.compute == "auto", 1), else_=2)
+    return Job.compute != "cuda", case((Job.compute == "cpu", 0), else_=1)
+
+
+def claim_job(engine: Engine, worker: str, lease_s: int, *, gpu: bool = False) -> int | None:
+    """Take the oldest queued job this worker can score (`gpu`: it has a GPU), or a running job whose
+    worker stopped renewing its lease; among those, the jobs that suit its compute first."""
     values = {
         "lease_owner": worker,
         "lease_expires_at": db_after(lease_s),
         "attempts": Job.attempts + 1,
     }
+    scorable, preference = _for_compute(gpu)
+    claimable = and_(_claimable(), scorable)
     with Session(engine) as session, session.begin():
         if engine.dialect.name == "postgresql":
-            query = select(Job.id).where(_claimable()).order_by(Job.id).limit(1).with_for_update(skip_locked=True)
+            query = select(Job.id).where(claimable).order_by(preference, Job.id).limit(1)
+            query = query.with_for_update(skip_locked=True)
             job_id = session.scalar(query)
             if job_id is None:
                 return None
             session.execute(update(Job).where(Job.id == job_id).values(**values))
         else:
-            oldest = select(Job.id).where(_claimable()).order_by(Job.id).limit(1).scalar_subquery()
-            claim = update(Job).where(Job.id == oldest, _claimable()).values(**values).returning(Job.id)
+            oldest = select(Job.id).where(claimable).order_by(preference, Job.id).limit(1).scalar_subquery()
+            claim = update(Job).where(Job.id == oldest, claimable).values(**values).returning(Job.id)
             job_id = session.scalar(claim)
             if job_id is None:
                 return None

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(default=10, ge=1, description="how often a worker renews its lease and trial heartbeats")
     grace_s: int = Field(default=45, ge=2, description="a trial without a heartbeat this long is retried elsewhere")
     poll_s: float = Field(default=2.0, gt=0, description="how often an idle worker looks for work")
+    compute: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="a worker's compute: where it scores trials of jobs that leave it to the worker (cpu, cuda, "
+        "cuda:N, auto = the GPU when torch sees one); with a GPU it takes the jobs that need one",
+    )
     token: SecretStr | None = Field(
         default=None, description="API token; when set, every request that changes state must send it as a bearer token"
     )

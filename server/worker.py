@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from latency_models.calibration import trust
 from latency_models.registry import Registry
 from pruning.bundle import WEIGHTS_FILE
+from pruning.compute import compute_device, compute_name
 from search.context import JobContext, JobInputError
 from search.driver import SearchDriver, SearchHooks, SearchStopped
 from search.job import JobSpec
@@ -57,8 +58,14 @@ class ServiceWorker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.storage = open_storage(settings.database_url, settings.heartbeat_s, settings.grace_s)
         self.driver = SearchDriver(
-            self.storage, registry=self.registry, cache_dir=self.store.path("cache"), poll_s=settings.poll_s
+            self.storage,
+            registry=self.registry,
+            cache_dir=self.store.path("cache"),
+            poll_s=settings.poll_s,
+            compute=settings.compute,
         )
+        device = compute_device(settings.compute)
+        self.gpu, self.compute = device.type == "cuda", compute_name(device)  # what it advertises
 
     @property
     def trials_run(self) -> int:
@@ -102,7 +109,7 @@ class ServiceWorker:
     def _step(self) -> tuple[bool, int]:
         """Claim and run a job, else help running ones; returns (worked, jobs finished)."""
         self._seen(None)
-        job_id = claim_job(self.engine, self.id, self.settings.lease_s)
+        job_id = claim_job(self.engine, self.id, self.settings.lease_s, gpu=self.gpu)
         if job_id is not None:
             return True, int(self.run_job(job_id))
         helped = self.driver.join_once(skip=self._not_helpable, should_stop=self._stop_helping)
@@ -172,7 +179,8 @@ class ServiceWorker:
                 .values(seen_at=db_now(), job_id=job_id, trials_run=self.trials_run)
             ).rowcount
             if not updated:
-                session.add(Worker(id=self.id, host=socket.gethostname(), pid=os.getpid(), job_id=job_id))
+                host, pid = socket.gethostname(), os.getpid()
+                session.add(Worker(id=self.id, host=host, pid=pid, job_id=job_id, compute=self.compute))
 
 
 SKIPPED_SHOWN = 50
@@ -218,7 +226,8 @@ class _JobHooks(SearchHooks):
         return update_job(self.worker.engine, self.job_id, self.worker.id, **values)
 
     def started(self, context: JobContext, state: Progress) -> None:
-        notes = _skipped_images(context) | {"latency": _latency_note(context)}
+        scoring = {"compute": compute_name(context.compute_device), "dtype": context.job.score_dtype}
+        notes = _skipped_images(context) | {"latency": _latency_note(context), "scoring": scoring}
         self._update(budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes)
         self.started_at, self.done_at_start = time.monotonic(), state.done
 

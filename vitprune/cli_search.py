@@ -68,6 +68,8 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         space=space,
         recover=not args.no_recover,
         onnx=args.onnx,
+        compute=args.compute,
+        score_dtype=args.score_dtype,
         seed=args.seed,
         cheap_first=args.cheap_first,
     )
@@ -192,6 +194,17 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     run.add_argument("--trials", type=int, default=100)
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
     run.add_argument("--cheap-first", type=int, help="score trials on this many images first")
+    run.add_argument(
+        "--compute",
+        default="auto",
+        help="where trials are scored: cpu, cuda, cuda:N or auto (the GPU when torch sees one); not the target device",
+    )
+    run.add_argument(
+        "--score-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="score trials in float32 or under bf16 / fp16 autocast (faster on a GPU)",
+    )
     run.add_argument("--no-recover", action="store_true", help="no least-squares refit of the Pareto models")
     run.add_argument("--onnx", action="store_true", help="add model.onnx to every Pareto bundle")
     run.add_argument("--seed", type=int, default=0)

@@ -26,6 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "db_url": args.db,
         "heartbeat_s": getattr(args, "heartbeat", None),
         "grace_s": getattr(args, "grace", None),
+        "compute": args.compute,
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -96,6 +97,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--db", help="database URL, e.g. postgresql+psycopg://user@host/db (default: $VITPRUNE_DB_URL, else SQLite)"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--compute",
+        help="where this worker scores trials: cpu, cuda, cuda:N or auto (the GPU when torch sees one; default: "
+        "$VITPRUNE_COMPUTE, else auto); with a GPU it takes the jobs that need one first",
+    )
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:

@@ -51,6 +51,8 @@ class Job(Base):
     model_label: Mapped[str | None] = mapped_column(String(200))
     """What the model is, for people: the timm name and its changed options (e.g. the demo's small ViT)."""
     device: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    compute: Mapped[str] = mapped_column(String(20), nullable=False, default="auto", server_default="auto")
+    """Where its trials are scored: cpu, cuda (only workers with a GPU claim it) or auto (any worker)."""
     study_name: Mapped[str] = mapped_column(String(300), nullable=False)
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -138,3 +140,5 @@ class Worker(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
     job_id: Mapped[int | None] = mapped_column(Integer)
     trials_run: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    compute: Mapped[str] = mapped_column(String(200), nullable=False, default="cpu", server_default="cpu")
+    """What it scores trials on: 'cpu', or 'cuda (the GPU's name)' (`pruning.compute.compute_name`)."""

@@ -86,7 +86,18 @@ def test_to_dict_has_all_fields() -> None:
         "top5": None,
         "agreement": None,
         "kl": None,
+        "top1_se": None,
+        "agreement_se": None,
+        "kl_se": None,
     }
+
+
+def test_standard_errors_are_those_of_the_mean_over_images() -> None:
+    # 4 images, 2 right: per-image hits 1,1,0,0 -> sample std 0.577, over sqrt(4): 28.9 points.
+    logits = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    result = classification_metrics(logits, torch.tensor([0, 0, 1, 1]), reference_logits=logits)
+    assert result.top1 == 50.0 and result.top1_se == pytest.approx(100 * math.sqrt(1 / 3) / 2)
+    assert result.agreement_se == 0.0 and result.kl_se == 0.0  # identical to the reference on every image
 
 
 def tiny_set(n: int = 7) -> ImageSet:

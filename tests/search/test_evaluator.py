@@ -108,3 +108,39 @@ def test_padded_widths_are_the_longest_image_of_each_batch():
     counts = torch.tensor([[5, 2], [7, 1], [3, 3]])
     assert padded_widths(counts, 1) == pytest.approx([5.0, 2.0])
     assert padded_widths(counts, 2) == pytest.approx([(7 * 2 + 3) / 3, (2 * 2 + 3) / 3])
+
+
+def test_scoring_under_bf16_autocast_is_the_cuda_paths_cpu_twin(setup):
+    """The compute device and the scoring dtype: the dense logits, the prefix cache and every trial run
+    the same way, so the dense config still agrees fully with itself; the pruned one stays close to fp32."""
+    model, spec, images, importance, fp32 = setup
+    bf16 = TrialEvaluator(model, spec, images, importance, batch_size=16, device=torch.device("cpu"), dtype="bfloat16")
+    dense = bf16.evaluate(PruneConfig.dense(spec))
+    assert dense.metrics.agreement == 100.0 and dense.metrics.kl == pytest.approx(0.0, abs=1e-9)
+    assert not torch.equal(bf16.dense_logits, fp32.dense_logits)  # it did run in bf16
+    torch.testing.assert_close(bf16.dense_logits, fp32.dense_logits, rtol=0.1, atol=0.1)
+    config = PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,), package_token=True)
+    pruned = bf16.evaluate(config)
+    assert pruned.logits.dtype == torch.float32 and pruned.logits.device.type == "cpu"
+    assert 0.0 < pruned.build_seconds < pruned.seconds
+    assert pruned.metrics.agreement_se > 0 and pruned.metrics.kl_se > 0
+
+
+def test_a_compute_device_this_machine_lacks_is_refused_clearly():
+    from pruning.compute import ComputeError, compute_device
+
+    assert compute_device("cpu").type == "cpu"
+    assert compute_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ComputeError, match="expected cpu, cuda, cuda:N or auto"):
+        compute_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ComputeError, match="torch sees no CUDA GPU on this machine; use cpu or auto"):
+            compute_device("cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none; the bf16 CPU twin is above)")
+def test_scoring_on_the_gpu_gives_the_cpu_s_figures(setup):
+    model, spec, images, importance, cpu = setup
+    gpu = TrialEvaluator(model, spec, images, importance, batch_size=16, device=torch.device("cuda"))
+    config = PruneConfig.uniform(spec, r=1, at=(1, 2, 3))
+    torch.testing.assert_close(gpu.evaluate(config).logits, cpu.evaluate(config).logits, rtol=1e-3, atol=1e-3)

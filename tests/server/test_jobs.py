@@ -48,6 +48,20 @@ def test_every_job_is_claimed_by_exactly_one_of_many_concurrent_workers(engine, 
         assert {j.status for j in list_jobs(session)} == {"running"}
 
 
+def test_jobs_that_need_a_gpu_go_to_gpu_workers_and_gpu_workers_take_them_first(engine, spec):
+    with Session(engine) as session:
+        cpu, auto, cuda = (
+            create_job(session, spec.model_copy(update={"compute": c})).id for c in ("cpu", "auto", "cuda:1")
+        )
+    assert claim_job(engine, "gpu-worker", 60, gpu=True) == cuda  # newest, but it needs a GPU
+    assert claim_job(engine, "gpu-worker", 60, gpu=True) == auto
+    with Session(engine) as session:
+        late_cuda = create_job(session, spec.model_copy(update={"compute": "cuda"})).id
+    assert claim_job(engine, "cpu-worker", 60) == cpu
+    assert claim_job(engine, "cpu-worker", 60) is None  # the job left needs a GPU
+    assert claim_job(engine, "gpu-worker", 60, gpu=True) == late_cuda
+
+
 def test_an_expired_lease_is_reclaimed_and_the_old_worker_loses_the_job(engine, spec):
     with Session(engine) as session:
         job_id = create_job(session, spec).id

@@ -28,9 +28,13 @@ def live_window_s(settings: Settings) -> int:
 
 @router.get("/api/health")
 def health(request: Request) -> dict:
-    """The database answers; `workers`: how many workers are live (see the module's docstring)."""
+    """The database answers; `workers`: how many workers are live (see the module's docstring), and
+    `compute`: how many of them score on each compute ('cpu', 'cuda (the GPU's name)')."""
     with request.app.state.sessions() as session:
         session.execute(text("SELECT 1"))
         window = live_window_s(request.app.state.settings)
-        live = session.scalar(select(func.count()).select_from(Worker).where(Worker.seen_at > db_after(-window)))
-    return {"status": "ok", "workers": live}
+        recent = Worker.seen_at > db_after(-window)
+        compute = dict(
+            session.execute(select(Worker.compute, func.count()).where(recent).group_by(Worker.compute)).all()
+        )
+    return {"status": "ok", "workers": sum(compute.values()), "compute": compute}
