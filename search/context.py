@@ -89,6 +89,22 @@ class JobContext:
             )
         return self._evaluator
 
+    def token_payoff(self) -> dict[str, float]:
+        """Per token op the space searches: the predicted latency, as a share of dense, of its best
+        uniform baseline (uniform top-k at 3/6/9, ToMe's uniform merge count; `TrialSpace.warm_starts`).
+        At 1 or more the op does not pay on this device at this batch (on a GPU, small ops that launch
+        many kernels can cost more than the tokens they remove save). Ops priced per image are left out."""
+        best: dict[str, float] = {}
+        for params in self.space.warm_starts()[1:]:
+            config = self.space.config(params)
+            kinds = {b.tokens.kind_name() for b in config.blocks if b.reduces_tokens}
+            if config.per_image or len(kinds) != 1:  # priced per image; or a head / MLP baseline (no token op)
+                continue
+            kind = kinds.pop()
+            ratio = self.predictor.predict(config, self.spec, self.job.batch).ms / self.dense_ms
+            best[kind] = round(min(best.get(kind, ratio), ratio), 4)
+        return best
+
     def images(self, which: str) -> ImageSet:
         """The calibration ("calib") or validation ("val") images of the job."""
         return job_images(self.job, self.dense, which, self.cache_dir)

@@ -45,6 +45,12 @@ class ProgressBar(SearchHooks):
         self.bar: tqdm | None = None
 
     def started(self, context: JobContext, state: Progress) -> None:
+        for op, ratio in context.token_payoff().items():
+            if ratio >= 1.0:  # say it plainly: the search will leave that op unused or find nothing with it
+                tqdm.write(
+                    f"note: {op} does not pay on {context.job.device} at batch {context.job.batch}: its best uniform "
+                    f"config is priced at {ratio:.2f}x the dense model"
+                )
         self.bar = tqdm(total=self.trials, desc="trials", unit="trial", disable=not self.show_progress)
 
     def progress(self, state: Progress) -> None:

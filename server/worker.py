@@ -227,7 +227,11 @@ class _JobHooks(SearchHooks):
 
     def started(self, context: JobContext, state: Progress) -> None:
         scoring = {"compute": compute_name(context.compute_device), "dtype": context.job.score_dtype}
-        notes = _skipped_images(context) | {"latency": _latency_note(context), "scoring": scoring}
+        notes = _skipped_images(context) | {
+            "latency": _latency_note(context),
+            "scoring": scoring,
+            "token_payoff": context.token_payoff(),
+        }
         self._update(budget_ms=context.budget_ms, dense_ms=context.dense_ms, notes=notes)
         self.started_at, self.done_at_start = time.monotonic(), state.done
 

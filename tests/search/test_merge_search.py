@@ -6,6 +6,8 @@ so a budget below dense leaves merging configs on the front.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 
@@ -83,3 +85,22 @@ def test_a_merge_only_search_runs_tome_first_and_keeps_only_merging_configs(tmp_
     assert set(study.trials[1].params.items()) == {("merge_0-1", 2), ("merge_2-3", 2)}
     assert all(set(t.params) == {"merge_0-1", "merge_2-3"} for t in study.trials)
     assert result.models and all(PruneConfig.model_validate(m["config"]).uses("merge") for m in result.models)
+
+
+def test_a_job_says_which_token_ops_pay_on_its_device(mixed):
+    """The best uniform baseline of each op, priced as a share of dense; an op priced at or over dense
+    does not pay (on a GPU in eager mode, merging did not)."""
+    _, _, _, context = mixed
+    payoff = context.token_payoff()
+    assert set(payoff) == {"topk", "merge"} and all(0 < ratio < 1 for ratio in payoff.values())
+    dense_ms, predict = context.dense_ms, context.predictor.predict
+
+    class SlowMerges:  # a device where every merge costs more than the tokens it removes save
+        table = context.predictor.table
+
+        def predict(self, config, spec, batch, **kw):
+            merges = any(b.tokens.kind_name() == "merge" for b in config.blocks)
+            return type("P", (), {"ms": 1.3 * dense_ms if merges else predict(config, spec, batch, **kw).ms})()
+
+    slow = replace(context, predictor=SlowMerges())
+    assert slow.token_payoff()["merge"] == 1.3 and slow.token_payoff()["topk"] == payoff["topk"]

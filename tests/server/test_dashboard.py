@@ -228,11 +228,19 @@ def test_job_plot_shows_trials_pareto_models_dense_and_budget_and_opens_a_model(
     assert models[0]["summary"] in tab.locator("#models tbody tr").first.inner_text()
     assert tab.locator("#job-status").inner_text() == "done"
     assert tab.locator("#cancel").is_hidden()
+    notes = service.api.get(f"/api/jobs/{job['id']}").json()["notes"]
+    assert f"Scored on\n{notes['scoring']['compute']}" in tab.locator("#job-stats").inner_text()
+    unpaid = [op for op, ratio in notes["token_payoff"].items() if ratio >= 1]  # the job says so plainly
+    banner = tab.locator("#job-notes")
+    assert banner.is_visible() == bool(unpaid)
+    assert all(f"{op} does not pay on {job['device']}" in banner.inner_text() for op in unpaid)
     safetensors = tab.locator(f"#models a[href='/api/models/{models[0]['id']}/download?format=safetensors']")
     assert safetensors.count() == 1
 
-    # Click the first Pareto point where a user would: on its marker in the SVG.
-    box = tab.locator("#front .tracepareto .point").first.bounding_box()
+    # Click the first Pareto point where a user would: on its marker in the SVG, scrolled into view.
+    point = tab.locator("#front .tracepareto .point").first
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
     tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     tab.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     tab.wait_for_url(f"**/models/{models[0]['id']}")

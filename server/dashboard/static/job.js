@@ -50,6 +50,22 @@
     return [["Latency", trust.split(":")[0], trust]];
   }
 
+  /** Where the trials are scored (the compute device, not the target) and in which number format. */
+  function scoringStat(job) {
+    const scoring = job.notes && job.notes.scoring;
+    if (!scoring) return [];
+    const autocast = scoring.dtype && scoring.dtype !== "float32" ? `, ${scoring.dtype} autocast` : "";
+    return [["Scored on", scoring.compute.split(" ")[0], `trials scored on ${scoring.compute}${autocast}`]];
+  }
+
+  /** Token ops that cannot pay on the job's device: their best uniform config is priced at or over dense. */
+  function unpaidOps(job) {
+    const payoff = (job.notes && job.notes.token_payoff) || {};
+    return Object.entries(payoff)
+      .filter(([, ratio]) => ratio >= 1)
+      .map(([op, ratio]) => `${op} does not pay on ${job.device}: its best uniform config is priced at ${ratio.toFixed(2)}× dense`);
+  }
+
   function header(job, models) {
     document.title = `${plainName(job.name)} · vitprune`;
     document.getElementById("job-name").replaceChildren(name(job.name));
@@ -79,6 +95,7 @@
       ["Feasible", `${feasible}`, "trials within the budget"],
       budgetStat(job),
       ...latencyStat(job),
+      ...scoringStat(job),
       ["Dense", fmt.ms(job.dense_ms), "predicted latency of the unpruned model"],
       ["ETA", FINAL.has(job.status) ? "—" : fmt.duration(eta)],
       ["Created", fmt.ago(job.created_at)],
@@ -90,6 +107,10 @@
     const error = document.getElementById("job-error");
     error.hidden = !job.error;
     error.textContent = job.error ? `${job.status === "failed" ? "Failed" : "Note"}: ${job.error}` : "";
+    const unpaid = unpaidOps(job);
+    const notes = document.getElementById("job-notes");
+    notes.hidden = unpaid.length === 0;
+    notes.textContent = unpaid.join("\n");
     cancel.hidden = !["preparing", "queued", "running"].includes(job.status);
   }
 
