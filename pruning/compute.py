@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: a job spec names these without loading torch
+    import torch
 
 __all__ = ["COMPUTE_HELP", "SCORE_DTYPES", "ComputeError", "compute_device", "compute_name", "scoring"]
 
-SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SCORE_DTYPES = ("float32", "bfloat16", "float16")
 COMPUTE_HELP = "where trials are scored: cpu, cuda (cuda:N for another GPU) or auto (the GPU when torch sees one)"
 
 
@@ -25,6 +27,8 @@ class ComputeError(ValueError):
 
 def compute_device(name: str) -> torch.device:
     """The torch device `name` asks for on this machine: 'cpu', 'cuda', 'cuda:N' or 'auto'."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -43,6 +47,8 @@ def compute_device(name: str) -> torch.device:
 
 def compute_name(device: torch.device) -> str:
     """How a worker advertises its compute: 'cpu', or 'cuda' and the GPU's name."""
+    import torch
+
     if device.type != "cuda":
         return "cpu"
     return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -53,5 +59,8 @@ def scoring(device: torch.device, dtype: str = "float32") -> Iterator[None]:
     """Inference as scoring runs it: no autograd, and autocast to `dtype` unless it is float32."""
     if dtype not in SCORE_DTYPES:
         raise ComputeError(f"score dtype {dtype!r}: expected one of {', '.join(SCORE_DTYPES)}")
-    with torch.inference_mode(), torch.autocast(device.type, SCORE_DTYPES[dtype], enabled=dtype != "float32"):
+    import torch
+
+    autocast = torch.autocast(device.type, getattr(torch, dtype), enabled=dtype != "float32")
+    with torch.inference_mode(), autocast:
         yield

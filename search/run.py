@@ -7,6 +7,7 @@ workers hold, then materialises the Pareto models, with a progress bar. `run_wor
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -49,7 +50,8 @@ class ProgressBar(SearchHooks):
             if ratio >= 1.0:  # say it plainly: the search will leave that op unused or find nothing with it
                 tqdm.write(
                     f"note: {op} does not pay on {context.job.device} at batch {context.job.batch}: its best uniform "
-                    f"config is priced at {ratio:.2f}x the dense model"
+                    f"config is priced at {ratio:.2f}x the dense model",
+                    file=sys.stderr,  # stdout may carry --json
                 )
         self.bar = tqdm(total=self.trials, desc="trials", unit="trial", disable=not self.show_progress)
 
