@@ -41,12 +41,10 @@ from pruning.data import load_image_folder
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
 from search.evaluator import TrialEvaluator
+from search.objectives import OBJECTIVES
 
-OBJECTIVES = {  # the calibration score of each objective, higher is better
-    "top1": lambda m: m.top1,
-    "agreement": lambda m: m.agreement,
-    "kl": lambda m: -m.kl,
-}
+SCORES = {name: objective.score for name, objective in OBJECTIVES.items()}
+"""The calibration score of each objective the search offers (`search.objectives`), higher is better."""
 
 
 def main() -> int:
@@ -88,13 +86,13 @@ def main() -> int:
     score_s = time.monotonic() - start
     held_images, held = len(held), np.array([r["held_top1"] for r in rows])
     draw = np.random.default_rng(args.seed)
-    picks: dict[str, list[float]] = {name: [] for name in OBJECTIVES}
-    regret: dict[str, list[float]] = {name: [] for name in OBJECTIVES}
-    best_hits = dict.fromkeys(OBJECTIVES, 0)
+    picks: dict[str, list[float]] = {name: [] for name in SCORES}
+    regret: dict[str, list[float]] = {name: [] for name in SCORES}
+    best_hits = dict.fromkeys(SCORES, 0)
     for _ in range(args.rounds):
         sample = draw.choice(len(rows), size=min(args.pool, len(rows)), replace=False)
         best = held[sample].max()
-        for name, score in OBJECTIVES.items():
+        for name, score in SCORES.items():
             pick = max(sample, key=lambda i, score=score: score(rows[i]["calib"]))
             picks[name].append(held[pick])
             regret[name].append(best - held[pick])
@@ -120,7 +118,7 @@ def main() -> int:
                 "picks_the_best": round(best_hits[name] / args.rounds, 3),
                 "spearman_with_held_top1": round(float(spearmanr([score(r["calib"]) for r in rows], held)[0]), 4),
             }
-            for name, score in OBJECTIVES.items()
+            for name, score in SCORES.items()
         },
         "command": "python bench/objective_choice.py "
         + " ".join(sys.argv[1:]).replace(str(data), "$VITPRUNE_DATA_DIR"),

@@ -197,6 +197,7 @@ def run_trials(
         batch=job.batch,
         budget_ms=context.budget_ms,
         cheap_images=job.cheap_first,
+        objective_name=job.objective,
     )
     ran = 0
 

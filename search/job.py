@@ -9,6 +9,7 @@ evaluate a trial follows from it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
+from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 __all__ = ["SAMPLERS", "TOKEN_MODES", "JobSpec", "SearchSpace"]
 
@@ -199,6 +201,11 @@ class JobSpec(_Strict):
         default=None, ge=8, description="score each trial on this many images first; finish only undominated ones"
     )
     sampler: Literal["tpe", "nsga2", "gp"] = "tpe"
+    objective: Literal[tuple(OBJECTIVES)] = Field(
+        default=DEFAULT_OBJECTIVE,
+        description="what trials are scored by on the calibration images: "
+        + "; ".join(f"{o.name}: {o.help}" for o in OBJECTIVES.values()),
+    )
     space: SearchSpace = SearchSpace()
     compute: str = Field(
         default="auto",
@@ -233,12 +240,22 @@ class JobSpec(_Strict):
         unused: dict = {"trials": True, "onnx": True, "compute": True}
         if self.score_dtype == "float32":  # added later, like the margin
             unused["score_dtype"] = True
+        if self.objective == "top1":  # what every job searched before objectives were added
+            unused["objective"] = True
         if self.budget_margin is None:  # added later: jobs without a margin keep their study names
             unused["budget_margin"] = True
         if skipped := self.space.unused_fields():
             unused["space"] = dict.fromkeys(sorted(skipped), True)
         identity = self.model_dump_json(exclude=unused)
         return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+    @classmethod
+    def stored(cls, raw: str | dict) -> JobSpec:
+        """A job as a study or the service stored it. One stored before jobs named their objective
+        was searched on calibration top-1, and is read so (its study and trials keep their meaning)."""
+        data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        data.setdefault("objective", "top1")
+        return cls.model_validate(data)
 
     def study_name(self) -> str:
         return f"vitprune-{self.model}-{self.study_key()}"

@@ -1,6 +1,6 @@
 """The Pareto front of a finished search, materialised as physically pruned models.
 
-Every non-dominated trial within budget (calibration accuracy up, predicted latency down) goes
+Every non-dominated trial within budget (the job's objective score up, predicted latency down) goes
 through the model stages of `pruning.stages` (`PARETO_STAGES`, the list `vitprune prune` runs too):
 rebuilt with the job's weight-recovery option, scored on the held-out validation images, priced by
 the device's table and timed on this machine when the job's device is this machine's CPU, and
@@ -8,7 +8,8 @@ saved as a bundle. Predicted and measured latency that disagree by more than 10%
 `pareto.json` holds the rows, `pareto.html` an interactive plot of the front.
 
 Each row (also the bundle's metrics.json) names what its figures were measured on: `val` on the
-validation images and `calib_accuracy` on the calibration images, both described under `datasets`;
+validation images, and `calib_accuracy` (top-1) and `calib_score` (the job's `objective`, what the
+search ranked by) on the calibration images, both sets described under `datasets`;
 the latency under `device`, `latency_batch` and `budget_ms`; and the dense model's figures from the
 same run under `dense`, so a model card can put the two side by side.
 """
@@ -37,7 +38,8 @@ from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 from search.context import JobContext, fit_batches
 from search.evaluator import padded_widths
-from search.trials import is_pareto_candidate
+from search.objectives import objective
+from search.trials import calib_accuracy, is_pareto_candidate
 
 __all__ = [
     "DENSE_STAGES",
@@ -112,9 +114,11 @@ def materialise(
         recover = job.recover and needs_importance(config, context.spec)
         extra = {
             "trial": trial.number,
-            "calib_accuracy": trial.values[0],
+            "calib_accuracy": calib_accuracy(trial),
             # one standard error of it over the calibration images: closer models are not told apart
-            "calib_accuracy_se": trial.user_attrs.get("top1_se", trial.user_attrs.get("agreement_se")),
+            "calib_accuracy_se": trial.user_attrs.get("top1_se") or trial.user_attrs.get("agreement_se"),
+            "objective": job.objective,
+            "calib_score": trial.values[0],
             "recovered": recover,
             "bundle": str(path.relative_to(out)),
             "dense_ms_same_run": dense_row.get("measured_ms"),
@@ -144,7 +148,7 @@ def materialise(
     (out / "pareto.json").write_text(
         json.dumps(result.to_dict() | {"job": json.loads(job.model_dump_json())}, indent=2)
     )
-    plot_front(study, result, out / "pareto.html")
+    plot_front(study, result, out / "pareto.html", objective(job.objective).label)
     return result
 
 
@@ -254,8 +258,9 @@ def _trial_counts(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def plot_front(study: optuna.Study, result: SearchResult, path: Path) -> None:
-    """Every evaluated trial, the Pareto models (calibration and validation), the budget and dense."""
+def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_label: str) -> None:
+    """Every evaluated trial (its calibration top-1, and the score the search ranked it by, `score_label`,
+    on hover), the Pareto models on the validation images, the budget and dense."""
     evaluated = [
         t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("evaluated")
     ]
@@ -263,11 +268,11 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path) -> None:
     fig.add_trace(
         go.Scatter(
             x=[t.values[1] for t in evaluated],
-            y=[t.values[0] for t in evaluated],
+            y=[calib_accuracy(t) for t in evaluated],
             mode="markers",
-            name="trials (calibration)",
+            name="trials (calibration top-1)",
             marker={"color": "lightgray", "size": 7},
-            text=[f"trial {t.number}" for t in evaluated],
+            text=[f"trial {t.number}, {score_label} {t.values[0]:.2f}" for t in evaluated],
         )
     )
     models = result.models

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.pareto import pareto_trials
+from search.trials import calib_accuracy
 
 __all__ = ["TrialRecord", "trial_records"]
 
@@ -29,6 +30,9 @@ class TrialRecord:
     """The PruneConfig (JSON) the parameters stand for, once the trial has built it."""
     calib_accuracy: float | None
     """Calibration top-1 (%) of a complete trial (0 for one over budget, which is never scored)."""
+    score: float | None
+    """The job's objective on the calibration images (`search.objectives`: a percent, higher is
+    better), what the search ranks trials by; None before the trial completes."""
     predicted_ms: float | None
     """Predicted latency on the job's device, once the trial is priced."""
     evaluated: bool
@@ -36,7 +40,7 @@ class TrialRecord:
     feasible: bool
     """Complete and within the latency budget."""
     pareto: bool
-    """On the Pareto front of the trials so far (calibration accuracy up, predicted latency down)."""
+    """On the Pareto front of the trials so far (score up, predicted latency down)."""
 
 
 def trial_records(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[TrialRecord]:
@@ -56,7 +60,8 @@ def _record(trial: FrozenTrial, pareto: bool) -> TrialRecord:
         state=trial.state.name.lower(),
         params=trial.params,
         config=trial.user_attrs.get("config"),
-        calib_accuracy=trial.values[0] if complete else None,
+        calib_accuracy=calib_accuracy(trial),
+        score=trial.values[0] if complete else None,
         predicted_ms=trial.values[1] if complete else trial.user_attrs.get("predicted_ms"),
         evaluated=bool(trial.user_attrs.get("evaluated")),
         feasible=complete and all(v <= 0 for v in trial.constraints.values()),

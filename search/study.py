@@ -32,15 +32,16 @@ from optuna.trial import TrialState
 from latency_models.registry import Registry
 from search.context import JobContext
 from search.job import JobSpec
-from search.trials import SLOT_ATTR, is_pareto_candidate
+from search.objectives import objective
+from search.trials import SLOT_ATTR, calib_accuracy, is_pareto_candidate
 
 __all__ = [
     "DIRECTIONS",
-    "METRIC_NAMES",
     "Progress",
     "add_slots",
     "fail_stale",
     "make_sampler",
+    "metric_names",
     "open_storage",
     "progress",
     "retried_numbers",
@@ -51,10 +52,14 @@ __all__ = [
 ]
 
 DIRECTIONS = ("maximize", "minimize")
-"""Calibration accuracy up, predicted latency down."""
-METRIC_NAMES = ("calibration top-1 %", "predicted latency ms")
-"""The objectives' names, stored on every study: optuna-dashboard and other Optuna tools show them
-instead of "Objective 0" and "Objective 1"."""
+"""The job's objective score up (`search.objectives`), predicted latency down."""
+
+
+def metric_names(job: JobSpec) -> list[str]:
+    """The two values' names, stored on every study: optuna-dashboard and other Optuna tools show them
+    instead of "Objective 0" and "Objective 1"."""
+    return [objective(job.objective).label, "predicted latency ms"]
+
 
 HEARTBEAT_S = 10
 GRACE_S = 45
@@ -157,7 +162,7 @@ def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
 def study_job(study: optuna.Study) -> JobSpec | None:
     """The job a study belongs to, or None for a study vitprune did not create."""
     raw = study.user_attrs.get("job")
-    return JobSpec.model_validate_json(raw) if raw else None
+    return JobSpec.stored(raw) if raw else None
 
 
 def submit(
@@ -181,9 +186,9 @@ def submit(
     study = optuna.create_study(
         study_name=name, storage=storage, directions=DIRECTIONS, sampler=sampler, load_if_exists=True
     )
-    if study.metric_names != list(METRIC_NAMES):  # also names the objectives of studies made before they were
+    if study.metric_names != metric_names(job):  # also names the values of studies made before they were
         with _stable_enough():
-            study.set_metric_names(list(METRIC_NAMES))
+            study.set_metric_names(metric_names(job))
     if context is None:
         context = JobContext.from_study(study, cache_dir=cache_dir)
         retry_interrupted(study)
@@ -230,7 +235,7 @@ class Progress:
     feasible: int
     evaluated: int
     best_accuracy: float | None
-    """Best calibration accuracy among evaluated trials within budget."""
+    """Best calibration top-1 among evaluated trials within budget, whatever the objective."""
 
     @property
     def finished(self) -> bool:
@@ -254,5 +259,5 @@ def progress(study: optuna.Study) -> Progress:
         waiting=sum(t.state == TrialState.WAITING for t in slots),
         feasible=sum(all(v <= 0 for v in t.constraints.values()) for t in complete),
         evaluated=sum(bool(t.user_attrs.get("evaluated")) for t in complete),
-        best_accuracy=max((t.values[0] for t in complete if is_pareto_candidate(t)), default=None),
+        best_accuracy=max((calib_accuracy(t) for t in complete if is_pareto_candidate(t)), default=None),
     )

@@ -7,20 +7,22 @@ infeasible, so every sampler ranks it behind all feasible trials); with cheap-fi
 config clearly dominated on a sample of the images stops there; everything else is scored on the
 whole calibration set.
 Threshold configs are priced after their forward pass, from the token counts they really kept.
+
+A trial's first value is the job's objective (`search.objectives`, a score in percent); top-1,
+agreement and KL are recorded beside it whatever the objective.
 """
 
 from __future__ import annotations
-
-import math
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.predictor import LatencyPredictor
 from search.evaluator import Evaluation, TrialEvaluator, padded_widths
+from search.objectives import DEFAULT_OBJECTIVE, objective
 from search.space import TrialSpace
 
-__all__ = ["BUDGET_CONSTRAINT", "SLOT_ATTR", "TrialObjective", "is_pareto_candidate"]
+__all__ = ["BUDGET_CONSTRAINT", "SLOT_ATTR", "TrialObjective", "calib_accuracy", "is_pareto_candidate"]
 
 BUDGET_CONSTRAINT = "over_budget_ms"
 """Optuna constraint: predicted latency minus the budget (feasible when <= 0)."""
@@ -30,7 +32,7 @@ SLOT_ATTR = "slot"
 
 
 class TrialObjective:
-    """The callable given to `study.optimize`: returns (calibration accuracy %, predicted ms)."""
+    """The callable given to `study.optimize`: returns (the objective's calibration score %, predicted ms)."""
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class TrialObjective:
         batch: int,
         budget_ms: float,
         cheap_images: int | None = None,
+        objective_name: str = DEFAULT_OBJECTIVE,
     ) -> None:
         self.space = space
         self.predictor = predictor
@@ -48,6 +51,7 @@ class TrialObjective:
         self.batch = batch
         self.budget_ms = budget_ms
         self.cheap_images = cheap_images
+        self.objective = objective(objective_name)
         self.evaluated: dict[str, FrozenTrial] = {}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -88,7 +92,7 @@ class TrialObjective:
         trial.set_user_attr("first_pruned_block", evaluation.first_block)
         trial.set_user_attr("eval_s", round(evaluation.seconds, 3))
         trial.set_user_attr("build_s", round(evaluation.build_seconds, 4))
-        return self._result(trial, evaluation.accuracy, predicted, evaluated=True)
+        return self._result(trial, self.objective.score(evaluation.metrics), predicted, evaluated=True)
 
     def _evaluate(self, config, predicted: float | None) -> Evaluation:
         """Cheap-first: a sample of the images, and the rest only if the sample is not clearly dominated."""
@@ -101,10 +105,12 @@ class TrialObjective:
 
     def _clearly_dominated(self, sample: Evaluation, predicted: float) -> bool:
         """Some full evaluation is at least as fast and better by two standard errors of the sample."""
-        p = max(min(sample.accuracy / 100, 0.99), 0.01)
-        margin = 200 * math.sqrt(p * (1 - p) / sample.images)
+        score = self.objective.score(sample.metrics)
+        # A sample that happens to agree everywhere has standard error 0, which proves nothing:
+        # then one image's worth stands in.
+        margin = 2 * (self.objective.standard_error(sample.metrics) or 100 / sample.images)
         return any(
-            t.values[1] <= predicted and t.values[0] >= sample.accuracy + margin
+            t.values[1] <= predicted and t.values[0] >= score + margin
             for t in self.evaluated.values()
             if t.user_attrs.get("eval_images", 0) >= len(self.evaluator)
         )
@@ -121,6 +127,17 @@ class TrialObjective:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 self.evaluated.setdefault(t.user_attrs.get("config_key", ""), t)
         return self.evaluated.get(key)
+
+
+def calib_accuracy(trial: FrozenTrial) -> float | None:
+    """Calibration top-1 (%) of a scored trial (agreement with dense for unlabelled images), whatever
+    the objective; 0 for a trial priced over budget (never scored), None before it completes."""
+    if trial.state != TrialState.COMPLETE:
+        return None
+    if not trial.user_attrs.get("evaluated"):
+        return 0.0
+    top1 = trial.user_attrs.get("top1")
+    return top1 if top1 is not None else trial.user_attrs.get("agreement")
 
 
 def is_pareto_candidate(trial: FrozenTrial) -> bool:

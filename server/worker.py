@@ -119,7 +119,7 @@ class ServiceWorker:
         """Run a claimed job to its end; True when this worker finished it (any final state)."""
         with Session(self.engine) as session:
             row = session.get(Job, job_id)
-            spec, study_name = JobSpec.model_validate(row.spec), row.study_name
+            spec, study_name = JobSpec.stored(row.spec), row.study_name
         logger.info("job %d started: %r, %d trials (study %s)", job_id, row.name, spec.trials, study_name)
         self._seen(job_id)
         lease = _Lease(self, job_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 # The job schema imports neither torch nor Optuna, so `vitprune submit` stays light.
 from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
+from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from vitprune.arguments import ints, strings
 
 DB_ENV = "VITPRUNE_DB_URL"
@@ -65,6 +66,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         val_images=args.val_images,
         trials=args.trials,
         sampler=args.sampler,
+        objective=args.objective,
         space=space,
         recover=not args.no_recover,
         onnx=args.onnx,
@@ -109,6 +111,8 @@ def format_result(result: dict, out: Path) -> str:
         accuracy = _accuracy(model["val"])
         if model.get("calib_accuracy") is not None:
             accuracy += f", calibration top-1 {model['calib_accuracy']:.1f}%"
+        if model.get("objective", "top1") != "top1":
+            accuracy += f", calibration {OBJECTIVES[model['objective']].short} {model['calib_score']:.1f}%"
         measured = f"  measured {model['measured_ms']:.2f} ms" if "measured_ms" in model else ""
         flag = "  (measured and predicted differ by >10%)" if model.get("latency_mismatch") else ""
         lines.append(f"{model['bundle']}: {accuracy}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}")
@@ -193,6 +197,13 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     run = parser.add_argument_group("run")
     run.add_argument("--trials", type=int, default=100)
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    run.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default=DEFAULT_OBJECTIVE,
+        help="what trials are ranked by on the calibration images: kl (fidelity to the dense model, "
+        "the default: it picks the best held-out models), agreement, or top1 (noisiest)",
+    )
     run.add_argument("--cheap-first", type=int, help="score trials on this many images first")
     run.add_argument(
         "--compute",

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from pruning.image_sets import job_image_sets
 from search.job import JobSpec
+from search.objectives import OBJECTIVES
 from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
 
@@ -63,7 +64,7 @@ class Progress(BaseModel):
     best_calib_accuracy: float | None = Field(
         default=None,
         description="best calibration top-1 (%) of a trial within budget so far, on the job's calib_images: "
-        "what the search optimises, not a held-out figure (see JobOut.best_val_accuracy)",
+        "not a held-out figure (see JobOut.best_val_accuracy); the search ranks by JobOut.objective",
     )
     eta_s: float | None
 
@@ -106,6 +107,10 @@ class JobOut(BaseModel):
             "margin kept below it), skipped_calib_images: unreadable images (count, files)"
         )
     )
+    objective: str = Field(
+        description="what the search ranks trials by on the calibration images (JobSpec.objective; trials' score)"
+    )
+    objective_label: str = Field(description="the objective in words, e.g. 'fidelity 100·exp(-KL)'")
     worker: str | None
     attempts: int
     preparation: Preparation | None = Field(
@@ -139,7 +144,12 @@ class JobOut(BaseModel):
             **_image_sets(job.spec, models, job.dense),
         }
         label = job.model_label or job.model  # jobs listed before labels existed
-        return cls(**fields | {"progress": progress, "worker": job.lease_owner, "model_label": label})
+        goal = job.spec.get("objective", "top1")  # a job stored before objectives was searched on top-1
+        return cls(
+            **fields
+            | {"progress": progress, "worker": job.lease_owner, "model_label": label}
+            | {"objective": goal, "objective_label": OBJECTIVES[goal].short}
+        )
 
 
 def _image_sets(
@@ -164,7 +174,8 @@ class ModelOut(BaseModel):
     config: dict[str, Any]
     val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
     calib_accuracy: float | None = Field(
-        description="calibration top-1 (%) on calib_images: what the search optimised, not a held-out figure"
+        description="calibration top-1 (%) on calib_images: the search chose among models on them, so not a "
+        "held-out figure; it ranked them by metrics.calib_score (the job's objective)"
     )
     val_agreement: float | None = Field(
         default=None, description="top-1 agreement (%) with the dense model on val_images (also without labels)"
@@ -207,6 +218,9 @@ class TrialOut(BaseModel):
     number: int
     state: str
     accuracy: float | None = Field(description="calibration top-1 (%)")
+    score: float | None = Field(
+        description="the job's objective on the calibration images (%, higher is better): what the search ranks by"
+    )
     latency_ms: float | None = Field(description="predicted latency on the job's device")
     feasible: bool | None
     evaluated: bool
@@ -220,6 +234,7 @@ class TrialOut(BaseModel):
             number=record.number,
             state=record.state,
             accuracy=record.calib_accuracy,
+            score=record.score,
             latency_ms=record.predicted_ms,
             feasible=record.feasible,
             evaluated=record.evaluated,

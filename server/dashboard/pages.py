@@ -20,6 +20,7 @@ from pruning.tokens import TOKEN_OPS
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
 from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
+from search.objectives import OBJECTIVES
 from server.api.schemas import JobSubmit
 from server.dashboard.static import asset_version
 from server.db.models import Job, PrunedModel
@@ -30,7 +31,7 @@ templates = Jinja2Templates(directory=pathlib.Path(__file__).parent / "templates
 router = APIRouter(include_in_schema=False)
 
 # JobSpec fields whose defaults the form shows (the others are required or have no form field).
-FORM_DEFAULTS = ("batch", "trials", "sampler", "holdout", "seed", "recover", "onnx")
+FORM_DEFAULTS = ("batch", "trials", "sampler", "objective", "holdout", "seed", "recover", "onnx")
 
 # Number fields of the form, by the schema that holds them; the form checks them with the schema's bounds.
 JOB_NUMBERS = (
@@ -139,6 +140,7 @@ def submit_page(request: Request) -> HTMLResponse:
         defaults=defaults,
         space=SearchSpace(),
         samplers=SAMPLERS,
+        objectives=OBJECTIVES.values(),
         token_modes=TOKEN_MODES,
         rules=form_rules(),
     )

@@ -60,9 +60,12 @@ def test_the_study_name_ignores_the_trial_count_but_not_the_budget():
 
 
 def test_jobs_that_do_not_merge_keep_the_study_key_they_had_before_merging_existed():
-    # Pinned: the keys these jobs had before the merge fields, so their existing studies still resume.
-    paths = {"calib": Path("c"), "val": Path("v")}
+    # Pinned: the keys these jobs had before the merge fields (and before objectives: they ranked by
+    # top-1), so their existing studies still resume; a stored spec without an objective reads so.
+    paths = {"calib": Path("c"), "val": Path("v"), "objective": "top1"}
     assert job(**paths).study_key() == "5d63d4dee056"
+    stored = JobSpec.stored(job(**paths).model_dump(mode="json", exclude={"objective"}))
+    assert stored.study_key() == "5d63d4dee056"
     threshold = job(**paths, space={"tokens": "threshold", "heads": True, "token_blocks": [2, 5]})
     assert threshold.study_key() == "8b3faf0e3c30"
     assert job(space={"merge_max": 12, "merge_group": 1}).study_key() == job().study_key()

@@ -187,7 +187,8 @@ def test_trial_records_say_what_the_study_holds(finished):
     front = {t.number for t in pareto_trials(study)}
     assert [r.number for r in records] == [t.number for t in study.trials]
     for record, t in zip(records, study.trials, strict=True):
-        assert record.state == "complete" and (record.calib_accuracy, record.predicted_ms) == tuple(t.values)
+        assert record.state == "complete" and (record.score, record.predicted_ms) == tuple(t.values)
+        assert record.calib_accuracy == (t.user_attrs["top1"] if t.user_attrs["evaluated"] else 0.0)
         assert record.feasible == (t.constraints["over_budget_ms"] <= 0)
         assert record.evaluated == t.user_attrs["evaluated"] and record.config == t.user_attrs["config"]
         assert record.params == t.params and record.pareto == (t.number in front)

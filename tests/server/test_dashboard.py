@@ -407,6 +407,12 @@ def test_job_page_lists_every_trial_and_sorts_and_filters_them(page: Page, servi
     scored = [t["accuracy"] for t in shown if t["evaluated"]]
     assert scored == sorted(scored, reverse=True) and scored
     assert all(t["evaluated"] for t in shown[: len(scored)])
+    # The score the search ranks by (the job's objective), best first, shown beside top-1.
+    tab.click("#trials th[data-sort=score] button")
+    shown = [by_number[row["number"]] for row in _trial_rows(tab)]
+    scores = [t["score"] for t in shown if t["evaluated"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s <= 100 for s in scores)
+    assert _trial_rows(tab)[0]["cells"][3] == f"{shown[0]['score']:.2f}%"
     tab.click("#trials th[data-sort=latency_ms] button")  # a second column: fastest first
     latencies = [by_number[row["number"]]["latency_ms"] for row in _trial_rows(tab)]
     assert latencies == sorted(latencies)
@@ -420,7 +426,7 @@ def test_job_page_lists_every_trial_and_sorts_and_filters_them(page: Page, servi
     tab.select_option("#trials-card [data-role=budget]", "over")
     _wait_rows(tab, len(over))
     assert {row["number"] for row in _trial_rows(tab)} == {t["number"] for t in over}
-    assert all("over" in row["cells"][4] for row in _trial_rows(tab))
+    assert all("over" in row["cells"][5] for row in _trial_rows(tab))
     tab.select_option("#trials-card [data-role=budget]", "within")
     _wait_rows(tab, len(within))
     assert tab.locator("#trials-card [data-role=count]").inner_text() == f"{len(within)} of {len(trials)}"
@@ -430,7 +436,7 @@ def test_job_page_lists_every_trial_and_sorts_and_filters_them(page: Page, servi
     matching = [t for t in within if word.lower() in t["summary"].lower()]
     tab.fill("#trials-card [data-role=text]", word)
     _wait_rows(tab, len(matching))
-    assert all(word.lower() in row["cells"][5].lower() for row in _trial_rows(tab))
+    assert all(word.lower() in row["cells"][6].lower() for row in _trial_rows(tab))
     tab.fill("#trials-card [data-role=text]", "no structure says this")
     tab.wait_for_selector("#trials tbody td.empty")
     tab.fill("#trials-card [data-role=text]", "")

@@ -74,7 +74,8 @@
     const budget = spec.budget_ratio != null ? `${spec.budget_ratio}× dense` : fmt.ms(spec.budget_ms);
     document.getElementById("job-subtitle").replaceChildren(
       h("span", { class: "mono", title: `timm model ${job.model}` }, job.model_label ?? job.model),
-      ` on ${job.device} · batch ${spec.batch ?? 1} · budget ${budget} · ${spec.sampler ?? ""} sampler`,
+      ` on ${job.device} · batch ${spec.batch ?? 1} · budget ${budget} · ${spec.sampler ?? ""} sampler` +
+        ` · ranked by calibration ${job.objective_label}`,
     );
 
     const { done, total, feasible, eta_s: eta } = job.progress;
@@ -117,14 +118,16 @@
   /** The dense model, once the job has validated it: drawn as a point (before that, its latency as a line). */
   const denseScored = (dense) => (dense && dense.val && dense.val.top1 != null ? dense : null);
 
-  function traces(trials, models, dense) {
+  /** `objective`: what the search ranks trials by, in words (each trial's score). */
+  function traces(trials, models, dense, objective) {
     const complete = trials.filter((t) => t.state === "complete" && t.latency_ms != null);
     const evaluated = complete.filter((t) => t.evaluated);
     // Over-budget trials are never scored: a rug along the bottom (own axis) keeps them out of the accuracy range.
     const skipped = complete.filter((t) => !t.evaluated);
     const trialText = (t) =>
       `<b>trial ${t.number}</b>${t.feasible === false ? " · over budget" : ""}<br>` +
-      `calib top-1 ${fmt.pct(t.accuracy)} · ${fmt.ms(t.latency_ms)}<br>${esc(t.summary ?? "")}`;
+      `calib top-1 ${fmt.pct(t.accuracy)} · ${fmt.ms(t.latency_ms)}<br>` +
+      `${esc(objective)} ${fmt.pct(t.score, 2)} (ranked by)<br>${esc(t.summary ?? "")}`;
     const overBudget = (m) => Boolean(m.metrics && m.metrics.over_budget);
     const paretoText = (m) =>
       `<b>Pareto model · trial ${m.trial}</b><br>val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
@@ -219,7 +222,7 @@
 
   function draw(job, trials, pareto) {
     const dense = denseScored(pareto.dense);
-    const data = traces(trials, pareto.models, dense);
+    const data = traces(trials, pareto.models, dense, job.objective_label);
     const { shapes, annotations } = markers(job, dense);
     const chart = layout({
       margin: { l: 56, r: 16, t: 28, b: 48 },

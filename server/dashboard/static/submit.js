@@ -119,6 +119,7 @@
       trials: number("trials"),
       cheap_first: number("cheap_first"),
       sampler: value("sampler"),
+      objective: value("objective"),
       seed: number("seed"),
       recover: checked("recover"),
       onnx: checked("onnx"),

@@ -8,13 +8,14 @@ const TrialTable = (() => {
   const { h, fmt } = VP;
   const STATES = ["complete", "running", "waiting", "pruned", "fail"];
   // The first click on a column sorts the way a reader looks for: best accuracy first, fastest first.
-  const FIRST_DIRECTION = { number: 1, state: 1, accuracy: -1, latency_ms: 1, feasible: -1, summary: 1 };
+  const FIRST_DIRECTION = { number: 1, state: 1, accuracy: -1, score: -1, latency_ms: 1, feasible: -1, summary: 1 };
 
   /** The value a column sorts by; null sorts last in either direction. */
   function key(trial, column) {
     switch (column) {
       case "accuracy":
-        return trial.evaluated ? trial.accuracy : null; // an over-budget trial is never scored
+      case "score":
+        return trial.evaluated ? trial[column] : null; // an over-budget trial is never scored
       case "feasible":
         return trial.state === "complete" ? Number(trial.feasible) : null;
       case "state":
@@ -120,7 +121,7 @@ const TrialTable = (() => {
         : `${t.number}`;
       const star = t.pareto ? h("span", { class: "star", title: "on the Pareto front of the trials so far" }, " ★") : null;
       const complete = t.state === "complete";
-      const accuracy = t.evaluated ? fmt.pct(t.accuracy) : complete ? h("span", { class: "muted" }, "not scored") : "—";
+      const scored = (text) => (t.evaluated ? text : complete ? h("span", { class: "muted" }, "not scored") : "—");
       const budget = !complete ? "—"
         : t.feasible ? h("span", { class: "ok" }, "within")
           : h("span", { class: "flag" }, "over");
@@ -129,7 +130,8 @@ const TrialTable = (() => {
         { dataset: { trial: t.number, state: t.state } },
         h("td", { class: "num" }, number, star),
         h("td", {}, h("span", { class: `badge state-${t.state}` }, t.state)),
-        h("td", { class: "num" }, accuracy),
+        h("td", { class: "num" }, scored(fmt.pct(t.accuracy))),
+        h("td", { class: "num" }, scored(fmt.pct(t.score, 2))),
         h("td", { class: "num" }, fmt.ms(t.latency_ms)),
         h("td", {}, budget),
         h("td", { class: "small", title: JSON.stringify(t.params) }, t.summary ?? "—"),
@@ -148,7 +150,7 @@ const TrialTable = (() => {
         this.body.replaceChildren(...shown.map((t) => this.row(t)));
       } else {
         const why = this.trials.length ? "No trial matches the filters." : "No trials yet: the search starts when a worker takes the job.";
-        this.body.replaceChildren(h("tr", {}, h("td", { colspan: 6, class: "empty" }, why)));
+        this.body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "empty" }, why)));
       }
       const total = this.trials.length;
       this.count.textContent = matching.length === total ? `${total}` : `${matching.length} of ${total}`;
