@@ -54,6 +54,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "BundleError",
     "load_bundle",
+    "read_bundle_json",
     "save_bundle",
 ]
 
@@ -272,6 +273,27 @@ def load_bundle(path: str | Path) -> PrunedViT:
         if tensor.is_meta:  # would fail at the first forward
             raise BundleError(f"{WEIGHTS_FILE}: no value for {name} after loading")
     return pruned.eval()
+
+
+def read_bundle_json(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config.json, metrics.json) of the bundle at `path` as plain JSON ({} for a bundle without metrics),
+    for a caller that makes a new bundle from it (`vitprune finetune`)."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                prefix = _zip_prefix(names, path)
+                config = zf.read(prefix + CONFIG_FILE).decode("utf-8")
+                metrics = zf.read(prefix + METRICS_FILE).decode("utf-8") if prefix + METRICS_FILE in names else "{}"
+        elif (path / CONFIG_FILE).is_file():
+            config = (path / CONFIG_FILE).read_text(encoding="utf-8")
+            metrics = (path / METRICS_FILE).read_text(encoding="utf-8") if (path / METRICS_FILE).is_file() else "{}"
+        else:
+            raise BundleError(f"bundle not found: {path}")
+        return json.loads(config), json.loads(metrics)
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path} is not a readable bundle: {err}") from err
 
 
 def _read_directory(path: Path) -> tuple[str, dict[str, torch.Tensor]]:

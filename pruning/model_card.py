@@ -50,6 +50,10 @@ _SHOWN = frozenset(
         "budget_ms",
         "trial",
         "recovered",
+        "objective",
+        "calib_score",
+        "fine_tune",
+        "before_fine_tune",
     }
 )
 """metrics.json keys the card's sections show."""
@@ -279,9 +283,22 @@ class _Card:
             lines.append(f"- The validation images ({images}) have no labels: only fidelity was measured.")
         if calib is not None:
             lines.append(
-                f"- Calibration top-1 {_pct(calib)} on {self._images_text('calib')}: what the search optimised,"
-                " so not a held-out figure."
+                f"- Calibration top-1 {_pct(calib)} on {self._images_text('calib')}: the search chose among models"
+                " on these images, so not a held-out figure."
             )
+        if self.metrics.get("calib_score") is not None:
+            lines.append(
+                f"- The search ranked its trials by `{self.metrics.get('objective', 'top1')}` on the calibration"
+                f" images: score {self.metrics['calib_score']:.2f} (a percent; see docs/search.md)."
+            )
+        before = _val_figures(self.metrics.get("before_fine_tune") or {})
+        if before.get("top1") is not None or before.get("agreement") is not None:
+            figures = ", ".join(
+                f"{name} {_pct(before[key])}"
+                for key, name in (("top1", "top-1"), ("agreement", "agreement"))
+                if before.get(key) is not None
+            )
+            lines.append(f"- Before fine-tuning, on the same images: {figures}.")
         lines += [
             f"- Preprocessing (timm's eval transform for the base model): {describe_preprocessing(self.prep)}.",
             "",
@@ -297,7 +314,7 @@ class _Card:
         entry = self.datasets.get(role, {})
         name = entry.get("name")
         count = entry.get("images") or (self.val.get("n_images") if role == "val" else None)
-        what = {"val": "validation", "calib": "calibration"}[role]
+        what = {"val": "validation", "calib": "calibration", "train": "training"}[role]
         counted = f"{count} {what} images" if count else f"the {what} images"
         classes = f", {entry['classes']} classes" if entry.get("classes") else ""
         return f"{counted} of `{name}`{classes}" if name else f"{counted}{classes}"
@@ -420,10 +437,50 @@ class _Card:
                 if recovered
                 else "- No weight recovery: the surviving weights are the dense model's"
             )
-        known = {"study", "trial", "weights", "recover", "device", "batch"}
+        lines += self._fine_tuning()
+        known = {"study", "trial", "weights", "recover", "device", "batch", "fine_tuned_from"}
         for key, value in self.extra.items():
             if key not in known and value is not None:
                 lines.append(f"- {key}: {_plain(value)}")
+        return lines
+
+    def _fine_tuning(self) -> list[str]:
+        """How the model was trained, from metrics.json's `fine_tune` (`pruning.training.FineTuneResult`)."""
+        run = self.metrics.get("fine_tune")
+        if not isinstance(run, Mapping):
+            return []
+        recipe = run.get("config") or {}
+        images = self._images_text("train") if "train" in self.datasets else f"{run.get('train_images')} images"
+        held = f", {run['holdout_images']} more held out for early stopping" if run.get("holdout_images") else ""
+        augment = ", ".join(
+            name
+            for name, on in (
+                ("random crops", True),
+                ("RandAugment", recipe.get("randaugment")),
+                ("mixup", recipe.get("mixup")),
+                ("cutmix", recipe.get("cutmix")),
+            )
+            if on
+        )
+        labels = f", labels weighted {recipe['label_weight']}" if recipe.get("label_weight") else ", no labels"
+        lines = [
+            f"- Fine-tuned by distillation from the dense model (`{self.base}`): {run.get('steps')} steps of"
+            f" {recipe.get('batch_size')} images on {images}{held}; views: {augment}{labels}; AdamW at"
+            f" {recipe.get('lr')} with warm-up and cosine decay"
+            + (f", EMA {recipe['ema']}" if recipe.get("ema") else "")
+            + f"; {run.get('seconds')} s on {run.get('device')}"
+            + (f" x {run['processes']} processes" if (run.get("processes") or 1) > 1 else "")
+            + "."
+        ]
+        if run.get("holdout_kl") is not None:
+            stop = ", stopped early" if run.get("stopped_early") else ""
+            lines.append(
+                f"  Held-out KL to the dense model {run.get('holdout_kl_before')} before, {run['holdout_kl']} after"
+                f" (weights of step {run.get('best_step')}{stop})."
+            )
+        source = self.extra.get("fine_tuned_from")
+        if source:
+            lines.append(f"  Trained from the bundle `{source}`.")
         return lines
 
     def other_figures(self) -> list[str]:

@@ -20,8 +20,9 @@ from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
 from pruning import PruneConfig, describe
 from pruning.compute import compute_device
-from pruning.data import IMAGE_EXTENSIONS, ImageSet, load_image_folder
+from pruning.data import ImageSet, load_image_folder
 from pruning.families import family_of
+from pruning.image_files import image_files, shared_images
 from pruning.image_sets import eval_data_config
 from pruning.importance import Importance, calibrated_importance
 from pruning.loading import create_model
@@ -147,7 +148,7 @@ class JobContext:
     def from_study(cls, study: optuna.Study, cache_dir: Path | None = None) -> JobContext:
         """The context of a job some other process created (a joining worker)."""
         attrs = study.user_attrs
-        job = JobSpec.model_validate_json(attrs["job"])
+        job = JobSpec.stored(attrs["job"])
         dense, spec = _dense(job)
         raw = attrs.get("importance")
         importance = None
@@ -191,7 +192,11 @@ def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, fl
     table is not measured yet (the worker measures it, then checks the budget).
     """
     check_model_options(job)  # before anything builds the model for real
-    if not _image_files(job.calib):
+    try:
+        found = image_files(job.calib)
+    except FileNotFoundError as error:
+        raise JobInputError(str(error)) from None
+    if not found:
         raise JobInputError(f"no images in {job.calib}: expected an ImageFolder (one folder of images per class)")
     if job.val is not None:
         _check_apart(job.calib, job.val)
@@ -262,15 +267,12 @@ def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | Non
     return _spread(calib if which == "calib" else val, limit)
 
 
-def _image_files(root: Path) -> set[Path]:
-    if not root.is_dir():
-        raise JobInputError(f"image folder {root} does not exist or is not a directory")
-    return {p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
-
-
 def _check_apart(calib: Path, val: Path) -> None:
     """Validation figures are only honest on images the search never saw."""
-    shared = _image_files(calib) & _image_files(val)
+    try:
+        shared = shared_images(calib, val)
+    except FileNotFoundError as error:
+        raise JobInputError(str(error)) from None
     if shared:
         example = sorted(shared)[0].name
         raise JobInputError(

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pruning.metrics import EvalResult
     from pruning.model import PrunedViT
     from pruning.timing import LatencyStats
+    from pruning.training import FineTuneConfig
 
 __all__ = ["ModelRecord", "Stage", "StageInputs"]
 
@@ -56,6 +57,18 @@ class StageInputs:
     """Calibration batches: survivor choice (without `importance`) and the recovery fit."""
     recover: bool = False
     """Refit the output projections of pruned blocks by least squares on `calibration`."""
+
+    # fine-tune
+    fine_tune: FineTuneConfig | None = None
+    """The training recipe; None: no training."""
+    train: ImageSet | None = None
+    """Training images, apart from `val` (the reported figures are never on images trained on)."""
+    compute: torch.device | None = None
+    """Where to train (default: the CPU)."""
+    checkpoint: Path | None = None
+    """A directory for the training's checkpoint: a run started again resumes from it."""
+    progress: bool = False
+    """Show a progress bar while training."""
 
     # evaluate
     val: ImageSet | None = None
@@ -103,6 +116,8 @@ class ModelRecord:
 
     # filled in by the stages
     recovered: bool = False
+    fine_tuned: dict[str, Any] | None = None
+    """What the fine-tune stage did (`pruning.training.FineTuneResult`), if it ran."""
     evaluation: EvalResult | None = None
     logits: torch.Tensor | None = None
     token_counts: torch.Tensor | None = None

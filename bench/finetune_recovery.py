@@ -1,0 +1,175 @@
+"""How much accuracy recovery training gives back, on images it never saw, and what it costs on this CPU.
+
+DeiT-Tiny pruned to three budgets, each trained by `pruning.training.fine_tune` (distillation from
+the dense model, function matching; the default recipe unless options say otherwise):
+
+- `host-b32-0.7` and `host-b32-0.6`: uniform ToMe (the same merge count r at every block), the r whose
+  *measured* batch-32 latency on this machine (at `--threads`) is closest under 0.7x / 0.6x of the
+  dense model's, timed in this run;
+- `mobile-b1-0.7`: uniform top-k with a package token at blocks 3, 6 and 9, the largest keep ratio the
+  `mobile-cpu` table prices at or under 0.7x of dense at batch 1.
+
+The 1,000 sample images are split by a seeded shuffle: training takes one half (`--train-images` of
+it, a share held out inside it for early stopping), and every figure is measured on the other half,
+which nothing here tunes on. Per model: top-1, top-1 agreement and KL with the dense model, each
+with its standard error, before and after training; steps and wall time. With `--curve`, the first
+target is trained again on fewer images. Writes `finetune_recovery.{json,md}` under `--out`.
+
+    python bench/finetune_recovery.py --data $VITPRUNE_DATA_DIR --out bench/results [--curve 125,250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latency_models.registry import Registry
+from latency_models.validate import summarise_config
+from pruning import PruneConfig, describe, prune_model
+from pruning.data import load_image_folder
+from pruning.image_sets import eval_data_config
+from pruning.loading import create_model
+from pruning.metrics import classification_metrics, predict
+from pruning.timing import measure_latency
+from pruning.training import FineTuneConfig, fine_tune
+
+TARGETS = ("host-b32-0.7", "host-b32-0.6", "mobile-b1-0.7")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--model", default="deit_tiny_patch16_224")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--train-images", type=int, default=500, help="of the training half")
+    parser.add_argument("--curve", default="", help="also train the first target on these fewer images, e.g. 125,250")
+    parser.add_argument("--steps", type=int, default=FineTuneConfig().steps)
+    parser.add_argument("--batch-size", type=int, default=FineTuneConfig().batch_size)
+    parser.add_argument("--lr", type=float, default=FineTuneConfig().lr)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0, help="the split of the sample into training and report halves")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    dense = create_model(args.model, weights=data / args.model / "model.safetensors")
+    spec = describe(dense, args.model)
+    images = load_image_folder(
+        data / "imagenet-sample", eval_data_config(dense, spec.image_size), class_map=data / "imagenet_wnids.txt"
+    )
+    train_half, report_half = images.split(0.5, seed=args.seed)
+    reference = predict(dense, report_half)
+    dense_metrics = classification_metrics(reference, report_half.labels, reference)
+    recipe = FineTuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    rows = []
+    targets = args.targets.split(",")
+    runs = [(t, args.train_images) for t in targets]
+    runs += [(targets[0], int(n)) for n in args.curve.split(",") if n]
+    chosen: dict[str, tuple[PruneConfig, dict]] = {}
+    for target, count in runs:
+        if target not in chosen:
+            chosen[target] = _config(target, dense, spec, args.threads)
+        config, choice = chosen[target]
+        print(f"{target}: {summarise_config(config, spec)} ({choice}); training on {count} images", file=sys.stderr)
+        student = prune_model(dense, config, name=args.model)
+        before = classification_metrics(predict(student, report_half), report_half.labels, reference)
+        train = train_half.subset(range(min(count, len(train_half))))
+        start = time.perf_counter()
+        result = fine_tune(student, dense, train, recipe)
+        seconds = time.perf_counter() - start
+        after = classification_metrics(predict(student, report_half), report_half.labels, reference)
+        rows.append(
+            {
+                "target": target,
+                "config": summarise_config(config, spec),
+                "choice": choice,
+                "train_images": count,
+                "report_images": len(report_half),
+                "before": before.to_dict(),
+                "after": after.to_dict(),
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "stopped_early": result.stopped_early,
+                "holdout_kl": [result.holdout_kl_before, result.holdout_kl],
+                "seconds": round(seconds, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    summary = {
+        "model": args.model,
+        "dense": dense_metrics.to_dict(),
+        "recipe": recipe.model_dump(mode="json"),
+        "threads": args.threads,
+        "seed": args.seed,
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "finetune_recovery.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "finetune_recovery.md").write_text(_markdown(summary))
+    print(_markdown(summary))
+    return 0
+
+
+def _config(target: str, dense: torch.nn.Module, spec, threads: int) -> tuple[PruneConfig, dict]:
+    place, batch_text, ratio_text = target.split("-")
+    batch, ratio = int(batch_text.removeprefix("b")), float(ratio_text)
+    if place == "host":
+        dense_ms = measure_latency(dense, batch_size=batch, threads=threads).median_ms
+        best = None
+        for r in range(2, 26, 2):
+            config = PruneConfig.uniform(spec, r=r, at=tuple(range(len(spec.blocks))))
+            ms = measure_latency(prune_model(dense, config), batch_size=batch, threads=threads).median_ms
+            if ms <= ratio * dense_ms:
+                best = (
+                    config,
+                    {"measured_ms": round(ms, 1), "dense_ms": round(dense_ms, 1), "ratio": round(ms / dense_ms, 3)},
+                )
+                break  # the smallest r under the budget: the most accurate uniform schedule there
+        if best is None:
+            raise SystemExit(f"no uniform merge count reaches {ratio}x of dense at batch {batch}")
+        return best
+    predictor = Registry().predictor("mobile-cpu", spec, [batch])
+    dense_ms = predictor.predict(PruneConfig.dense(spec), spec, batch).ms
+    for keep in (0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.35, 0.3):
+        config = PruneConfig.uniform(spec, keep_ratio=keep, at=(3, 6, 9), package_token=True)
+        ms = predictor.predict(config, spec, batch).ms
+        if ms <= ratio * dense_ms:
+            return config, {
+                "predicted_ms": round(ms, 2),
+                "dense_ms": round(dense_ms, 2),
+                "ratio": round(ms / dense_ms, 3),
+            }
+    raise SystemExit(f"no uniform keep ratio reaches {ratio}x of dense on mobile-cpu")
+
+
+def _markdown(summary: dict) -> str:
+    dense = summary["dense"]
+    lines = [
+        f"# Recovery training: {summary['model']}, {summary['threads']} thread(s)",
+        "",
+        f"Figures on {summary['rows'][0]['report_images'] if summary['rows'] else 0} sample images never trained on "
+        f"(seed {summary['seed']}); dense top-1 {dense['top1']:.1f}% (SE {dense['top1_se']:.1f}). Recipe: "
+        f"{summary['recipe']['steps']} steps of {summary['recipe']['batch_size']}, lr {summary['recipe']['lr']}.",
+        "",
+        "| target | model | train images | top-1 before -> after (SE) | loss vs dense after"
+        " | agreement before -> after | KL before -> after | steps (best) | minutes |",
+        "|---|---|--:|---|--:|---|---|--:|--:|",
+    ]
+    for row in summary["rows"]:
+        b, a = row["before"], row["after"]
+        lines.append(
+            f"| {row['target']} | {row['config']} | {row['train_images']}"
+            f" | {b['top1']:.1f} -> {a['top1']:.1f} ({a['top1_se']:.1f})"
+            f" | {dense['top1'] - a['top1']:+.1f} | {b['agreement']:.1f} -> {a['agreement']:.1f}"
+            f" | {b['kl']:.3f} -> {a['kl']:.3f} | {row['steps']} ({row['best_step']}) | {row['seconds'] / 60:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

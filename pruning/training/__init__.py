@@ -1,0 +1,38 @@
+"""Recovery training: a pruned model trained back towards its dense teacher by distillation.
+
+- `config`: `FineTuneConfig`, the recipe (function matching: strong augmentation, AdamW, warm-up and
+  cosine, EMA, early stopping on held-out images);
+- `augment`: the augmented views (random crops, RandAugment, mixup / cutmix from `timm.data`);
+- `loop`: `fine_tune`, the training loop (CPU, CUDA, several processes with torch.distributed).
+
+The "fine-tune" model stage (`pruning.stages.finetune`) and `vitprune finetune` run it. Names are
+imported on first use, so reading the recipe (`FineTuneConfig`) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pruning.training.config import FineTuneConfig
+    from pruning.training.loop import CHECKPOINT_FILE, FineTuneResult, distillation_loss, fine_tune
+
+_HOMES = {
+    "FineTuneConfig": "pruning.training.config",
+    "CHECKPOINT_FILE": "pruning.training.loop",
+    "FineTuneResult": "pruning.training.loop",
+    "distillation_loss": "pruning.training.loop",
+    "fine_tune": "pruning.training.loop",
+}
+
+__all__ = ["CHECKPOINT_FILE", "FineTuneConfig", "FineTuneResult", "distillation_loss", "fine_tune"]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
