@@ -6,8 +6,9 @@ does not pull in torch: the job schema and the command line's client commands us
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from pruning._lazy import lazy_exports
 
 _EXPORTS = {
     "BlockConfig": "pruning.config",
@@ -50,9 +51,4 @@ if TYPE_CHECKING:
     from pruning.tokens import NoReduction, TokenOp, token_op
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pruning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

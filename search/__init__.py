@@ -18,8 +18,9 @@ Names are imported on first use, so `from search import JobSpec` does not load t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pruning._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from search.context import InfeasibleJobError, JobContext, JobInputError, check_job
@@ -74,13 +75,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES, globals())
 
 
 def __dir__() -> list[str]:

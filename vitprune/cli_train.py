@@ -108,7 +108,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     elif args.val_share:
         val, train = train.split(args.val_share, seed=recipe.seed)
     if args.max_images and args.max_images < len(train):
-        train = train.subset(range(args.max_images))
+        train = train.subset([i * len(train) // args.max_images for i in range(args.max_images)])  # every class
     reference = predict(teacher, val) if val is not None else None
     before = classification_metrics(predict(student, val), val.labels, reference) if val is not None else None
     names = {"train": image_set_name(args.data), "val": image_set_name(args.val or args.data)}

@@ -11,8 +11,9 @@ imported on first use, so reading the recipe (`FineTuneConfig`) does not load to
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pruning._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pruning.training.config import FineTuneConfig
@@ -29,10 +30,4 @@ _HOMES = {
 __all__ = ["CHECKPOINT_FILE", "FineTuneConfig", "FineTuneResult", "distillation_loss", "fine_tune"]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES, globals())

@@ -37,26 +37,18 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def finetune(root, path, val):
+    """The command up to its output: the bundle, its teacher, training images from calib, `val`."""
+    return ("finetune", path, "--weights", root / "weights.safetensors", "--data", root / "calib", "--val", val)
+
+
 QUICK = ("--steps", "6", "--batch-size", "8", "--eval-every", "3", "--holdout", "0.2", "--json")
 
 
 def test_a_fine_tuned_bundle_is_new_scored_apart_and_says_how_it_was_trained(capsys, bundle):
     root, path = bundle
     out = root / "tuned"
-    code, stdout, _ = run(
-        capsys,
-        "finetune",
-        path,
-        "--weights",
-        root / "weights.safetensors",
-        "--data",
-        root / "calib",
-        "--val",
-        root / "val",
-        "--out",
-        out,
-        *QUICK,
-    )
+    code, stdout, _ = run(capsys, *finetune(root, path, val=root / "val"), "--out", out, *QUICK)
     assert code == 0
     summary = json.loads(stdout)
     assert summary["fine_tune"]["steps"] == 6 and summary["val"]["n_images"] == 20
@@ -88,19 +80,7 @@ def test_a_teacher_other_than_the_pruned_weights_is_refused(capsys, bundle, tmp_
 
 def test_training_and_validation_images_must_be_apart(capsys, bundle, tmp_path):
     root, path = bundle
-    code, _, err = run(
-        capsys,
-        "finetune",
-        path,
-        "--weights",
-        root / "weights.safetensors",
-        "--data",
-        root / "calib",
-        "--val",
-        root / "calib",
-        "--out",
-        tmp_path / "x",
-    )
+    code, _, err = run(capsys, *finetune(root, path, val=root / "calib"), "--out", tmp_path / "x")
     assert code == 2 and "share images" in err
     code, _, err = run(capsys, "finetune", path, "--data", root / "calib", "--out", tmp_path / "x")
     assert code == 2 and "--weights" in err

@@ -103,6 +103,9 @@ def test_merge_flags_set_the_search_space():
     assert (space.tokens, space.merge_group, space.merge_max) == ("topk+merge", 1, 16)
     default = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).space
     assert (default.tokens, default.merge_group, default.merge_max) == ("topk", 3, 24)
+    assert job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).objective == "kl"
+    ranked = build_parser().parse_args([*base, "--budget-ratio", "0.6", "--objective", "top1"])
+    assert job_from_args(ranked).objective == "top1"
 
 
 def test_the_result_labels_each_accuracy_with_its_images():
@@ -119,3 +122,7 @@ def test_the_result_labels_each_accuracy_with_its_images():
     assert lines[1] == "images: validation imagenet/val (500 images), calibration imagenet/calib (400 images)"
     assert lines[2] == "dense: validation top-1 78.4%  predicted 6.00 ms"
     assert lines[3] == "models/trial-0024: validation top-1 74.5%, calibration top-1 77.5%  predicted 3.20 ms"
+    # A job ranked by fidelity says the score it ranked by, beside top-1.
+    result["models"] = [row | {"datasets": datasets, "objective": "kl", "calib_score": 95.123}]
+    line = format_result(result, Path("out")).splitlines()[3]
+    assert "calibration top-1 77.5%, calibration fidelity 100·exp(-KL) 95.1%" in line
