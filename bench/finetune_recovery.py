@@ -78,7 +78,8 @@ def main() -> int:
         print(f"{target}: {summarise_config(config, spec)} ({choice}); training on {count} images", file=sys.stderr)
         student = prune_model(dense, config, name=args.model)
         before = classification_metrics(predict(student, report_half), report_half.labels, reference)
-        train = train_half.subset(range(min(count, len(train_half))))
+        count = min(count, len(train_half))  # spread over the half: every part of the folder (class) in it
+        train = train_half.subset([i * len(train_half) // count for i in range(count)])
         start = time.perf_counter()
         result = fine_tune(student, dense, train, recipe)
         seconds = time.perf_counter() - start
