@@ -290,7 +290,7 @@ def test_card_reads_like_a_hub_card_with_every_figure_labelled(topk: PrunedViT, 
         "## Provenance",
     ):
         assert f"\n{heading}\n" in card
-    # Validation leads, and each accuracy names its images; calibration is said to be what the search optimised.
+    # Validation leads, and each accuracy names its images; calibration is said to be what the search chose on.
     assert card.index("Validation top-1 **74.5%**") < card.index("Calibration top-1 77.5%")
     assert "on 500 validation images of `imagenet-sample`, 1000 classes; the dense model: 78.4%" in card
     assert "Calibration top-1 77.5% on 500 calibration images of `imagenet-sample`" in card
@@ -333,7 +333,7 @@ def test_card_of_an_older_bundle_layout_has_no_nulls(topk: PrunedViT, tmp_path: 
     path = save_bundle(topk, tmp_path / "bundle", metrics=old | {"bundle": "models/x", "dense_ms_same_run": None})
     card = (path / README_FILE).read_text()
     assert "Validation top-1 **74.5%** (top-5 92.2%) on 500 validation images." in card
-    assert "Calibration top-1 77.5% on the calibration images: what the search optimised" in card
+    assert "Calibration top-1 77.5% on the calibration images: the search chose among models on these images" in card
     assert "None" not in card and "models/x" not in card
 
 
