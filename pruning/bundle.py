@@ -53,6 +53,7 @@ __all__ = [
     "TIMM_PRETRAINED",
     "WEIGHTS_FILE",
     "BundleError",
+    "file_sha256",
     "load_bundle",
     "read_bundle_json",
     "save_bundle",
@@ -153,17 +154,22 @@ def _config_text(config: dict[str, Any]) -> str:
     return text.replace(json.dumps(placeholder), f"[\n      {blocks}\n    ]") + "\n"
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in chunks (the weights a bundle records it was pruned from)."""
+    digest = hashlib.sha256()  # hashlib.file_digest would need Python 3.11; vitprune supports 3.10
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _config_json(
     pruned: PrunedViT, kwargs: dict[str, Any], provenance: Mapping[str, Any] | None, weights: str | Path | None
 ) -> dict[str, Any]:
     extra = dict(provenance or {})
     sha = extra.pop("weights_sha256", None)
     if weights is not None:
-        digest = hashlib.sha256()  # hashlib.file_digest would need Python 3.11; vitprune supports 3.10
-        with open(weights, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        sha = digest.hexdigest()
+        sha = file_sha256(weights)
     try:
         package_version = version("vitprune")
     except PackageNotFoundError:  # a source tree that was not installed

@@ -19,7 +19,7 @@ from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
-from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, STORED_OBJECTIVE
 
 __all__ = ["SAMPLERS", "TOKEN_MODES", "JobSpec", "SearchSpace"]
 
@@ -240,7 +240,7 @@ class JobSpec(_Strict):
         unused: dict = {"trials": True, "onnx": True, "compute": True}
         if self.score_dtype == "float32":  # added later, like the margin
             unused["score_dtype"] = True
-        if self.objective == "top1":  # what every job searched before objectives were added
+        if self.objective == STORED_OBJECTIVE:  # what every job searched before objectives were added
             unused["objective"] = True
         if self.budget_margin is None:  # added later: jobs without a margin keep their study names
             unused["budget_margin"] = True
@@ -254,7 +254,7 @@ class JobSpec(_Strict):
         """A job as a study or the service stored it. One stored before jobs named their objective
         was searched on calibration top-1, and is read so (its study and trials keep their meaning)."""
         data = json.loads(raw) if isinstance(raw, str) else dict(raw)
-        data.setdefault("objective", "top1")
+        data.setdefault("objective", STORED_OBJECTIVE)
         return cls.model_validate(data)
 
     def study_name(self) -> str:

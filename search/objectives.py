@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pruning.metrics import EvalResult
 
-__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "Objective", "objective"]
+__all__ = ["DEFAULT_OBJECTIVE", "OBJECTIVES", "STORED_OBJECTIVE", "Objective", "objective"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,9 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 DEFAULT_OBJECTIVE = "kl"
+
+STORED_OBJECTIVE = "top1"
+"""What a job stored before jobs named their objective was ranked by."""
 
 
 def objective(name: str) -> Objective:

@@ -116,7 +116,7 @@ def materialise(
             "trial": trial.number,
             "calib_accuracy": calib_accuracy(trial),
             # one standard error of it over the calibration images: closer models are not told apart
-            "calib_accuracy_se": trial.user_attrs.get("top1_se") or trial.user_attrs.get("agreement_se"),
+            "calib_accuracy_se": _calib_accuracy_se(trial),
             "objective": job.objective,
             "calib_score": trial.values[0],
             "recovered": recover,
@@ -186,6 +186,12 @@ def _shared_figures(context: JobContext, inputs: StageInputs, dense_row: dict[st
 def is_this_machine(device: DeviceInfo) -> bool:
     """A table measured on this machine's CPU: its Pareto models can be timed here, with its threads."""
     return device.kind == "measured" and device.runtime.endswith("(cpu)") and device.hardware == hardware_name()
+
+
+def _calib_accuracy_se(trial: FrozenTrial) -> float | None:
+    """The standard error of `calib_accuracy`: of top-1, or of agreement for unlabelled images (top-1 None)."""
+    top1_se = trial.user_attrs.get("top1_se")
+    return top1_se if top1_se is not None else trial.user_attrs.get("agreement_se")
 
 
 def _stage_inputs(context: JobContext) -> StageInputs:

@@ -196,23 +196,17 @@ def _recipe(args: argparse.Namespace):
 
 def _teacher(args: argparse.Namespace, config: dict[str, Any]) -> nn.Module:
     """The dense model the bundle was pruned from; refused when the weights are not those it records."""
-    import hashlib
-
+    from pruning.bundle import file_sha256
     from pruning.loading import WeightsError, create_model
 
     if not args.weights and not args.pretrained:
         raise WeightsError("the teacher is the dense model: pass --weights path/to/model.safetensors, or --pretrained")
     recorded = (config.get("provenance") or {}).get("weights_sha256")
-    if args.weights and recorded:
-        digest = hashlib.sha256()
-        with open(args.weights, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != recorded:
-            raise WeightsError(
-                f"{args.weights} is not the dense model this bundle was pruned from (its sha256 differs from the"
-                " bundle's weights_sha256): distil from the weights it was pruned from"
-            )
+    if args.weights and recorded and file_sha256(args.weights) != recorded:
+        raise WeightsError(
+            f"{args.weights} is not the dense model this bundle was pruned from (its sha256 differs from the"
+            " bundle's weights_sha256): distil from the weights it was pruned from"
+        )
     kwargs = config.get("model_kwargs") or {}
     return create_model(config["base_model"], weights=args.weights, pretrained=args.pretrained, **kwargs)
 

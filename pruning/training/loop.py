@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,10 @@ def _save(path: Path, student: PrunedViT, ema: ModelEmaV3 | None, optimizer, sta
         "ema": ema.module.state_dict() if ema is not None else {},
         "optimizer": optimizer.state_dict(),
         "best": state.best,
-        "numbers": json.dumps({k: v for k, v in asdict(state).items() if k != "best"} | {"seconds_before": elapsed}),
+        # Not asdict(state): it would deep-copy every tensor of `best` only to drop them.
+        "numbers": json.dumps(
+            {f.name: getattr(state, f.name) for f in fields(state) if f.name != "best"} | {"seconds_before": elapsed}
+        ),
     }
     partial = path.with_suffix(".partial")
     torch.save(payload, partial)

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from pruning.image_sets import job_image_sets
 from search.job import JobSpec
-from search.objectives import OBJECTIVES
+from search.objectives import OBJECTIVES, STORED_OBJECTIVE
 from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
 
@@ -144,7 +144,7 @@ class JobOut(BaseModel):
             **_image_sets(job.spec, models, job.dense),
         }
         label = job.model_label or job.model  # jobs listed before labels existed
-        goal = job.spec.get("objective", "top1")  # a job stored before objectives was searched on top-1
+        goal = job.spec.get("objective", STORED_OBJECTIVE)
         return cls(
             **fields
             | {"progress": progress, "worker": job.lease_owner, "model_label": label}
