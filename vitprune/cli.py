@@ -24,6 +24,7 @@ from vitprune.cli_client import add_commands as add_client_commands
 from vitprune.cli_latency import add_commands as add_latency_commands
 from vitprune.cli_search import add_commands as add_search_commands
 from vitprune.cli_server import add_commands as add_server_commands
+from vitprune.cli_thresholds import add_commands as add_threshold_commands
 from vitprune.cli_train import add_commands as add_train_commands
 
 # Building the parser imports nothing heavy: `vitprune --help` and the client commands never load
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_latency_commands(commands)
     add_search_commands(commands)
     add_train_commands(commands)
+    add_threshold_commands(commands)
     add_server_commands(commands)
     add_client_commands(commands)
     return parser

@@ -40,7 +40,7 @@ from pruning.model import PrunedViT
 from pruning.training.augment import Augmenter
 from pruning.training.config import FineTuneConfig
 
-__all__ = ["CHECKPOINT_FILE", "FineTuneResult", "distillation_loss", "fine_tune"]
+__all__ = ["CHECKPOINT_FILE", "FineTuneResult", "cosine_schedule", "distillation_loss", "fine_tune"]
 
 CHECKPOINT_FILE = "fine_tune.pt"
 MIN_HOLDOUT = 8
@@ -121,14 +121,7 @@ def fine_tune(
     kl_before = _holdout_kl(student, held, reference)
 
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=config.steps,
-        warmup_t=int(config.warmup * config.steps),
-        warmup_lr_init=config.lr * 0.01,
-        lr_min=config.lr * 0.01,
-        t_in_epochs=False,
-    )
+    scheduler = cosine_schedule(optimizer, config)
     # The average's decay ramps up with the steps (timm's warm-up): a short run is not dominated by the
     # pruned model's starting weights.
     ema = ModelEmaV3(student, decay=config.ema, use_warmup=True) if config.ema else None
@@ -200,6 +193,19 @@ def fine_tune(
         processes=world,
         config=config.model_dump(mode="json"),
         history=state.history,
+    )
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, config: FineTuneConfig) -> CosineLRScheduler:
+    """The recipe's warm-up and cosine decay over `config.steps`, stepped per optimiser step; every
+    parameter group warms up to its own rate."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=config.steps,
+        warmup_t=int(config.warmup * config.steps),
+        warmup_lr_init=config.lr * 0.01,
+        lr_min=config.lr * 0.01,
+        t_in_epochs=False,
     )
 
 
