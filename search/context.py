@@ -107,7 +107,7 @@ class JobContext:
         return best
 
     def images(self, which: str) -> ImageSet:
-        """The calibration ("calib") or validation ("val") images of the job."""
+        """The calibration ("calib"), validation ("val") or fine-tuning ("train") images of the job."""
         return job_images(self.job, self.dense, which, self.cache_dir)
 
     # -- building ---------------------------------------------------------------------------------
@@ -116,8 +116,7 @@ class JobContext:
     def prepare(cls, job: JobSpec, registry: Registry | None = None, cache_dir: Path | None = None) -> JobContext:
         """Resolve a new job: check its inputs, price the dense model, check the budget can be met."""
         check_model_options(job)
-        if job.val is not None:
-            _check_apart(job.calib, job.val)
+        _check_held_out(job)
         dense, spec = _dense(job)
         space, predictor, dense_ms, budget_ms = _price(job, spec, registry or Registry())
         calib = job_images(job, dense, "calib", cache_dir)
@@ -198,8 +197,7 @@ def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, fl
         raise JobInputError(str(error)) from None
     if not found:
         raise JobInputError(f"no images in {job.calib}: expected an ImageFolder (one folder of images per class)")
-    if job.val is not None:
-        _check_apart(job.calib, job.val)
+    _check_held_out(job)
     _, spec = _dense(job)
     registry = registry or Registry()
     if not job.table and not registry.ready(job.device, spec, [job.batch]):
@@ -252,13 +250,15 @@ def _spread(images: ImageSet, limit: int | None) -> ImageSet:
 
 
 def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | None = None) -> ImageSet:
-    """The job's calibration or validation images, decoded for `dense`.
+    """The job's calibration, validation or training images, decoded for `dense`.
 
     Without a validation folder, a seeded `holdout` share of the calibration folder is set aside
-    for validation; the search never sees it.
+    for validation; the search never sees it. "train" is the folder `train` a fine-tuning job names.
     """
-    limit = job.calib_images if which == "calib" else job.val_images
     data_config = eval_data_config(dense, describe(dense).image_size)
+    if which == "train":
+        return load_image_folder(job.train, data_config, class_map=job.class_map, cache_dir=cache_dir)
+    limit = job.calib_images if which == "calib" else job.val_images
     if job.val is not None:
         root = job.calib if which == "calib" else job.val
         return load_image_folder(root, data_config, class_map=job.class_map, max_images=limit, cache_dir=cache_dir)
@@ -267,17 +267,27 @@ def job_images(job: JobSpec, dense: nn.Module, which: str, cache_dir: Path | Non
     return _spread(calib if which == "calib" else val, limit)
 
 
-def _check_apart(calib: Path, val: Path) -> None:
-    """Validation figures are only honest on images the search never saw."""
+def _check_held_out(job: JobSpec) -> None:
+    """The validation images share none with the calibration images (searched) or the training ones."""
+    if job.val is not None:
+        _check_apart(job.calib, job.val, "calibration", "validation")
+    if job.train is not None:
+        # Without a validation folder the validation images are a share of the calibration folder.
+        held_out, name = (job.val, "validation") if job.val is not None else (job.calib, "calibration")
+        _check_apart(job.train, held_out, "training", name)
+
+
+def _check_apart(used: Path, held_out: Path, used_name: str, held_name: str) -> None:
+    """Validation figures are only honest on images the search and the training never saw."""
     try:
-        shared = shared_images(calib, val)
+        shared = shared_images(used, held_out)
     except FileNotFoundError as error:
         raise JobInputError(str(error)) from None
     if shared:
         example = sorted(shared)[0].name
         raise JobInputError(
-            f"calibration ({calib}) and validation ({val}) share {len(shared)} images (e.g. {example}); "
-            "validation must be held out: give two disjoint folders"
+            f"{used_name} ({used}) and {held_name} ({held_out}) share {len(shared)} images (e.g. {example}); "
+            f"validation must be held out: give {used_name} images apart from them"
         )
 
 

@@ -19,9 +19,10 @@ from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
+from pruning.training.config import FineTuneConfig
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, STORED_OBJECTIVE
 
-__all__ = ["SAMPLERS", "TOKEN_MODES", "JobSpec", "SearchSpace"]
+__all__ = ["SAMPLERS", "TOKEN_MODES", "FineTuneJob", "JobSpec", "SearchSpace"]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
 
@@ -163,6 +164,26 @@ class SearchSpace(_Strict):
         }
 
 
+class FineTuneJob(FineTuneConfig):
+    """Recovery training of the best Pareto models once the search is done: the recipe of
+    `pruning.training.FineTuneConfig` (steps, lr, ...), and how many models get it.
+
+    The models are the front's best by the search's own ranking (the objective on the calibration
+    images), never by validation, so the validation figures of the result stay held out.
+    """
+
+    models: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="fine-tune this many Pareto models, those with the best calibration score; each becomes a "
+        "new model of the job beside the one it came from",
+    )
+
+    def recipe(self) -> FineTuneConfig:
+        return FineTuneConfig(**self.model_dump(exclude={"models"}))
+
+
 class JobSpec(_Strict):
     """One search job. Exactly one of `budget_ms` and `budget_ratio` (of the dense model's latency).
 
@@ -217,6 +238,16 @@ class JobSpec(_Strict):
         description="score trials in float32, or under bf16 / fp16 autocast (faster on a GPU; docs/gpu.md)",
     )
     recover: bool = Field(default=True, description="refit pruned projections of the Pareto models (no training)")
+    fine_tune: FineTuneJob | None = Field(
+        default=None,
+        description="after the search, train the best Pareto models towards the dense one (distillation; "
+        "docs/training.md); off by default",
+    )
+    train: Path | None = Field(
+        default=None,
+        description="with fine_tune: training images (ImageFolder, labels optional), apart from the validation "
+        "images; default: the calibration images",
+    )
     onnx: bool = Field(default=False, description="add model.onnx to every Pareto bundle")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seeds the sampler and the holdout split")
 
@@ -228,6 +259,8 @@ class JobSpec(_Strict):
             raise ValueError(f"budget_margin {self.budget_margin} must lie in [0, 1] (a share) or be 'auto'")
         if not self.weights and not self.pretrained:
             raise ValueError("no weights: give weights (a local .safetensors or .pth file) or pretrained=true")
+        if self.train is not None and self.fine_tune is None:
+            raise ValueError('train names training images but nothing trains: add fine_tune (e.g. {"models": 1})')
         return self
 
     def study_key(self) -> str:
@@ -236,8 +269,8 @@ class JobSpec(_Strict):
         The fields of a token op added after the first release change nothing unless the space searches
         it; leaving them out otherwise keeps the key (and so the study) of every job written before it.
         """
-        # Where trials are scored changes no trial's meaning: workers of any compute share a study.
-        unused: dict = {"trials": True, "onnx": True, "compute": True}
+        # Where trials are scored, and what happens to the front afterwards, change no trial's meaning.
+        unused: dict = {"trials": True, "onnx": True, "compute": True, "fine_tune": True, "train": True}
         if self.score_dtype == "float32":  # added later, like the margin
             unused["score_dtype"] = True
         if self.objective == STORED_OBJECTIVE:  # what every job searched before objectives were added

@@ -7,6 +7,11 @@ the device's table and timed on this machine when the job's device is this machi
 saved as a bundle. Predicted and measured latency that disagree by more than 10% are flagged.
 `pareto.json` holds the rows, `pareto.html` an interactive plot of the front.
 
+A job with `fine_tune` then trains its best N models (by the search's own calibration score, never by
+validation) towards the dense model (`FINE_TUNE_STAGES`): each becomes one more row, `fine_tuned_from`
+the row it came from, its figures before training under `before_fine_tune`, measured again on the
+same validation images (which training never sees).
+
 Each row (also the bundle's metrics.json) names what its figures were measured on: `val` on the
 validation images, and `calib_accuracy` (top-1) and `calib_score` (the job's `objective`, what the
 search ranked by) on the calibration images, both sets described under `datasets`;
@@ -17,6 +22,7 @@ same run under `dense`, so a model card can put the two side by side.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,9 @@ from tqdm.auto import tqdm
 from latency_models.calibration import trust
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import DeviceInfo
-from pruning.bundle import METRICS_FILE, TIMM_PRETRAINED
+from pruning.bundle import METRICS_FILE, TIMM_PRETRAINED, load_bundle, read_bundle_json
 from pruning.config import PruneConfig
-from pruning.image_sets import describe_images, eval_data_config, job_image_sets
+from pruning.image_sets import describe_images, eval_data_config, image_set_name, job_image_sets
 from pruning.importance import needs_importance
 from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
@@ -43,8 +49,10 @@ from search.trials import calib_accuracy, is_pareto_candidate
 
 __all__ = [
     "DENSE_STAGES",
+    "FINE_TUNE_STAGES",
     "MISMATCH",
     "PARETO_STAGES",
+    "VARIANTS",
     "SearchResult",
     "flag_over_budget",
     "materialise",
@@ -91,6 +99,19 @@ PARETO_STAGES: tuple[str, ...] = DEFAULT_STAGES
 DENSE_STAGES: tuple[str, ...] = ("build", "evaluate", "time")
 """The dense model is scored the same way, not saved: its logits are the reference, its latency the baseline."""
 
+FINE_TUNE_STAGES: tuple[str, ...] = ("fine-tune", "evaluate", "time", "save")
+"""What a saved Pareto model goes through when the job fine-tunes it (its tokens may change with training,
+so it is evaluated and priced again)."""
+
+VARIANTS = ("searched", "fine-tuned")
+"""What a row's model is (its `variant`): a Pareto model as the search found it, or one trained further."""
+
+FINE_TUNED_SUFFIX = "-fine-tuned"
+"""A fine-tuned model's bundle is its source's, with this added."""
+
+BEFORE_FINE_TUNE = ("val", "calib_accuracy", "calib_accuracy_se", "calib_score", "predicted_ms", "measured_ms")
+"""A source row's figures that a fine-tuned row keeps under `before_fine_tune`."""
+
 
 def materialise(
     study: optuna.Study, context: JobContext, out: Path, *, search_s: float, show_progress: bool = True
@@ -114,6 +135,7 @@ def materialise(
         recover = job.recover and needs_importance(config, context.spec)
         extra = {
             "trial": trial.number,
+            "variant": "searched",
             "calib_accuracy": calib_accuracy(trial),
             # one standard error of it over the calibration images: closer models are not told apart
             "calib_accuracy_se": _calib_accuracy_se(trial),
@@ -142,6 +164,8 @@ def materialise(
         }
         _, record = run_stages(PARETO_STAGES, ModelRecord(config, trial_inputs, provenance))
         rows.append(record.metrics)
+    if job.fine_tune is not None:
+        rows += fine_tune_best(rows, context, replace(inputs, reference=dense.logits), out, show_progress)
     state = _trial_counts(study)
     result = SearchResult(study.study_name, context.budget_ms, dense_row, rows, state, round(search_s, 1))
     result.files = {"json": "pareto.json", "plot": "pareto.html"}
@@ -150,6 +174,70 @@ def materialise(
     )
     plot_front(study, result, out / "pareto.html", objective(job.objective).label)
     return result
+
+
+def fine_tune_best(
+    rows: list[dict[str, Any]], context: JobContext, inputs: StageInputs, out: Path, show_progress: bool
+) -> list[dict[str, Any]]:
+    """Fine-tune the job's `fine_tune.models` best saved Pareto models; their new rows.
+
+    Best is the search's own ranking (calibration score, then the faster), never validation: the
+    validation figures stay held out. Training keeps a checkpoint beside the bundles until its model is
+    saved, so a job taken over by another worker resumes the training instead of starting it again.
+    """
+    job = context.job
+    # Rows saved before jobs had objectives were ranked by top-1, their only score.
+    ranked = sorted(rows, key=lambda row: (-row.get("calib_score", row.get("calib_accuracy")), row["predicted_ms"]))
+    best = ranked[: job.fine_tune.models]
+    train = context.images("train") if job.train is not None else context.calib
+    datasets = {
+        "train": describe_images(_train_name(job), train, eval_data_config(context.dense, context.spec.image_size))
+    }
+    new_rows = []
+    for source in tqdm(best, desc="fine-tuning", unit="model", disable=not show_progress):
+        path = out / (source["bundle"] + FINE_TUNED_SUFFIX)
+        saved = path / METRICS_FILE
+        if saved.exists():
+            new_rows.append(json.loads(saved.read_text()))
+            continue
+        kept = {key: source[key] for key in source if key not in BEFORE_FINE_TUNE and key != "over_budget"}
+        extra = kept | {
+            "variant": "fine-tuned",
+            "bundle": str(path.relative_to(out)),
+            "fine_tuned_from": source["bundle"],
+            "before_fine_tune": {key: source[key] for key in BEFORE_FINE_TUNE if key in source},
+            "datasets": source["datasets"] | datasets,
+        }
+
+        def report(record: ModelRecord, extra: dict[str, Any] = extra) -> dict[str, Any]:
+            row = extra | pareto_row(record) | {"fine_tune": record.fine_tuned}
+            return flag_over_budget(row, context.requested_ms)
+
+        model = load_bundle(out / source["bundle"])
+        recorded = read_bundle_json(out / source["bundle"])[0].get("provenance") or {}
+        provenance = dict(recorded.get("extra") or {}) | {"fine_tuned_from": Path(source["bundle"]).name}
+        tuned_inputs = replace(
+            inputs,
+            fine_tune=job.fine_tune.recipe(),
+            train=train,
+            compute=context.compute_device,
+            checkpoint=out / "checkpoints" / path.name,
+            progress=show_progress,
+            out=path,
+            report=report,
+            overwrite=True,
+        )
+        _, record = run_stages(FINE_TUNE_STAGES, ModelRecord(model.config, tuned_inputs, provenance), model)
+        new_rows.append(record.metrics)
+        shutil.rmtree(tuned_inputs.checkpoint, ignore_errors=True)  # the bundle holds the result
+    return new_rows
+
+
+def _train_name(job) -> str:
+    """What the training images are called in metrics.json and on the card."""
+    if job.train is not None:
+        return image_set_name(job.train)
+    return job_image_sets(json.loads(job.model_dump_json()))["calib"]["name"]
 
 
 _DENSE_FIGURES = ("val", "predicted_ms", "measured_ms", "params", "gflops")

@@ -273,11 +273,12 @@ class _JobHooks(SearchHooks):
                 {
                     "job_id": self.job_id,
                     "trial": model["trial"],
+                    "variant": model.get("variant", "searched"),  # pareto.json of older jobs: no variant
                     "config": model["config"],
                     "config_key": model["config_key"],
                     "metrics": model,
                     "val_top1": model["val"]["top1"],
-                    "calib_accuracy": model["calib_accuracy"],
+                    "calib_accuracy": model.get("calib_accuracy"),  # none for a model trained on those images
                     "predicted_ms": model["predicted_ms"],
                     "measured_ms": model.get("measured_ms"),
                     "params": model["params"],

@@ -198,8 +198,8 @@ def upload_inputs(http: httpx.Client, spec: dict) -> dict:
     spec = dict(spec)
     if spec.get("weights") and not _is_ref(spec["weights"]):
         spec["weights"] = _upload_weights(http, Path(spec["weights"]))
-    uploaded: dict[str, str] = {}  # one upload when calib and val name the same folder
-    for field in ("calib", "val"):
+    uploaded: dict[str, str] = {}  # one upload when two image fields name the same folder
+    for field in ("calib", "val", "train"):
         value = spec.get(field)
         if value and not _is_ref(value):
             if value not in uploaded:

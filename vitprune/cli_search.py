@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 # The job schema imports neither torch nor Optuna, so `vitprune submit` stays light.
-from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
+from search.job import SAMPLERS, TOKEN_MODES, FineTuneJob, JobSpec, SearchSpace
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from vitprune.arguments import ints, strings
 
@@ -69,6 +69,8 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         objective=args.objective,
         space=space,
         recover=not args.no_recover,
+        fine_tune=FineTuneJob(models=args.fine_tune, steps=args.fine_tune_steps) if args.fine_tune else None,
+        train=args.train,
         onnx=args.onnx,
         compute=args.compute,
         score_dtype=args.score_dtype,
@@ -111,8 +113,10 @@ def format_result(result: dict, out: Path) -> str:
         accuracy = _accuracy(model["val"])
         if model.get("calib_accuracy") is not None:
             accuracy += f", calibration top-1 {model['calib_accuracy']:.1f}%"
-        if model.get("objective", "top1") != "top1":
+        if model.get("objective", "top1") != "top1" and model.get("calib_score") is not None:
             accuracy += f", calibration {OBJECTIVES[model['objective']].short} {model['calib_score']:.1f}%"
+        if before := model.get("before_fine_tune"):
+            accuracy += f" (fine-tuned; before: {_accuracy(before['val']).removeprefix('validation ')})"
         measured = f"  measured {model['measured_ms']:.2f} ms" if "measured_ms" in model else ""
         flag = "  (measured and predicted differ by >10%)" if model.get("latency_mismatch") else ""
         lines.append(f"{model['bundle']}: {accuracy}  predicted {model['predicted_ms']:.2f} ms{measured}{flag}")
@@ -166,6 +170,11 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--holdout", type=float, default=0.5, help="without --val: share of --calib held out for validation"
     )
     data.add_argument("--class-map", type=Path, help="one class name per line (line number = class index)")
+    data.add_argument(
+        "--train",
+        type=Path,
+        help="with --fine-tune: training images, apart from the validation ones (default: --calib)",
+    )
     data.add_argument("--calib-images", type=int, help="use at most this many calibration images")
     data.add_argument("--val-images", type=int, help="use at most this many validation images")
     space = parser.add_argument_group("search space")
@@ -217,6 +226,20 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="score trials in float32 or under bf16 / fp16 autocast (faster on a GPU)",
     )
     run.add_argument("--no-recover", action="store_true", help="no least-squares refit of the Pareto models")
+    run.add_argument(
+        "--fine-tune",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the search, fine-tune the N Pareto models with the best calibration score (distillation from "
+        "the dense model; each becomes one more model of the job); 0: none",
+    )
+    run.add_argument(
+        "--fine-tune-steps",
+        type=int,
+        default=FineTuneJob.model_fields["steps"].default,
+        help="training steps of each fine-tuned model (docs/training.md; a --job file sets the whole recipe)",
+    )
     run.add_argument("--onnx", action="store_true", help="add model.onnx to every Pareto bundle")
     run.add_argument("--seed", type=int, default=0)
     return run

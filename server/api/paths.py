@@ -18,8 +18,8 @@ from server.store import ArtifactStore, OutsideStoreError
 __all__ = ["UPLOAD_PREFIX", "PathError", "public_message", "resolve_paths"]
 
 UPLOAD_PREFIX = "upload:"
-FIELDS = ("weights", "table", "calib", "val", "class_map")
-FOLDERS = frozenset({"calib", "val"})  # image folders; the other fields name files
+FIELDS = ("weights", "table", "calib", "val", "train", "class_map")
+FOLDERS = frozenset({"calib", "val", "train"})  # image folders; the other fields name files
 HIDDEN = "<server directory>"
 """What an answer shows in place of an allowed root or the artifact store (see `public_message`)."""
 

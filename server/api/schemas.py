@@ -171,11 +171,15 @@ class ModelOut(BaseModel):
     id: int
     job_id: int
     trial: int
+    variant: str = Field(
+        description="searched: the trial's model as the search found it; fine-tuned: that model trained further "
+        "towards the dense one (metrics.before_fine_tune holds its figures before, metrics.fine_tune the run)"
+    )
     config: dict[str, Any]
     val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
     calib_accuracy: float | None = Field(
         description="calibration top-1 (%) on calib_images: the search chose among models on them, so not a "
-        "held-out figure; it ranked them by metrics.calib_score (the job's objective)"
+        "held-out figure; it ranked them by metrics.calib_score (the job's objective); none for a fine-tuned model"
     )
     val_agreement: float | None = Field(
         default=None, description="top-1 agreement (%) with the dense model on val_images (also without labels)"

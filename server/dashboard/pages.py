@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from pruning.tokens import TOKEN_OPS
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
-from search.job import SAMPLERS, TOKEN_MODES, JobSpec, SearchSpace
+from search.job import SAMPLERS, TOKEN_MODES, FineTuneJob, JobSpec, SearchSpace
 from search.objectives import OBJECTIVES
 from server.api.schemas import JobSubmit
 from server.dashboard.static import asset_version
@@ -46,6 +46,8 @@ JOB_NUMBERS = (
     "seed",
 )
 SPACE_NUMBERS = ("keep_min", "group", "merge_group", "merge_max")
+FINE_TUNE_NUMBERS = {"fine_tune_models": "models", "fine_tune_steps": "steps"}
+"""Form field -> its FineTuneJob field."""
 
 # A page's id as typed in the address: anything that is not a stored id's form (1 to 2**31 - 1, the
 # database's integer) names nothing, so it gets the not-found page, not the API's JSON 422.
@@ -124,6 +126,7 @@ def form_rules() -> dict[str, Any]:
     error of a kind."""
     numbers = {name: _number_rule(JobSpec.model_fields[name]) for name in JOB_NUMBERS}
     numbers |= {name: _number_rule(SearchSpace.model_fields[name]) for name in SPACE_NUMBERS}
+    numbers |= {name: _number_rule(FineTuneJob.model_fields[field]) for name, field in FINE_TUNE_NUMBERS.items()}
     name_max = next(c.max_length for c in JobSubmit.model_fields["name"].metadata if hasattr(c, "max_length"))
     return {"numbers": numbers, "keep_step": KEEP_STEP, "merge_step": MERGE_STEP, "name_max": name_max}
 
@@ -132,6 +135,7 @@ def form_rules() -> dict[str, Any]:
 def submit_page(request: Request) -> HTMLResponse:
     # The form's defaults come from the schema itself, so the page never drifts from what the API assumes.
     defaults = {name: JobSpec.model_fields[name].default for name in FORM_DEFAULTS}
+    defaults["fine_tune_steps"] = FineTuneJob.model_fields["steps"].default
     return _render(
         request,
         "submit.html",

@@ -79,11 +79,13 @@ class Job(Base):
 
 class PrunedModel(Base):
     __tablename__ = "vp_models"
-    __table_args__ = (UniqueConstraint("job_id", "trial"),)
+    __table_args__ = (UniqueConstraint("job_id", "trial", "variant", name="uq_vp_models_job_trial_variant"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("vp_jobs.id", ondelete="CASCADE"), nullable=False, index=True)
     trial: Mapped[int] = mapped_column(Integer, nullable=False)
+    variant: Mapped[str] = mapped_column(String(20), nullable=False, default="searched", server_default="searched")
+    """What the model is of its trial (`search.pareto.VARIANTS`): as the search found it, or fine-tuned from that."""
     config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     config_key: Mapped[str] = mapped_column(String(100), nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

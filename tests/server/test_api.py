@@ -324,3 +324,23 @@ def test_cors_is_closed_and_the_token_is_never_logged_or_returned(make_service, 
     assert not any("s3cret" in answer.text for answer in answers)
     assert "s3cret" not in caplog.text
     assert "s3cret" not in repr(client.app.state.settings)
+
+
+def test_a_job_that_fine_tunes_serves_each_trained_model_beside_its_source(make_service, tiny_root):
+    client = make_service()
+    fine_tune = {"models": 1, "steps": 2, "batch_size": 8, "holdout": 0.0, "mixup": 0.0, "cutmix": 0.0}
+    spec = spec_json(tiny_job(tiny_root, trials=12, fine_tune=fine_tune))
+    job = wait_final(client, client.post("/api/jobs", json={"spec": spec}).json()["id"])
+    assert job["status"] == "done", job
+    models = client.get(f"/api/jobs/{job['id']}/pareto").json()["models"]
+    tuned = [m for m in models if m["variant"] == "fine-tuned"]
+    assert len(tuned) == 1 and sum(m["variant"] == "searched" for m in models) == len(models) - 1
+    (model,) = tuned
+    source = next(m for m in models if m["variant"] == "searched" and m["trial"] == model["trial"])
+    assert model["id"] != source["id"] and model["sha256"] != source["sha256"]
+    assert model["metrics"]["before_fine_tune"]["val"] == source["metrics"]["val"]
+    assert model["calib_accuracy"] is None and model["metrics"]["fine_tune"]["steps"] == 2
+    download = client.get(f"/api/models/{model['id']}/download", params={"format": "safetensors"})
+    assert download.status_code == 200
+    assert f"trial{model['trial']}-fine-tuned.safetensors" in download.headers["content-disposition"]
+    assert hashlib.sha256(download.content).hexdigest() == model["sha256"]

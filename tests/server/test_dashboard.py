@@ -56,6 +56,10 @@ def _wait_final(api: httpx.Client, job_id: int, timeout: float = 120) -> dict:
     return job
 
 
+TUNE = {"models": 1, "steps": 2, "batch_size": 8, "holdout": 0.0, "mixup": 0.0, "cutmix": 0.0}
+"""The second job fine-tunes its best model: the pages show it beside the models the search found."""
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory, tiny_root: Path) -> Iterator[Service]:
     """The real app on a free port, with two small jobs run to the end (the second for comparing)."""
@@ -72,7 +76,10 @@ def service(tmp_path_factory, tiny_root: Path) -> Iterator[Service]:
     try:
         with httpx.Client(base_url=url, timeout=60) as api:
             jobs = []
-            for name, changes in (("tiny", {"trials": 10}), ("tiny seed 3", {"trials": 8, "seed": 3})):
+            for name, changes in (
+                ("tiny", {"trials": 10}),
+                ("tiny seed 3", {"trials": 8, "seed": 3, "fine_tune": TUNE}),
+            ):
                 body = {"spec": spec_json(tiny_job(tiny_root, **changes)), "name": name}
                 response = api.post("/api/jobs", json=body)
                 assert response.status_code == 201, response.text
@@ -285,6 +292,26 @@ def test_model_page_shows_metrics_structure_and_downloads_the_weights(page: Page
     assert page.errors == []
 
 
+def test_a_fine_tuned_model_is_shown_beside_its_source_with_its_figures_before(page: Page, service: Service) -> None:
+    job = service.jobs[1]
+    models = _pareto(service, job["id"])["models"]
+    (tuned,) = [m for m in models if m["variant"] == "fine-tuned"]
+    before = tuned["metrics"]["before_fine_tune"]["val"]["top1"]
+    tab = page.open(f"/jobs/{job['id']}")
+    traces = {t["uid"]: t for t in page.plot("front", "plot.data.map(t => ({uid: t.uid, ids: t.customdata}))")}
+    assert traces["fine-tuned"]["ids"] == [tuned["id"]]
+    assert tuned["id"] not in traces["pareto"]["ids"] and len(traces["pareto"]["ids"]) == len(models) - 1
+    row = tab.locator("#models tbody tr", has=tab.locator(".badge.variant"))
+    assert row.count() == 1 and f"trial {tuned['trial']}" in row.inner_text()
+    change = tuned["val_top1"] - before
+    assert f"({'+' if change >= 0 else '−'}{round(abs(change), 1):g})" in row.inner_text()  # its change
+    tab = page.open(f"/models/{tuned['id']}")
+    tab.locator("#metrics .metric").first.wait_for()
+    assert tab.locator("#model-title").inner_text().startswith("Fine-tuned pruned model")
+    assert f"Before fine-tuning\n{before:.1f}%" in tab.locator("#metrics").inner_text()
+    assert page.errors == []
+
+
 def test_token_counts_follow_the_pruning_rules(page: Page, service: Service) -> None:
     """Top-k keeps ceil(r·N) of the tokens reaching it; the package token appears once tokens are dropped."""
     tab = page.open("/")
@@ -346,12 +373,21 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     assert [e for e in page.errors if not re.search(r"status of (400|422)", e)] == []
 
     tab.fill("#f-weights", str(root / "weights.safetensors"))
+    # Training images without fine-tuning train nothing: the service's answer lands on their field.
+    tab.click("details.advanced summary")
+    tab.fill("#f-train", str(root / "calib"))
+    tab.click("#submit")
+    tab.wait_for_function("() => document.getElementById('err-train').textContent.includes('nothing trains')")
+    tab.fill("#f-fine_tune_models", "1")
+    tab.fill("#f-fine_tune_steps", "2")
     tab.click("#submit")
     tab.wait_for_url(re.compile(r"/jobs/\d+$"))
     job_id = int(tab.url.rsplit("/", 1)[1])
     job = service.api.get(f"/api/jobs/{job_id}").json()
     assert job["name"] == "from the form"
     assert job["spec"]["budget_ratio"] == 0.93 and job["spec"]["trials"] == 6 and job["spec"]["budget_margin"] == "auto"
+    assert job["spec"]["fine_tune"]["models"] == 1 and job["spec"]["fine_tune"]["steps"] == 2
+    assert job["spec"]["train"] == str(root / "calib")
     assert job["spec"]["space"]["token_blocks"] == [1, 2] and job["spec"]["model_kwargs"] == KWARGS
     tab.wait_for_selector("#job-status .badge")
 
@@ -365,7 +401,7 @@ def test_compare_page_draws_one_front_and_dense_point_per_job(page: Page, servic
     for (front, dense), job in zip(zip(traces[::2], traces[1::2], strict=True), service.jobs, strict=True):
         pareto = _pareto(service, job["id"])
         assert job["name"] in front["name"] and job["device"] in front["name"]
-        assert front["n"] == len(pareto["models"])
+        assert front["n"] == sum(m["variant"] == "searched" for m in pareto["models"])
         assert dense["x"] == [pytest.approx(pareto["dense"]["predicted_ms"])]
     assert page.page.locator("#compare-table tbody tr").count() == 2
     # Unticking a job in the picker drops its trace and updates the address.

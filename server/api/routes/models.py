@@ -60,7 +60,9 @@ async def download(model: ModelDep, store: StoreDep, format: Format = Format.bun
     if sha256_of(bundle / WEIGHTS_FILE) != model.sha256:
         # Never serve weights that are not the ones the model's metrics were measured on.
         raise HTTPException(409, f"model {model.id}'s weights do not match their recorded checksum")
-    prefix = f"vitprune-job{model.job_id}-trial{model.trial}"
+    prefix = f"vitprune-job{model.job_id}-trial{model.trial}" + (
+        "" if model.variant == "searched" else f"-{model.variant}"
+    )
     if format == Format.bundle:
         path, name = await run_in_threadpool(store.zipped, bundle), f"{prefix}.zip"
     elif format == Format.safetensors:

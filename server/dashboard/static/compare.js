@@ -88,6 +88,8 @@
   function draw(entries) {
     const ratio = axisMode() === "ratio";
     const x = (ms, job) => (ratio ? (job.dense_ms ? ms / job.dense_ms : null) : ms);
+    // Each job's front as its search found it; fine-tuned models (trained further) are on the job's own page.
+    const searched = (pareto) => pareto.models.filter((m) => m.variant !== "fine-tuned");
     const data = entries.flatMap(({ job, pareto }, i) => [{
       uid: `job-${job.id}`,
       name: label(job),
@@ -97,10 +99,10 @@
       mode: "lines+markers",
       line: { shape: "hv", color: color(i), width: 1.5 },
       marker: { size: 9, color: color(i), line: { color: "#ffffff", width: 1 } },
-      x: pareto.models.map((m) => x(m.predicted_ms, job)),
-      y: pareto.models.map((m) => m.val_top1 ?? m.calib_accuracy),
-      customdata: pareto.models.map((m) => m.id),
-      text: pareto.models.map((m) =>
+      x: searched(pareto).map((m) => x(m.predicted_ms, job)),
+      y: searched(pareto).map((m) => m.val_top1 ?? m.calib_accuracy),
+      customdata: searched(pareto).map((m) => m.id),
+      text: searched(pareto).map((m) =>
         `<b>${esc(label(job))}</b><br>trial ${m.trial} · val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
         `<br>${esc(m.summary)}`),
       hovertemplate: "%{text}<extra></extra>",

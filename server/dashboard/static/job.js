@@ -11,7 +11,8 @@
   const modelsBody = document.querySelector("#models tbody");
   const cancel = document.getElementById("cancel");
   let modelsShown = []; // the last Pareto answer's models, for a header redrawn after a cancel
-  let modelByTrial = new Map(); // trial number -> Pareto model id, so clicking either point opens the model
+  let modelByTrial = new Map(); // trial number -> its searched Pareto model's id, so clicking either point opens it
+  const fineTuned = (m) => m.variant === "fine-tuned";
   let plotted = false;
   const trialTable = new TrialTable(document.getElementById("trials-card"), { modelOf: (n) => modelByTrial.get(n) });
 
@@ -130,9 +131,32 @@
       `${esc(objective)} ${fmt.pct(t.score, 2)} (ranked by)<br>${esc(t.summary ?? "")}`;
     const overBudget = (m) => Boolean(m.metrics && m.metrics.over_budget);
     const paretoText = (m) =>
-      `<b>Pareto model · trial ${m.trial}</b><br>val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
+      `<b>${fineTuned(m) ? "fine-tuned model" : "Pareto model"} · trial ${m.trial}</b><br>` +
+      `val top-1 ${fmt.pct(m.val_top1)} · ${fmt.ms(m.predicted_ms)}` +
+      (fineTuned(m) ? `<br>before fine-tuning: val top-1 ${fmt.pct(beforeTop1(m))}` : "") +
       (overBudget(m) ? `<br><b>⚠ over the budget when timed: ${fmt.ms(m.measured_ms)}</b>` : "") +
       `<br>${esc(m.summary)}<br><i>click to open</i>`;
+    const searched = models.filter((m) => !fineTuned(m));
+    const tuned = models.filter(fineTuned);
+    // Models that ran over the budget when timed on their own device are drawn red, with an x.
+    const modelTrace = (uid, title, shown, color, symbol) => ({
+      uid,
+      name: title,
+      type: "scatter",
+      mode: uid === "pareto" ? "lines+markers" : "markers",
+      line: { color: "rgba(37, 99, 235, 0.45)", width: 1.5 },
+      x: shown.map((m) => m.predicted_ms),
+      y: shown.map((m) => m.val_top1 ?? m.calib_accuracy),
+      customdata: shown.map((m) => m.id),
+      text: shown.map(paretoText),
+      hovertemplate: "%{text}<extra></extra>",
+      marker: {
+        size: uid === "pareto" ? 11 : 14,
+        color: shown.map((m) => (overBudget(m) ? "#dc2626" : color)),
+        symbol: shown.map((m) => (overBudget(m) ? "circle-x" : symbol)),
+        line: { color: "#ffffff", width: 1.5 },
+      },
+    });
     const denseText = (d) =>
       `<b>dense model</b><br>val top-1 ${fmt.pct(d.val.top1)} · ${fmt.ms(d.predicted_ms)}<br>` +
       `${fmt.params(d.params)} params · ${fmt.num(d.gflops, 3)} GFLOPs`;
@@ -178,25 +202,8 @@
         hovertemplate: "%{text}<extra></extra>",
         marker: { size: 7, color: "#9ca3af", symbol: "x-thin-open", line: { width: 1.5, color: "#9ca3af" } },
       },
-      {
-        uid: "pareto",
-        name: `Pareto models (${models.length}, validation top-1)`,
-        type: "scatter",
-        mode: "lines+markers",
-        line: { color: "rgba(37, 99, 235, 0.45)", width: 1.5 },
-        x: models.map((m) => m.predicted_ms),
-        y: models.map((m) => m.val_top1 ?? m.calib_accuracy),
-        customdata: models.map((m) => m.id),
-        text: models.map(paretoText),
-        hovertemplate: "%{text}<extra></extra>",
-        // Models that ran over the budget when timed on their own device are drawn red, with an x.
-        marker: {
-          size: 11,
-          color: models.map((m) => (overBudget(m) ? "#dc2626" : "#2563eb")),
-          symbol: models.map((m) => (overBudget(m) ? "circle-x" : "circle")),
-          line: { color: "#ffffff", width: 1.5 },
-        },
-      },
+      modelTrace("pareto", `Pareto models (${searched.length}, validation top-1)`, searched, "#2563eb", "circle"),
+      tuned.length && modelTrace("fine-tuned", `fine-tuned models (${tuned.length}, validation top-1)`, tuned, "#059669", "star"),
       denseTrace,
     ].filter(Boolean);
   }
@@ -243,11 +250,29 @@
         const point = event.points && event.points[0];
         if (!point) return;
         const uid = point.data.uid;
-        const id = uid === "pareto" ? point.customdata : modelByTrial.get(point.customdata);
+        const id = uid === "pareto" || uid === "fine-tuned" ? point.customdata : modelByTrial.get(point.customdata);
         if (id != null) window.location.href = `/models/${id}`;
       });
     }
   }
+
+  /** A fine-tuned model's validation top-1 before training (its source's, on the same images). */
+  const beforeTop1 = (m) => {
+    const before = m.metrics && m.metrics.before_fine_tune && m.metrics.before_fine_tune.val;
+    return before ? before.top1 : null;
+  };
+  const delta = (m) => {
+    const before = beforeTop1(m);
+    if (!Number.isFinite(before) || !Number.isFinite(m.val_top1)) return "—";
+    const change = m.val_top1 - before;
+    return `${change >= 0 ? "+" : "−"}${fmt.num(Math.abs(change), 1)}`;
+  };
+  /** How a model was fine-tuned, in words, for its badge's tooltip. */
+  const fineTuneText = (m) => {
+    const run = (m.metrics && m.metrics.fine_tune) || {};
+    const images = run.train_images ? ` on ${run.train_images} images` : "";
+    return `trained ${run.steps ?? "?"} steps${images} towards the dense model; before: val top-1 ${fmt.pct(beforeTop1(m))}`;
+  };
 
   function modelRow(model) {
     const val = (model.metrics && model.metrics.val) || {};
@@ -262,8 +287,10 @@
     return h(
       "tr",
       {},
-      h("td", {}, h("a", { href: `/models/${model.id}`, class: "strong" }, `trial ${model.trial}`)),
-      h("td", { class: "num strong" }, fmt.pct(model.val_top1)),
+      h("td", {}, h("a", { href: `/models/${model.id}`, class: "strong" }, `trial ${model.trial}`),
+        fineTuned(model) ? h("span", { class: "badge variant", title: fineTuneText(model) }, "fine-tuned") : ""),
+      h("td", { class: "num strong", title: fineTuned(model) ? `before fine-tuning: ${fmt.pct(beforeTop1(model))}` : "" },
+        fmt.pct(model.val_top1), fineTuned(model) ? h("span", { class: "muted small" }, ` (${delta(model)})`) : ""),
       h("td", { class: "num" }, fmt.pct(val.top5)),
       h("td", { class: "num" }, fmt.pct(val.agreement ?? (val.fidelity && val.fidelity.agreement))),
       h("td", { class: "num" }, fmt.pct(model.calib_accuracy)),
@@ -308,7 +335,7 @@
       api(`/api/jobs/${jobId}/trials`),
       api(`/api/jobs/${jobId}/pareto`),
     ]);
-    modelByTrial = new Map(pareto.models.map((m) => [m.trial, m.id]));
+    modelByTrial = new Map(pareto.models.filter((m) => !fineTuned(m)).map((m) => [m.trial, m.id]));
     modelsShown = pareto.models;
     header(job, pareto.models);
     draw(job, trials, pareto);

@@ -36,12 +36,21 @@
         { class: mismatch ? "warn" : "", title: "median of timed runs on the worker" },
       );
     }
+    const before = (model.metrics && model.metrics.before_fine_tune) || null;
+    const run = (model.metrics && model.metrics.fine_tune) || {};
+    const beforeVal = (before && before.val) || {};
+    // A fine-tuned model trained on the calibration images: its card shows the figures before training there.
+    const calibCard = before
+      ? metricCard("Before fine-tuning", fmt.pct(beforeVal.top1),
+        `val top-1 of the searched model · agreement ${fmt.pct(beforeVal.agreement)} · then ${run.steps ?? "?"} steps` +
+        (run.train_images ? ` on ${run.train_images} images` : ""), { title: "the same validation images, before training" })
+      : metricCard("Calibration top-1", fmt.pct(model.calib_accuracy), "on the calibration images the search scored");
     const copy = h("button", { type: "button", class: "button tiny", onclick: () => navigator.clipboard?.writeText(model.sha256) }, "copy");
     document.getElementById("metrics").replaceChildren(
       metricCard("Validation top-1", fmt.pct(model.val_top1), valSub || null, { class: "primary" }),
       metricCard("Validation top-5", fmt.pct(val.top5)),
       metricCard("Agreement with dense", fmt.pct(agreement), kl != null ? `KL ${fmt.num(kl, 4)}` : null, { title: "top-1 agreement with the dense model" }),
-      metricCard("Calibration top-1", fmt.pct(model.calib_accuracy), "on the calibration images the search scored"),
+      calibCard,
       metricCard("Predicted latency", fmt.ms(model.predicted_ms), against || null),
       measured,
       metricCard("Parameters", fmt.params(model.params), model.params.toLocaleString()),
@@ -125,7 +134,8 @@
     document.getElementById("crumbs").replaceChildren(
       h("a", { href: "/" }, "Jobs"), " › ", h("a", { href: `/jobs/${model.job_id}` }, name(jobName)), ` › trial ${model.trial}`,
     );
-    document.getElementById("model-title").textContent = `Pruned model · trial ${model.trial}`;
+    const what = model.variant === "fine-tuned" ? "Fine-tuned pruned model" : "Pruned model";
+    document.getElementById("model-title").textContent = `${what} · trial ${model.trial}`;
     document.getElementById("model-subtitle").replaceChildren(
       job ? h("span", { class: "mono", title: `timm model ${job.model}` }, job.model_label ?? job.model) : "", job ? ` on ${job.device} · batch ${job.spec.batch ?? 1} · ` : "",
       `model ${model.id}, saved ${fmt.ago(model.created_at)}`,

@@ -11,12 +11,13 @@
   const button = document.getElementById("submit");
   const device = document.getElementById("f-device");
   // API field names that the form shows under another field.
-  const FIELD_OF = { budget_ms: "budget", budget_ratio: "budget" };
+  const FIELD_OF = { budget_ms: "budget", budget_ratio: "budget", models: "fine_tune_models", steps: "fine_tune_steps" };
   // Whole-spec checks name no field in `loc`; their messages say which one they are about.
   const FIELD_OF_MESSAGE = [
     [/^no weights/, "weights"],
     [/budget/, "budget"],
     [/token_blocks/, "token_blocks"],
+    [/train names training images/, "train"],
   ];
   const HOW = {
     model: "give a timm model name, e.g. deit_tiny_patch16_224",
@@ -102,6 +103,8 @@
 
     const budgetKey = value("budget_kind") === "ms" ? "budget_ms" : "budget_ratio";
     const margin = value("budget_margin"); // a choice of the select, never typed: none, "auto" or a share
+    const tuned = number("fine_tune_models");
+    const steps = number("fine_tune_steps");
     const spec = {
       model: value("model") || problem("model", HOW.model),
       weights: path("weights"),
@@ -123,6 +126,8 @@
       seed: number("seed"),
       recover: checked("recover"),
       onnx: checked("onnx"),
+      fine_tune: tuned === undefined ? undefined : { models: tuned, steps },
+      train: path("train"),
       space: {
         tokens: value("tokens"),
         token_blocks: blocks,
