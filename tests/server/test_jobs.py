@@ -6,10 +6,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import inspect
+from alembic import command
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.db.engine import VERSION_TABLE, make_engine, migrate
+from server.db.engine import VERSION_TABLE, alembic_config, make_engine, migrate
 from server.db.models import Job
 from server.jobs import cancel_job, claim_job, create_job, finish, list_jobs, renew_lease, update_job
 from tests.search.tiny import tiny_job
@@ -35,6 +37,36 @@ def test_migrations_create_our_tables_apart_from_optunas(engine):
     tables = set(inspect(engine).get_table_names())
     assert {"vp_jobs", "vp_models", "vp_devices", "vp_workers", VERSION_TABLE} <= tables
     assert "alembic_version" not in tables  # Optuna's own version table stays Optuna's
+
+
+def _insert_model(connection, job_id: int, variant: str | None) -> None:
+    """A model row as written before (variant None) or after migration 0007."""
+    columns, values = ("variant, ", ":variant, ") if variant else ("", "")
+    connection.execute(
+        text(
+            f"INSERT INTO vp_models (job_id, trial, {columns}config, config_key, metrics, predicted_ms, params,"
+            f" gflops, path, sha256, pareto) VALUES (:job, 3, {values}'{{}}', 'k', '{{}}', 1.0, 1, 1.0, 'p', 's', :yes)"
+        ),
+        {"job": job_id, "variant": variant, "yes": True},
+    )
+
+
+def test_models_stored_before_variants_are_searched_and_a_trial_may_gain_a_fine_tuned_model(engine, spec):
+    command.downgrade(alembic_config(engine), "0006")
+    with Session(engine) as session:
+        job_id = create_job(session, spec, name="old").id
+    with engine.begin() as connection:
+        _insert_model(connection, job_id, None)
+    migrate(engine)
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT trial, variant FROM vp_models")).all() == [(3, "searched")]
+        _insert_model(connection, job_id, "fine-tuned")
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # still one row per trial and variant
+        _insert_model(connection, job_id, "fine-tuned")
+    command.downgrade(alembic_config(engine), "0006")  # back: the fine-tuned rows go, the searched one stays
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT trial FROM vp_models")).all() == [(3,)]
+    migrate(engine)
 
 
 def test_every_job_is_claimed_by_exactly_one_of_many_concurrent_workers(engine, spec):
