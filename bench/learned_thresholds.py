@@ -33,8 +33,9 @@ from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
 from pruning.metrics import classification_metrics, predict
 from pruning.model import PrunedViT
+from pruning.tokens import padded_widths
 from pruning.training import FineTuneConfig, ThresholdConfig, learn_thresholds
-from pruning.training.thresholds import calibrate_thresholds, padded_widths, threshold_config
+from pruning.training.thresholds import calibrate_thresholds, threshold_config
 
 BASELINE = "bench/results/finetune_recovery.json"
 """The searched-config + fine-tune figures this bench is compared with (its `mobile-b1-0.7` row)."""

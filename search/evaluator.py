@@ -29,7 +29,7 @@ from pruning.metrics import EvalResult, classification_metrics
 from pruning.spec import ModelSpec
 from pruning.tokens import TokenState
 
-__all__ = ["Evaluation", "TrialEvaluator", "first_change", "padded_widths"]
+__all__ = ["Evaluation", "TrialEvaluator", "first_change"]
 
 CACHE_BYTES = 3 * 2**30
 """Memory for cached prefix activations; DeiT-Tiny on 500 images needs 75 MB per block boundary."""
@@ -62,17 +62,6 @@ def first_change(config: PruneConfig, spec: ModelSpec) -> int:
         if block.reduces_tokens or block.heads < dense.heads or block.mlp_hidden < dense.mlp_hidden:
             return index
     return len(spec.blocks)
-
-
-def padded_widths(counts: torch.Tensor, batch: int) -> list[float]:
-    """Tokens a batch of `batch` images really runs at, per reduction: the longest image's count.
-
-    Averaged over consecutive groups of `batch` images (a last, shorter group counts as it is).
-    """
-    groups = counts.split(batch)
-    widths = torch.stack([g.max(dim=0).values for g in groups]).double()
-    sizes = torch.tensor([len(g) for g in groups], dtype=torch.float64)
-    return ((widths * sizes[:, None]).sum(0) / sizes.sum()).tolist()
 
 
 class TrialEvaluator:

@@ -42,8 +42,8 @@ from pruning.image_sets import describe_images, eval_data_config, image_set_name
 from pruning.importance import needs_importance
 from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
+from pruning.tokens import padded_widths
 from search.context import JobContext, fit_batches
-from search.evaluator import padded_widths
 from search.objectives import objective
 from search.trials import calib_accuracy, is_pareto_candidate
 

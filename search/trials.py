@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.predictor import LatencyPredictor
-from search.evaluator import Evaluation, TrialEvaluator, padded_widths
+from pruning.tokens import padded_widths
+from search.evaluator import Evaluation, TrialEvaluator
 from search.objectives import DEFAULT_OBJECTIVE, objective
 from search.space import TrialSpace
 

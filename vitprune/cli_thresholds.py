@@ -199,7 +199,7 @@ def _save(args, student, teacher, predictor, spec, train, val, reference, result
     from pruning.image_sets import describe_images, eval_data_config, image_set_name
     from pruning.metrics import classification_metrics
     from pruning.stages import ModelRecord, StageInputs, run_stages
-    from pruning.training.thresholds import padded_widths
+    from pruning.tokens import padded_widths
 
     def price(model, counts) -> float:
         return predictor.predict(model.config, spec, args.batch, kept_tokens=padded_widths(counts, args.batch)).ms

@@ -20,7 +20,7 @@ from pruning._plugins import import_public_modules
 from pruning.tokens._base import NoReduction, SearchAxis, TokenOp
 
 if TYPE_CHECKING:
-    from pruning.tokens._state import TokenState, attention_mask, paint_canvas
+    from pruning.tokens._state import TokenState, attention_mask, padded_widths, paint_canvas
 
 __all__ = [
     "TOKEN_OPS",
@@ -31,6 +31,7 @@ __all__ = [
     "TokenState",
     "UnknownTokenOpError",
     "attention_mask",
+    "padded_widths",
     "paint_canvas",
     "token_modes",
     "token_op",
@@ -131,7 +132,7 @@ def mode_ops(tokens: str) -> list[type[TokenOp]]:
 
 def __getattr__(name: str):
     # The runtime state needs torch; it is loaded only when a model runs.
-    if name in ("TokenState", "attention_mask", "paint_canvas"):
+    if name in ("TokenState", "attention_mask", "padded_widths", "paint_canvas"):
         from pruning.tokens import _state
 
         return getattr(_state, name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["TokenState", "attention_mask", "paint_canvas", "patch_valid", "start_tracking"]
+__all__ = ["TokenState", "attention_mask", "padded_widths", "paint_canvas", "patch_valid", "start_tracking"]
 
 
 @dataclass
@@ -81,3 +81,14 @@ def paint_canvas(state: TokenState) -> torch.Tensor:
     positions = state.positions.masked_fill(~patch_valid(state), spare)
     index = positions[..., None].expand(-1, -1, state.canvas.shape[2])
     return state.canvas.scatter(1, index, state.x[:, state.patch_slice()])
+
+
+def padded_widths(counts: torch.Tensor, batch: int) -> list[float]:
+    """Tokens a batch of `batch` images really runs at, per reduction, from per-image counts (images x
+    reductions): a padded batch runs at its longest image's count. Averaged over consecutive groups of
+    `batch` images (a last, shorter group counts as it is); at batch 1, the mean count. What a latency
+    table prices a model with per-image counts at."""
+    groups = counts.split(batch)
+    widths = torch.stack([g.max(dim=0).values for g in groups]).double()
+    sizes = torch.tensor([len(g) for g in groups], dtype=torch.float64)
+    return ((widths * sizes[:, None]).sum(0) / sizes.sum()).tolist()

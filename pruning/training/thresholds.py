@@ -46,7 +46,7 @@ from pruning.config import PruneConfig
 from pruning.data import ImageSet
 from pruning.metrics import predict
 from pruning.model import PrunedViT
-from pruning.tokens import NoReduction, token_op
+from pruning.tokens import NoReduction, padded_widths, token_op
 from pruning.training.augment import Augmenter
 from pruning.training.loop import _batches, _holdout_kl, _num_classes, _split, cosine_schedule, distillation_loss
 from pruning.training.thresholds_config import ThresholdConfig
@@ -60,7 +60,6 @@ __all__ = [
     "calibrate_thresholds",
     "differentiable_latency",
     "learn_thresholds",
-    "padded_widths",
     "threshold_config",
 ]
 
@@ -183,16 +182,6 @@ def differentiable_latency(
 
 def _with(values: list[float], index: int, value: float) -> list[float]:
     return [value if i == index else v for i, v in enumerate(values)]
-
-
-def padded_widths(counts: torch.Tensor, batch: int) -> list[float]:
-    """Tokens a batch of `batch` images runs at, per reduction: the longest image's count, averaged over
-    consecutive groups of `batch` images (the mean count at batch 1). The search prices its trials the
-    same way; pruning/ cannot import it from there."""
-    groups = counts.split(batch)
-    widths = torch.stack([g.max(dim=0).values for g in groups]).double()
-    sizes = torch.tensor([len(g) for g in groups], dtype=torch.float64)
-    return ((widths * sizes[:, None]).sum(0) / sizes.sum()).tolist()
 
 
 # -- the hard model and its calibration ----------------------------------------------------------------

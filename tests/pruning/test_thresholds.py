@@ -14,13 +14,13 @@ from pruning.data import load_image_folder
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
 from pruning.model import PrunedViT
+from pruning.tokens import padded_widths
 from pruning.training import FineTuneConfig, distillation_loss
 from pruning.training.thresholds import (
     SoftThresholdViT,
     calibrate_thresholds,
     differentiable_latency,
     learn_thresholds,
-    padded_widths,
     threshold_config,
 )
 from pruning.training.thresholds_config import ThresholdConfig
@@ -139,9 +139,6 @@ def test_the_latency_slope_is_the_prices_and_a_batch_is_priced_at_its_longest_im
     assert price(widths) <= ms.item() <= price([w + 2.0 * torch.log(torch.tensor(4.0)).item() for w in widths])
     ms.backward()
     assert masks[0].grad[2, 0] > 0.99 * slopes[0] and masks[0].grad[0, 0] < 0.01 * slopes[0]
-    counts = torch.tensor([[100, 50], [120, 40], [90, 60]])
-    assert padded_widths(counts, 2) == pytest.approx([(120 * 2 + 90) / 3, (50 * 2 + 60) / 3])
-    assert padded_widths(counts, 1) == pytest.approx([310 / 3, 50.0])
 
 
 def test_the_calibration_meets_a_real_devices_budget_closely(dense, images, mobile):

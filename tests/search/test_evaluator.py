@@ -9,7 +9,8 @@ import torch
 from pruning import PruneConfig, describe, prune_model
 from pruning.data import load_image_folder
 from pruning.importance import weight_importance
-from search.evaluator import TrialEvaluator, first_change, padded_widths
+from pruning.tokens import padded_widths
+from search.evaluator import TrialEvaluator, first_change
 from tests.search.tiny import MODEL, tiny_model, write_images
 
 

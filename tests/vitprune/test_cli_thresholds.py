@@ -15,7 +15,7 @@ from pruning.bundle import load_bundle, read_bundle_json, save_bundle
 from pruning.data import load_image_folder
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
-from pruning.training.thresholds import padded_widths
+from pruning.tokens import padded_widths
 from vitprune.cli import main
 
 MODEL = "deit_tiny_patch16_224"
