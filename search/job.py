@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,7 +22,7 @@ from pruning.tokens.topk import KEEP_STEP
 from pruning.training.config import FineTuneConfig
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, STORED_OBJECTIVE
 
-__all__ = ["SAMPLERS", "TOKEN_MODES", "FineTuneJob", "JobSpec", "SearchSpace"]
+__all__ = ["SAMPLERS", "TOKEN_MODES", "FineTuneJob", "JobSpec", "SearchSpace", "default_tokens"]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
 
@@ -184,6 +184,26 @@ class FineTuneJob(FineTuneConfig):
         return FineTuneConfig(**self.model_dump(exclude={"models"}))
 
 
+MEASURED_TOKENS: dict[str, str] = {"mobile-cpu": "merge", "host-cpu": "merge"}
+"""Device families (a device name before its ':') -> the token op measured best there, which a job that
+names none searches. Measured on DeiT-Tiny at 0.7x of dense latency, heads and MLP widths searched with
+weight recovery, on images no search saw (bench/results/default_space.md): on the phone's analytic CPU
+at batch 1 merging kept agreement 89.6% with dense (KL 0.088) where top-k kept 86.6% (KL 0.120); on this
+host's CPU at batch 32 merging won too (and without heads and MLP: 78.8% top-1 against 75.0%,
+bench/results/token_ops)."""
+
+UNMEASURED_TOKENS = "topk"
+"""Elsewhere (GPUs, FPGAs, imported tables) nothing was measured; top-k is the cheap op everywhere (one
+gather), where a merge's sorts and scatters may cost a small-batch GPU more than they save."""
+
+
+def default_tokens(device: str) -> str:
+    """The token op a job on `device` searches when its space names none. Measured at one batch per family
+    (the phone at 1, the host at 32); at another batch the job's token-payoff note says whether the op
+    pays there (`JobContext.token_payoff`)."""
+    return MEASURED_TOKENS.get(device.split(":")[0], UNMEASURED_TOKENS)
+
+
 class JobSpec(_Strict):
     """One search job. Exactly one of `budget_ms` and `budget_ratio` (of the dense model's latency).
 
@@ -250,6 +270,26 @@ class JobSpec(_Strict):
     )
     onnx: bool = Field(default=False, description="add model.onnx to every Pareto bundle")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seeds the sampler and the holdout split")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measured_token_op(cls, data: Any) -> Any:
+        """A job whose space names no token op searches the one measured best on its device (`default_tokens`)."""
+        if not isinstance(data, dict):
+            return data
+        space = data.get("space")
+        if isinstance(space, SearchSpace):
+            if "tokens" in space.model_fields_set:
+                return data
+            space = space.model_dump(exclude_unset=True)
+        elif space is None:
+            space = {}
+        if not isinstance(space, dict) or "tokens" in space:
+            return data  # validation says what is wrong with it
+        device = data.get("device")
+        if not isinstance(device, str):
+            return data  # validation says what is wrong with it
+        return data | {"space": space | {"tokens": default_tokens(device)}}
 
     @model_validator(mode="after")
     def _one_budget(self) -> JobSpec:

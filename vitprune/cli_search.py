@@ -34,8 +34,10 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         if not table.is_file():
             raise ValueError(f"--device {device}: no such latency table file")
         device = table.stem
+    # Without --tokens the job searches the token op measured best on its device (search.job.default_tokens).
+    tokens = {"tokens": args.tokens} if args.tokens else {}
     space = SearchSpace(
-        tokens=args.tokens,
+        **tokens,
         token_blocks=args.token_blocks,
         keep_min=args.keep_min,
         threshold_max=args.threshold_max,
@@ -181,9 +183,9 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     space.add_argument(
         "--tokens",
         choices=TOKEN_MODES,
-        default="topk",
         help="token reduction to search: topk, threshold, merge (ToMe), topk+merge (top-k at --token-blocks, "
-        "merging elsewhere) or none",
+        "merging elsewhere) or none; default: the op measured best on the device (merge on host-cpu and "
+        "mobile-cpu, topk elsewhere)",
     )
     space.add_argument(
         "--token-blocks", type=ints, default=(3, 6, 9), help="blocks that search a top-k keep ratio or a threshold"

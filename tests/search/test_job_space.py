@@ -61,16 +61,18 @@ def test_the_study_name_ignores_the_trial_count_but_not_the_budget():
 
 def test_jobs_that_do_not_merge_keep_the_study_key_they_had_before_merging_existed():
     # Pinned: the keys these jobs had before the merge fields (and before objectives: they ranked by
-    # top-1), so their existing studies still resume; a stored spec without an objective reads so.
-    paths = {"calib": Path("c"), "val": Path("v"), "objective": "top1"}
+    # top-1), so their existing studies still resume; a stored spec without an objective reads so. Stored
+    # specs name their token op (top-k, the default then).
+    paths = {"calib": Path("c"), "val": Path("v"), "objective": "top1", "space": {"tokens": "topk"}}
     assert job(**paths).study_key() == "5d63d4dee056"
     stored = JobSpec.stored(job(**paths).model_dump(mode="json", exclude={"objective"}))
     assert stored.study_key() == "5d63d4dee056"
-    threshold = job(**paths, space={"tokens": "threshold", "heads": True, "token_blocks": [2, 5]})
+    threshold = job(**paths | {"space": {"tokens": "threshold", "heads": True, "token_blocks": [2, 5]}})
     assert threshold.study_key() == "8b3faf0e3c30"
-    assert job(space={"merge_max": 12, "merge_group": 1}).study_key() == job().study_key()
+    topk = job(space={"tokens": "topk"})
+    assert job(space={"tokens": "topk", "merge_max": 12, "merge_group": 1}).study_key() == topk.study_key()
     merging = job(space={"tokens": "merge"})
-    assert merging.study_key() != job().study_key()
+    assert merging.study_key() != topk.study_key()
     assert job(space={"tokens": "merge", "merge_max": 12}).study_key() != merging.study_key()
     assert job(space={"tokens": "merge", "merge_group": 4}).study_key() != merging.study_key()
 
@@ -174,3 +176,17 @@ def test_auto_margin_is_the_share_by_which_the_tables_check_saw_models_run_over(
     calibrated = LatencyPredictor(table.calibrated(calibration))
     assert budget_margin(job(budget_margin="auto"), calibrated, spec) == pytest.approx(0.083)
     assert budget_margin(job(budget_margin="auto", batch=4), calibrated, spec) == 0.0  # checked at batch 1 only
+
+
+def test_a_job_that_names_no_token_op_searches_the_one_measured_best_on_its_device():
+    assert job().space.tokens == job(device="mobile-cpu:tensor-g3").space.tokens == "merge"
+    assert job(device="cuda").space.tokens == job(device="fpga:zcu102").space.tokens == "topk"  # nothing measured
+    named = job(space=SearchSpace(tokens="topk", heads=True))
+    assert named.space.tokens == "topk" and named.space.heads
+    others_set = job(space=SearchSpace(heads=True, group=2))  # the op unnamed, the rest as given
+    assert (others_set.space.tokens, others_set.space.heads, others_set.space.group) == ("merge", True, 2)
+    assert job(space={"mlp": True}).space.tokens == "merge"
+    # A stored job names its op, so it keeps it (and its study) whatever the default becomes.
+    stored = job(space={"tokens": "topk"})
+    assert JobSpec.stored(stored.model_dump_json()).space.tokens == "topk"
+    assert JobSpec.stored(stored.model_dump_json()).study_key() == stored.study_key()

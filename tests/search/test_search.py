@@ -114,7 +114,7 @@ def test_overlapping_calibration_and_validation_images_are_refused(tmp_path):
 
 
 def test_identical_configs_are_evaluated_once_and_a_failing_trial_does_not_stop_the_job(tmp_path, monkeypatch):
-    space = {"token_blocks": [1], "package_token": "off", "heads": True, "group": 4}
+    space = {"tokens": "topk", "token_blocks": [1], "package_token": "off", "heads": True, "group": 4}
     job = tiny_job(tmp_path, trials=8, space=space, budget_ratio=1.0, device="mobile-cpu")
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study, context = submit(job, storage)

@@ -129,7 +129,7 @@
       fine_tune: tuned === undefined ? undefined : { models: tuned, steps },
       train: path("train"),
       space: {
-        tokens: value("tokens"),
+        tokens: value("tokens") || undefined, // the service picks the op measured best on the device
         token_blocks: blocks,
         keep_min: onGrid("keep_min", number("keep_min"), RULES.keep_step, 0.4),
         heads: checked("heads"),
