@@ -63,7 +63,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     recipe = parser.add_argument_group("recipe (pruning.training.FineTuneConfig)")
     for kind, names in (
         (int, ("steps", "batch_size", "eval_every", "patience", "seed")),
-        (float, ("lr", "weight_decay", "warmup", "temperature", "label_weight", "mixup", "cutmix", "holdout")),
+        (
+            float,
+            (
+                "lr",
+                "weight_decay",
+                "warmup",
+                "temperature",
+                "label_weight",
+                "feature_weight",
+                "mixup",
+                "cutmix",
+                "holdout",
+            ),
+        ),
     ):
         for name in names:
             described = FineTuneConfig.model_fields[name].description

@@ -31,6 +31,13 @@ class FineTuneConfig(BaseModel):
     label_weight: float = Field(
         default=0.0, ge=0, le=1.0, description="weight of cross-entropy on the labels (0: distillation only)"
     )
+    feature_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=10.0,
+        description="weight of matching the features the classifier reads (the class token, or the pooled "
+        "tokens) to the teacher's, by cosine distance (0: logits only)",
+    )
     ema: float | None = Field(
         default=0.998,
         gt=0,

@@ -40,7 +40,7 @@ from pruning.model import PrunedViT
 from pruning.training.augment import Augmenter
 from pruning.training.config import FineTuneConfig
 
-__all__ = ["CHECKPOINT_FILE", "FineTuneResult", "cosine_schedule", "distillation_loss", "fine_tune"]
+__all__ = ["CHECKPOINT_FILE", "ClassifierInputs", "FineTuneResult", "cosine_schedule", "distillation_loss", "fine_tune"]
 
 CHECKPOINT_FILE = "fine_tune.pt"
 MIN_HOLDOUT = 8
@@ -136,6 +136,7 @@ def fine_tune(
     augment = Augmenter(views, images.mean, images.std, images.images.shape[-1], num_classes)
     batches = _batches(len(train), config.batch_size * world, config.seed, state.step)
 
+    features = ClassifierInputs(student.model, teacher) if config.feature_weight else None
     bar = tqdm(total=config.steps, initial=state.step, desc="fine-tune", unit="step", disable=not progress or rank != 0)
     losses: list[float] = []
     student.train()
@@ -152,6 +153,8 @@ def fine_tune(
             None if targets is None else targets.to(device),
             config.label_weight,
         )
+        if features is not None:
+            loss = loss + config.feature_weight * features.distance()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
@@ -174,6 +177,8 @@ def fine_tune(
             )
             student.train()
     bar.close()
+    if features is not None:
+        features.close()
 
     if world > 1:  # rank 0 chose the best weights: every process ends with them
         for tensor in state.best.values():
@@ -194,6 +199,32 @@ def fine_tune(
         config=config.model_dump(mode="json"),
         history=state.history,
     )
+
+
+class ClassifierInputs:
+    """What the student's and the teacher's classifiers (timm's `head`) read at each forward pass: the
+    class token, or the pooled tokens, after the final norm. These align whatever tokens the student
+    dropped or merged (its other tokens do not), so they are the token features distillation can match."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.hooks = []
+        for name, model in (("student", student), ("teacher", teacher)):
+            head = getattr(model, "head", None)
+            if not isinstance(head, nn.Module):
+                raise ValueError(f"feature distillation needs a timm model with a `head` classifier ({name})")
+            self.hooks.append(head.register_forward_pre_hook(lambda _, args, name=name: self._keep(name, args[0])))
+
+    def _keep(self, name: str, value: torch.Tensor) -> None:
+        self.inputs[name] = value
+
+    def distance(self) -> torch.Tensor:
+        """Mean cosine distance of the last forward passes' features (0: the same direction)."""
+        return 1 - F.cosine_similarity(self.inputs["student"], self.inputs["teacher"].detach(), dim=-1).mean()
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, config: FineTuneConfig) -> CosineLRScheduler:

@@ -15,6 +15,7 @@ from pruning.model import describe, prune_model
 from pruning.stages import STAGES, ModelRecord, StageInputs, run_stages
 from pruning.training import CHECKPOINT_FILE, FineTuneConfig, distillation_loss, fine_tune
 from pruning.training.augment import Augmenter
+from pruning.training.loop import ClassifierInputs
 
 NAME = "deit_tiny_patch16_224"
 KWARGS = {"img_size": 32, "depth": 4, "num_classes": 10}
@@ -93,6 +94,36 @@ def test_distillation_brings_the_pruned_model_closer_on_images_it_never_saw(dens
     assert result.holdout_kl < result.holdout_kl_before
     assert [h["step"] for h in result.history] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert not student.training  # handed back ready for inference
+
+
+def _feature_distance(student, dense, images) -> float:
+    inputs = ClassifierInputs(student.model, dense)
+    with torch.inference_mode():
+        x = next(images.batches(len(images)))[0]
+        dense(x), student(x)
+        distance = inputs.distance().item()
+    inputs.close()
+    return distance
+
+
+def test_matching_the_classifier_inputs_brings_the_students_features_to_the_teachers(dense):
+    student, unseen = _pruned(dense), _images(32, 9)
+    inputs = ClassifierInputs(student.model, dense)
+    with torch.inference_mode():
+        x = next(unseen.batches(4))[0]
+        dense(x), student(x)
+        expected = dense.forward_head(dense.forward_features(x), pre_logits=True)
+    assert torch.allclose(inputs.inputs["teacher"], expected, atol=1e-5)  # what the classifier reads
+    assert inputs.inputs["student"].shape == expected.shape
+    inputs.close()
+    before = _feature_distance(student, dense, unseen)
+    recipe = FineTuneConfig(steps=20, **QUICK | {"holdout": 0.0}, feature_weight=10.0)
+    fine_tune(student, dense, _images(96, 2), recipe, progress=False)
+    logits_only = _pruned(dense)
+    fine_tune(logits_only, dense, _images(96, 2), recipe.model_copy(update={"feature_weight": 0.0}), progress=False)
+    after = _feature_distance(student, dense, unseen)
+    assert after < 0.7 * before and after < _feature_distance(logits_only, dense, unseen)
+    assert not dense.head._forward_pre_hooks and not student.model.head._forward_pre_hooks  # hooks removed
 
 
 def test_early_stopping_keeps_the_best_weights_even_when_no_step_helps(dense):
