@@ -369,8 +369,23 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_labe
             text=[f"trial {t.number}, {score_label} {t.values[0]:.2f}" for t in evaluated],
         )
     )
-    models = result.models
-    top1 = [m["val"]["top1"] if m["val"]["top1"] is not None else m["val"]["agreement"] for m in models]
+
+    def val_top1(models: list[dict[str, Any]]) -> list[float]:
+        return [m["val"]["top1"] if m["val"]["top1"] is not None else m["val"]["agreement"] for m in models]
+
+    models = [m for m in result.models if m.get("variant", "searched") == "searched"]
+    top1 = val_top1(models)
+    if tuned := [m for m in result.models if m.get("variant") == "fine-tuned"]:
+        fig.add_trace(
+            go.Scatter(
+                x=[m["predicted_ms"] for m in tuned],
+                y=val_top1(tuned),
+                mode="markers",
+                name="fine-tuned models (validation, predicted ms)",
+                marker={"color": "seagreen", "symbol": "star", "size": 13},
+                text=[m["bundle"] for m in tuned],
+            )
+        )
     fig.add_trace(
         go.Scatter(
             x=[m["predicted_ms"] for m in models],
