@@ -37,7 +37,7 @@ def folders(tmp_path_factory, imagenet_dir):
     for name, chosen in (("train", classes[:24]), ("val", classes[500:508])):
         (root / name).mkdir()
         for folder in chosen:
-            (root / name / folder.name).symlink_to(folder)
+            (root / name / folder.name).symlink_to(folder.resolve())
     return root
 
 
