@@ -184,8 +184,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--tokens",
         choices=TOKEN_MODES,
         help="token reduction to search: topk, threshold, merge (ToMe), topk+merge (top-k at --token-blocks, "
-        "merging elsewhere) or none; default: the op measured best on the device (merge on host-cpu and "
-        "mobile-cpu, topk elsewhere)",
+        "merging elsewhere) or none; default: the op measured best on the device (merge on mobile-cpu, "
+        "topk elsewhere)",
     )
     space.add_argument(
         "--token-blocks", type=ints, default=(3, 6, 9), help="blocks that search a top-k keep ratio or a threshold"

@@ -179,13 +179,15 @@ def test_auto_margin_is_the_share_by_which_the_tables_check_saw_models_run_over(
 
 
 def test_a_job_that_names_no_token_op_searches_the_one_measured_best_on_its_device():
-    assert job().space.tokens == job(device="mobile-cpu:tensor-g3").space.tokens == "merge"
+    phone = "mobile-cpu:tensor-g3"
+    assert job(device="mobile-cpu").space.tokens == job(device=phone).space.tokens == "merge"
+    assert job().space.tokens == "topk"  # host-cpu, where top-k measured best
     assert job(device="cuda").space.tokens == job(device="fpga:zcu102").space.tokens == "topk"  # nothing measured
     named = job(space=SearchSpace(tokens="topk", heads=True))
     assert named.space.tokens == "topk" and named.space.heads
-    others_set = job(space=SearchSpace(heads=True, group=2))  # the op unnamed, the rest as given
+    others_set = job(device=phone, space=SearchSpace(heads=True, group=2))  # the op unnamed, the rest as given
     assert (others_set.space.tokens, others_set.space.heads, others_set.space.group) == ("merge", True, 2)
-    assert job(space={"mlp": True}).space.tokens == "merge"
+    assert job(device=phone, space={"mlp": True}).space.tokens == "merge"
     # A stored job names its op, so it keeps it (and its study) whatever the default becomes.
     stored = job(space={"tokens": "topk"})
     assert JobSpec.stored(stored.model_dump_json()).space.tokens == "topk"

@@ -101,9 +101,12 @@ def test_merge_flags_set_the_search_space():
     )
     space = job_from_args(args).space
     assert (space.tokens, space.merge_group, space.merge_max) == ("topk+merge", 1, 16)
-    # Without --tokens: the op measured best on the device (host-cpu merges; nothing measured on a GPU).
+    # Without --tokens: the op measured best on the device (the phone merges, the host keeps top-k;
+    # nothing measured on a GPU).
     default = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).space
-    assert (default.tokens, default.merge_group, default.merge_max) == ("merge", 3, 24)
+    assert default.tokens == "topk"
+    phone = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6", "--device", "mobile-cpu"])).space
+    assert (phone.tokens, phone.merge_group, phone.merge_max) == ("merge", 3, 24)
     gpu = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6", "--device", "cuda"])).space
     assert gpu.tokens == "topk"
     assert job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.6"])).objective == "kl"
