@@ -60,7 +60,11 @@ __all__ = [
 ]
 
 FORMAT = "vitprune-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this vitprune reads and writes. 2 added quantised models (`quantisation` in
+config.json, their scales among the weights); a float model is still written as 1, which every
+version reads."""
+QUANTISED_FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
@@ -103,6 +107,8 @@ def save_bundle(
     _check_free(path, overwrite)
     kwargs = dict(model_kwargs) if model_kwargs is not None else _derived_kwargs(pruned)
     dense, skeleton = _build(pruned.spec.name, kwargs, pruned.config)
+    if pruned.quantisation is not None:
+        _quantised_skeleton(skeleton, pruned.quantisation)
     _check_rebuilds(pruned, skeleton, kwargs)
     config = _config_json(pruned, kwargs, provenance, weights)
     metrics = _plain_json(dict(metrics or {}), "metrics")
@@ -176,11 +182,12 @@ def _config_json(
         package_version = "0.0.0+local"
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": QUANTISED_FORMAT_VERSION if pruned.quantisation is not None else 1,
         "base_model": pruned.spec.name,
         "model_kwargs": _plain_json(kwargs, "model_kwargs"),
         "image_size": list(pruned.spec.image_size),
         "prune_config": pruned.config.model_dump(mode="json"),
+        **({"quantisation": pruned.quantisation} if pruned.quantisation is not None else {}),
         "provenance": {
             "vitprune_version": package_version,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -266,6 +273,8 @@ def load_bundle(path: str | Path) -> PrunedViT:
     text, tensors = _read_zip(path) if path.is_file() else _read_directory(path)
     header = _parse_config(text)
     _, pruned = _build(header["base_model"], header["model_kwargs"], header["prune_config"])
+    if header.get("quantisation") is not None:
+        _quantised_skeleton(pruned, header["quantisation"])
     if list(pruned.spec.image_size) != header["image_size"]:
         raise BundleError(
             f"{CONFIG_FILE}: image_size {header['image_size']} does not match {header['base_model']}"
@@ -279,6 +288,18 @@ def load_bundle(path: str | Path) -> PrunedViT:
         if tensor.is_meta:  # would fail at the first forward
             raise BundleError(f"{WEIGHTS_FILE}: no value for {name} after loading")
     return pruned.eval()
+
+
+def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
+    """Give the weightless model the quantised layers whose scales the weights file holds."""
+    from pruning.quantisation import PRECISIONS, wrap_linears  # torch is loaded by now
+
+    if not isinstance(quantisation, dict) or quantisation.get("precision") not in PRECISIONS:
+        raise BundleError(
+            f"{CONFIG_FILE}: quantisation must name a precision of {', '.join(PRECISIONS)}, got {quantisation!r}"
+        )
+    wrap_linears(pruned.model)
+    pruned.quantisation = quantisation
 
 
 def read_bundle_json(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -37,6 +37,7 @@ from onnx.external_data_helper import uses_external_data
 from torch import nn
 
 from pruning.model import PrunedViT
+from pruning.quantisation._onnx import add_qdq, float_layers
 
 __all__ = ["MIN_OPSET", "ExportError", "ExportReport", "export_onnx", "file_uses_external_data", "verify_onnx"]
 
@@ -124,8 +125,10 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     masked = pruned.config.per_image
     example = _inputs(pruned, batch_size, images).to(_device(pruned))
-    with _masked_tokens(pruned, masked), _eval_mode(pruned), torch.no_grad(), _quiet_exporter():
+    with _masked_tokens(pruned, masked), _eval_mode(pruned), torch.no_grad(), _quiet_exporter(), float_layers(pruned):
         exporter = _export(pruned, example, path, opset=opset, dynamic_batch=dynamic_batch)
+    if pruned.quantisation is not None:
+        layers = add_qdq(path, pruned)
     report = ExportReport(
         path=path,
         opset=_file_opset(path),
@@ -136,6 +139,11 @@ def export_onnx(
     )
     if masked:
         report.notes.append(MASKED_NOTE)
+    if pruned.quantisation is not None:
+        report.notes.append(
+            f"{pruned.quantisation['precision']}: {layers} layers as QDQ (int8 weight codes, uint8 inputs, the"
+            " model's own scales), which onnxruntime runs with integer kernels"
+        )
     if _needs_external_data(pruned):
         report.notes.append(f"weights exceed 2 GB: stored in an external data file next to {path.name}")
     _check(pruned, report, images)

@@ -6,6 +6,7 @@ checks only list them, and import this module alone.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __all__ = ["IMAGE_EXTENSIONS", "image_files", "shared_images"]
@@ -15,10 +16,18 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 
 
 def image_files(root: Path) -> set[Path]:
-    """Every image file under `root`, resolved; FileNotFoundError for a folder that is not there."""
+    """Every image file under `root`, resolved; FileNotFoundError for a folder that is not there.
+
+    Linked class folders are followed, as the loader follows them: a subset of a large set is often a
+    folder of links, and images reached through a link are still the same images."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-    return {p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+    return {
+        (Path(folder) / name).resolve()
+        for folder, _, names in os.walk(root, followlinks=True)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_EXTENSIONS and (Path(folder) / name).is_file()
+    }
 
 
 def shared_images(first: Path, second: Path) -> set[Path]:

@@ -49,6 +49,8 @@ class PrunedViT(nn.Module):
         self.family = family
         self.compact_tokens = True
         self.last_token_counts: list[torch.Tensor] = []
+        self.quantisation: dict | None = None
+        """What `pruning.quantisation.quantise` did to the model (precision, scales); None: float."""
 
     @property
     def blocks(self) -> list[nn.Module]:

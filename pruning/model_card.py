@@ -162,6 +162,15 @@ class _Card:
             " from the weights (smaller matrices, not masks), and token reduction runs inside the blocks marked"
             f" below. Input {spec.image_size[0]}x{spec.image_size[1]} RGB, {spec.num_classes} classes.",
         ]
+        quantisation = self.config.get("quantisation")
+        if quantisation:
+            lines += [
+                "",
+                f"**Precision: {quantisation['precision']}** ({quantisation['layers']} layers; weights"
+                f" {quantisation['weights']}; inputs {quantisation['activations']}; scales {quantisation['scales']}"
+                f"). Kept in float: {quantisation['float']}. Every figure below is of the quantised model,"
+                " computed as an int8 device computes it.",
+            ]
         headline = self._headline()
         if headline:
             lines += ["", headline]

@@ -6,6 +6,8 @@ vitprune export    ONNX file from a bundle, checked against PyTorch with onnxrun
 vitprune latency   measured latency of a bundle or a dense model at several batch sizes
 (and the latency-table commands of `vitprune.cli_latency`: profile, devices, lut;
 the search command of `vitprune.cli_search`: search;
+the training commands of `vitprune.cli_train` and `vitprune.cli_thresholds`: finetune, learn-thresholds;
+the quantisation command of `vitprune.cli_quantise`: quantise;
 the service commands of `vitprune.cli_server`: serve, worker;
 the REST client of `vitprune.cli_client`: submit, jobs, download)
 """
@@ -22,6 +24,7 @@ from vitprune.allocator import arrange
 from vitprune.arguments import ints
 from vitprune.cli_client import add_commands as add_client_commands
 from vitprune.cli_latency import add_commands as add_latency_commands
+from vitprune.cli_quantise import add_commands as add_quantise_commands
 from vitprune.cli_search import add_commands as add_search_commands
 from vitprune.cli_server import add_commands as add_server_commands
 from vitprune.cli_thresholds import add_commands as add_threshold_commands
@@ -305,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(commands)
     add_train_commands(commands)
     add_threshold_commands(commands)
+    add_quantise_commands(commands)
     add_server_commands(commands)
     add_client_commands(commands)
     return parser

@@ -9,8 +9,9 @@ The order every stage list follows:
 
     build -> recover -> [fine-tune] -> [quantise] -> evaluate -> time -> save
 
-"fine-tune" is recovery training (`pruning.training`); "quantise" is planned: it has its place in
-`ORDER` but no module yet, and a list naming it is refused until one exists. To add a stage: write
+"fine-tune" is recovery training (`pruning.training`); "quantise" is post-training W8A8
+quantisation (`pruning.quantisation`). A name in `ORDER` without a module is planned, and a list
+naming it is refused until one exists. To add a stage: write
 `pruning/stages/<name>.py` with a `Stage` subclass whose `name` is its entry in `ORDER`, give it
 the inputs it needs in `StageInputs` and the results it makes in `ModelRecord`, and add it to the
 lists that should run it.

@@ -70,6 +70,11 @@ class StageInputs:
     progress: bool = False
     """Show a progress bar while training."""
 
+    # quantise
+    precision: str | None = None
+    """A precision of `pruning.quantisation.PRECISIONS` (its input ranges calibrated on `calibration`);
+    None or "fp32": no quantisation."""
+
     # evaluate
     val: ImageSet | None = None
     """Validation images: accuracy, fidelity, FLOPs and the token counts the time stage prices."""
@@ -118,6 +123,8 @@ class ModelRecord:
     recovered: bool = False
     fine_tuned: dict[str, Any] | None = None
     """What the fine-tune stage did (`pruning.training.FineTuneResult`), if it ran."""
+    quantisation: dict[str, Any] | None = None
+    """What the quantise stage did (precision, scales), if it ran."""
     evaluation: EvalResult | None = None
     logits: torch.Tensor | None = None
     token_counts: torch.Tensor | None = None

@@ -234,3 +234,18 @@ def test_real_images_match_timm_eval_transform(
         with Image.open(imagenet_dir / rel) as image:
             expected = transform(image.convert("RGB"))
         assert (ours[i] - expected).abs().max().item() <= 1e-6
+
+
+def test_linked_class_folders_count_as_their_images(tmp_path):
+    """A subset made of links to class folders shares its images with the folders it links to."""
+    from pruning.image_files import image_files, shared_images
+
+    source = tmp_path / "source" / "c0"
+    source.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(source / "a.png")
+    (source / "notes.txt").write_text("not an image")
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    (subset / "c0").symlink_to(source)
+    assert image_files(subset) == {(source / "a.png").resolve()}
+    assert shared_images(subset, tmp_path / "source") == {(source / "a.png").resolve()}

@@ -1,0 +1,44 @@
+"""Quantisation: int8 weights and activations (W8A8), with any scales or powers of two (RAPQ's
+constraint), simulated in PyTorch exactly as an int8 device computes and exported as ONNX QDQ.
+
+Names are imported on first use, so `pruning.quantisation.precisions` loads no torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pruning._lazy import lazy_exports
+
+_EXPORTS = {
+    "PRECISIONS": "pruning.quantisation.precisions",
+    "QuantisedLinear": "pruning.quantisation._linear",
+    "QuantisationError": "pruning.quantisation._quantise",
+    "describe_quantisation": "pruning.quantisation._quantise",
+    "quantise": "pruning.quantisation._quantise",
+    "quantised_layers": "pruning.quantisation._quantise",
+    "wrap_linears": "pruning.quantisation._quantise",
+}
+
+__all__ = [
+    "PRECISIONS",
+    "QuantisationError",
+    "QuantisedLinear",
+    "describe_quantisation",
+    "quantise",
+    "quantised_layers",
+    "wrap_linears",
+]
+
+if TYPE_CHECKING:
+    from pruning.quantisation._linear import QuantisedLinear
+    from pruning.quantisation._quantise import (
+        QuantisationError,
+        describe_quantisation,
+        quantise,
+        quantised_layers,
+        wrap_linears,
+    )
+    from pruning.quantisation.precisions import PRECISIONS
+
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,120 @@
+"""Post-training quantisation of a pruned ViT: every Linear to W8A8, calibrated on real images.
+
+What is quantised: every `nn.Linear` (attention qkv and projection, MLP fc1 and fc2, the classifier),
+the layers that hold nearly all of a ViT's multiply-accumulates. What stays float, as onnxruntime's
+int8 CPU recipe and most int8 NPUs run a ViT: the patch embedding, LayerNorm, softmax and the
+attention products, GELU and the residual adds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.model import PrunedViT
+from pruning.quantisation._linear import QuantisedLinear, activation_qparams, weight_scales
+from pruning.quantisation.precisions import PRECISIONS
+
+__all__ = ["QuantisationError", "quantise", "quantised_layers", "wrap_linears"]
+
+SAMPLE_PER_LAYER = 16384
+"""Input values kept per layer to choose power-of-two scales by squared error."""
+
+
+class QuantisationError(ValueError):
+    """A precision that does not exist, or a model that cannot be quantised as asked."""
+
+
+def wrap_linears(model: nn.Module) -> dict[str, QuantisedLinear]:
+    """Replace every plain `nn.Linear` in `model` by a QuantisedLinear sharing its parameters; name -> layer."""
+    layers: dict[str, QuantisedLinear] = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                layer = QuantisedLinear.wrap(child)
+                setattr(module, child_name, layer)
+                layers[f"{name}.{child_name}" if name else child_name] = layer
+    return layers
+
+
+def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear]:
+    """name -> QuantisedLinear of a quantised model."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantisedLinear)}
+
+
+def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str) -> PrunedViT:
+    """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
+
+    Weights get per-channel scales from their own values; each layer's input gets the min-max range it
+    took over the calibration images in the float model (with `int8-pow2`, each scale becomes the power
+    of two with the smaller squared error on those inputs). Records what it did in `quantisation`.
+    """
+    if precision not in PRECISIONS:
+        raise QuantisationError(f"unknown precision {precision!r}; choose one of fp32, {', '.join(PRECISIONS)}")
+    if pruned.quantisation is not None:
+        raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
+    power_of_two = PRECISIONS[precision]
+    model = copy.deepcopy(pruned).eval()
+    layers = wrap_linears(model.model)
+    ranges, images = _calibrate(model, layers, batches)
+    for name, layer in layers.items():
+        low, high, sample = ranges[name]
+        scale, zero_point = activation_qparams(low, high, sample, power_of_two)
+        layer.input_scale.fill_(scale)
+        layer.input_zero_point.fill_(zero_point)
+        layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
+        layer.round_weights()
+        layer.simulate = True
+    model.quantisation = describe_quantisation(precision, layers, images=images)
+    return model
+
+
+def describe_quantisation(precision: str, layers: dict[str, QuantisedLinear], images: int) -> dict[str, Any]:
+    """What config.json and the model card say about a quantised model."""
+    return {
+        "precision": precision,
+        "weights": "int8, one symmetric scale per output channel",
+        "activations": f"uint8, one asymmetric scale per layer input, min-max over {images} calibration images",
+        "scales": "powers of two" if PRECISIONS[precision] else "any",
+        "layers": len(layers),
+        "float": "patch embedding, LayerNorm, softmax and attention products, GELU, residual adds",
+    }
+
+
+def _calibrate(
+    model: PrunedViT, layers: dict[str, QuantisedLinear], batches: Iterable[torch.Tensor]
+) -> tuple[dict[str, tuple[float, float, torch.Tensor]], int]:
+    """(name -> (min, max, sample of values) of each layer's input over `batches` in the float model,
+    how many images)."""
+    seen: dict[str, list] = {name: [float("inf"), float("-inf"), []] for name in layers}
+    generator = torch.Generator().manual_seed(0)
+
+    def observe(name: str):
+        def hook(_module, inputs):
+            x = inputs[0].detach().float()
+            entry = seen[name]
+            entry[0], entry[1] = min(entry[0], float(x.min())), max(entry[1], float(x.max()))
+            flat = x.reshape(-1).cpu()
+            entry[2].append(flat[torch.randint(flat.numel(), (SAMPLE_PER_LAYER,), generator=generator)])
+
+        return hook
+
+    for layer in layers.values():
+        layer.simulate = False
+    handles = [layer.register_forward_pre_hook(observe(name)) for name, layer in layers.items()]
+    images = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+                images += len(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if images == 0:
+        raise QuantisationError("quantisation needs calibration images to set the activation ranges")
+    return {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}, images

@@ -1,0 +1,9 @@
+"""The precisions a model can be quantised to (no torch here: the command line and job schemas read it)."""
+
+from __future__ import annotations
+
+__all__ = ["PRECISIONS"]
+
+PRECISIONS: dict[str, bool] = {"int8": False, "int8-pow2": True}
+"""Precision name -> whether its scales are powers of two (shifts instead of multiplies, RAPQ's
+constraint for accelerators). "fp32" is the unquantised model."""

@@ -1,0 +1,29 @@
+"""The "quantise" stage: post-training W8A8 quantisation (see `pruning.quantisation`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pruning.model import PrunedViT
+from pruning.quantisation import quantise
+from pruning.stages._base import ModelRecord, Stage
+
+__all__ = ["Quantise"]
+
+
+class Quantise(Stage):
+    """Quantise the model to the inputs' `precision`, its input ranges calibrated on their calibration batches.
+
+    Runs only when the inputs ask for a precision other than fp32. After it, the model computes as the
+    int8 device does, so the evaluate stage scores what the device will run.
+    """
+
+    name = "quantise"
+
+    def run(self, model: PrunedViT | None, record: ModelRecord) -> tuple[PrunedViT, ModelRecord]:
+        inputs = record.inputs
+        if inputs.precision in (None, "fp32"):
+            return model, record
+        batches = list(inputs.calibration) if inputs.calibration is not None else []
+        quantised = quantise(model, batches, inputs.precision)
+        return quantised, replace(record, quantisation=quantised.quantisation)

@@ -1,0 +1,100 @@
+"""`vitprune quantise`: a pruned DeiT-Tiny becomes an int8 bundle scored on real images it was not
+calibrated on, exported as QDQ and checked with onnxruntime; bad input is refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pruning import PruneConfig, describe, prune_model
+from pruning.bundle import load_bundle, read_bundle_json, save_bundle
+from pruning.loading import create_model
+from pruning.quantisation import quantised_layers
+from vitprune.cli import main
+
+MODEL = "deit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, imagenet_dir, deit_tiny_weights):
+    """16 classes to calibrate on, 16 others to validate on (one real image each), and a top-k bundle."""
+    root = tmp_path_factory.mktemp("quantise")
+    classes = sorted(p for p in imagenet_dir.iterdir() if p.is_dir())
+    for name, chosen in (("calib", classes[:16]), ("val", classes[600:616])):
+        (root / name).mkdir()
+        for folder in chosen:
+            (root / name / folder.name).symlink_to(folder.resolve())
+    dense = create_model(MODEL, weights=deit_tiny_weights)
+    config = PruneConfig.uniform(describe(dense, MODEL), keep_ratio=0.7, at=(3, 6, 9), package_token=True)
+    save_bundle(prune_model(dense, config, name=MODEL), root / "float", weights=deit_tiny_weights)
+    return root
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def command(folders, class_map, out, *extra):
+    return ("quantise", folders / "float", "--calib", folders / "calib", "--val", folders / "val",
+            "--class-map", class_map, "--out", out, "--threads", "1", *extra)  # fmt: skip
+
+
+def test_the_command_writes_an_int8_bundle_checked_by_onnxruntime(capsys, folders, class_map, deit_tiny_weights):
+    out = folders / "int8"
+    argv = command(folders, class_map, out, "--precision", "int8-pow2", "--weights", deit_tiny_weights, "--onnx")
+    code, stdout, _ = run(capsys, *argv, "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    model = load_bundle(out)
+    assert model.quantisation["precision"] == "int8-pow2"
+    assert len(quantised_layers(model.model)) == 12 * 4 + 1
+    config, metrics = read_bundle_json(out)
+    assert config["quantisation"] == model.quantisation
+    assert metrics["precision"] == "int8-pow2" and metrics["val"]["reference"] == "dense"
+    assert metrics["val"]["n_images"] == 16 and metrics["datasets"]["calib"]["images"] == 16
+    assert metrics["before_quantisation"]["val"]["n_images"] == 16
+    # Quantisation costs little: most predictions stay those of the float model. A wrong scale or a
+    # transposed weight would leave next to none.
+    assert summary["against_float"]["agreement"] >= 75.0
+    check = summary["onnx_check"]
+    assert check["images"] == 16 and check["agreement"] >= 75.0 and check["max_abs_diff"] < 5.0
+    assert config["provenance"]["extra"]["quantised_from"] == "float"
+
+
+def test_measure_times_both_files(capsys, folders, class_map):
+    out = folders / "timed"
+    code, stdout, _ = run(capsys, *command(folders, class_map, out, "--measure", "--calibration-images", "8"))
+    assert code == 0
+    lines = stdout.splitlines()
+    assert any(line.startswith("onnxruntime at batch 1: fp32") for line in lines)
+    assert any(line.startswith("onnxruntime vs PyTorch: agreement") for line in lines)
+
+
+def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never")[:4], "--val", folders / "calib",
+                       "--out", folders / "never")  # fmt: skip
+    assert code == 2 and "share images" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--calibration-images", "0"))
+    assert code == 2 and "--calibration-images" in err
+    assert not (folders / "never").exists()
+
+
+def test_a_quantised_bundle_is_not_quantised_again(capsys, folders, class_map):
+    first = folders / "once"
+    assert run(capsys, *command(folders, class_map, first, "--calibration-images", "8"))[0] == 0
+    argv = list(command(folders, class_map, folders / "twice"))
+    argv[1] = first
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "already quantised" in err and "Traceback" not in err

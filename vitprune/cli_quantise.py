@@ -1,0 +1,179 @@
+"""`vitprune quantise`: post-training W8A8 quantisation of a bundle, scored on images it was not
+calibrated on, exported as ONNX QDQ and checked with onnxruntime.
+
+The new bundle's figures are those of the quantised model (computed as the int8 device computes); the
+float bundle's figures on the same validation images move under `before_quantisation`. With `--onnx`
+the QDQ file is run by onnxruntime on every validation image and compared with the PyTorch
+simulation (top-1 agreement, largest logit difference); with `--measure` the float and the int8
+files are timed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands"]
+
+CALIBRATION_IMAGES = 256
+"""Images whose ranges calibrate the activations: a few hundred settle min-max ranges on ImageNet ViTs."""
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    from pruning.quantisation.precisions import PRECISIONS
+
+    parser = commands.add_parser("quantise", help="quantise a bundle to int8 (W8A8) and check it with onnxruntime")
+    parser.add_argument("bundle", type=Path, help="the float bundle (directory or .zip)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="int8: any scales; "
+                        "int8-pow2: power-of-two scales (shifts instead of multiplies)")  # fmt: skip
+    parser.add_argument("--calib", type=Path, required=True, help="calibration images (ImageFolder), apart from --val")
+    parser.add_argument(
+        "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="use this many of --calib (spread)"
+    )
+    parser.add_argument("--val", type=Path, required=True, help="validation images for the new bundle's figures")
+    parser.add_argument("--class-map", type=Path, help="file with one class name per line (line number = index)")
+    parser.add_argument("--weights", type=Path, help="the dense model's weights: fidelity is then to the dense model")
+    parser.add_argument("--out", type=Path, required=True, help="the new bundle: a directory or a path ending in .zip")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--onnx", action="store_true", help="write model.onnx (QDQ) and check it with onnxruntime")
+    parser.add_argument("--measure", action="store_true", help="time the float and int8 ONNX files here")
+    parser.add_argument("--latency-batch", type=int, default=1, help="batch size of --measure")
+    parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(run=cmd_quantise)
+
+
+def cmd_quantise(args: argparse.Namespace) -> int:
+    import torch
+
+    from pruning.bundle import file_sha256, load_bundle, read_bundle_json
+    from pruning.data import load_image_folder
+    from pruning.image_files import shared_images
+    from pruning.image_sets import describe_images, eval_data_config, image_set_name
+    from pruning.loading import WeightsError, create_model
+    from pruning.metrics import classification_metrics, predict
+    from pruning.stages import ModelRecord, StageInputs, run_stages
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.calibration_images < 1:
+        raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
+    if shared_images(args.calib, args.val):
+        raise ValueError(f"--calib ({args.calib}) and --val ({args.val}) share images: validation must be held out")
+    model = load_bundle(args.bundle)
+    if model.quantisation is not None:
+        raise ValueError(
+            f"{args.bundle} is already quantised ({model.quantisation['precision']}): quantise its float bundle"
+        )
+    config, metrics = read_bundle_json(args.bundle)
+    recorded = (config.get("provenance") or {}).get("weights_sha256")
+    if args.weights and recorded and file_sha256(args.weights) != recorded:
+        raise WeightsError(f"{args.weights} is not the dense model this bundle was pruned from (its sha256 differs)")
+    kwargs = config.get("model_kwargs") or {}
+    dense = create_model(config["base_model"], weights=args.weights, **kwargs) if args.weights else None
+    data_config = eval_data_config(dense if dense is not None else model.model, model.spec.image_size)
+    calib = load_image_folder(args.calib, data_config, class_map=args.class_map, max_images=args.calibration_images)
+    val = load_image_folder(args.val, data_config, class_map=args.class_map)
+    float_logits = predict(model, val)
+    reference = predict(dense, val) if dense is not None else float_logits
+    before = classification_metrics(float_logits, val.labels, reference)
+    names = {"calib": image_set_name(args.calib), "val": image_set_name(args.val)}
+    checks: dict[str, Any] = {}
+
+    def report(record: ModelRecord) -> dict[str, Any]:
+        kept = {k: v for k, v in metrics.items() if k not in ("val", "before_quantisation")}
+        against_float = classification_metrics(record.logits, None, float_logits)
+        datasets = {
+            key: describe_images(names[key], images, data_config) for key, images in (("calib", calib), ("val", val))
+        }
+        return kept | {
+            "precision": record.quantisation["precision"],
+            "val": record.evaluation.to_dict() | {"reference": "dense" if dense is not None else "float bundle"},
+            "before_quantisation": {"val": before.to_dict()},
+            "against_float": {"agreement": against_float.agreement, "kl": against_float.kl},
+            "quantisation": record.quantisation,
+            "datasets": datasets,
+            **checks,
+        }
+
+    inputs = StageInputs(
+        dense=dense if dense is not None else model,  # the stages here read no dense model
+        name=config["base_model"],
+        calibration=[batch for batch, _ in calib.batches(32)],
+        precision=args.precision,
+        val=val,
+        reference=reference,
+        out=args.out,
+        report=report,
+        weights=args.weights,
+        model_kwargs=kwargs,
+        onnx=args.onnx,
+        overwrite=args.overwrite,
+    )
+    provenance = dict((config.get("provenance") or {}).get("extra") or {}) | {"quantised_from": Path(args.bundle).name}
+    if args.weights is None and recorded:
+        provenance["weights_sha256"] = recorded
+    quantised, record = run_stages(("quantise", "evaluate"), ModelRecord(model.config, inputs, provenance), model)
+    if args.onnx or args.measure:
+        checks.update(_onnx_checks(model, quantised, record.logits, val, args))
+    _, record = run_stages(("save",), record, quantised)
+    summary = {"bundle": str(record.bundle), "precision": args.precision, "val": record.metrics["val"]}
+    summary |= {"before": before.to_dict(), "against_float": record.metrics["against_float"], **checks}
+    print(json.dumps(summary) if args.json else _in_words(summary))
+    return 0
+
+
+def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) -> dict[str, Any]:
+    """onnxruntime against the PyTorch simulation on every validation image, and (with --measure) the float
+    and int8 files timed at --latency-batch."""
+    from pruning.export import export_onnx
+    from pruning.metrics import classification_metrics
+    from pruning.onnx_session import onnx_logits, onnx_session, time_onnx
+
+    checks: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        export_onnx(quantised, work / "int8.onnx")
+        runtime = onnx_logits(onnx_session(work / "int8.onnx", args.threads), val)
+        agreement = classification_metrics(runtime, None, logits)
+        checks["onnx_check"] = {
+            "runtime": "onnxruntime (CPU)",
+            "images": len(val),
+            "agreement": agreement.agreement,
+            "max_abs_diff": float((runtime - logits).abs().max()),
+        }
+        if args.measure:
+            export_onnx(float_model, work / "fp32.onnx")
+            batch = next(val.batches(args.latency_batch))[0]
+            if len(batch) < args.latency_batch:
+                batch = batch.repeat(-(-args.latency_batch // len(batch)), 1, 1, 1)[: args.latency_batch]
+            timed = {name: time_onnx(work / f"{name}.onnx", batch, args.threads) for name in ("fp32", "int8")}
+            checks["onnxruntime_ms"] = {
+                "fp32": timed["fp32"].ms,
+                "int8": timed["int8"].ms,
+                "speedup": timed["fp32"].ms / timed["int8"].ms,
+                "batch": args.latency_batch,
+                "threads": timed["int8"].threads,
+            }
+    return checks
+
+
+def _in_words(summary: dict[str, Any]) -> str:
+    before, after = summary["before"], summary["val"]
+    lines = [f"{summary['precision']}: {summary['bundle']}"]
+    if before.get("top1") is not None:
+        lines.append(f"validation top-1: {before['top1']:.2f}% -> {after['top1']:.2f}% on {after['n_images']} images")
+    lines.append(f"agreement with the float model: {summary['against_float']['agreement']:.2f}%")
+    if "onnx_check" in summary:
+        check = summary["onnx_check"]
+        lines.append(
+            f"onnxruntime vs PyTorch: agreement {check['agreement']:.2f}%, max |diff| {check['max_abs_diff']:.4f}"
+        )
+    if "onnxruntime_ms" in summary:
+        ms = summary["onnxruntime_ms"]
+        timed = f"fp32 {ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['speedup']:.2f}x)"
+        lines.append(f"onnxruntime at batch {ms['batch']}: {timed}")
+    return "\n".join(lines)
