@@ -64,7 +64,7 @@ FORMAT_VERSION = 2
 """The newest format this vitprune reads and writes. 2 added quantised models (`quantisation` in
 config.json, their scales among the weights); a float model is still written as 1, which every
 version reads."""
-QUANTISED_FORMAT_VERSION = 2
+FLOAT_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
@@ -182,7 +182,7 @@ def _config_json(
         package_version = "0.0.0+local"
     return {
         "format": FORMAT,
-        "format_version": QUANTISED_FORMAT_VERSION if pruned.quantisation is not None else 1,
+        "format_version": FORMAT_VERSION if pruned.quantisation is not None else FLOAT_FORMAT_VERSION,
         "base_model": pruned.spec.name,
         "model_kwargs": _plain_json(kwargs, "model_kwargs"),
         "image_size": list(pruned.spec.image_size),

@@ -14,7 +14,6 @@ _EXPORTS = {
     "PRECISIONS": "pruning.quantisation.precisions",
     "QuantisedLinear": "pruning.quantisation._linear",
     "QuantisationError": "pruning.quantisation._quantise",
-    "describe_quantisation": "pruning.quantisation._quantise",
     "quantise": "pruning.quantisation._quantise",
     "quantised_layers": "pruning.quantisation._quantise",
     "wrap_linears": "pruning.quantisation._quantise",
@@ -24,7 +23,6 @@ __all__ = [
     "PRECISIONS",
     "QuantisationError",
     "QuantisedLinear",
-    "describe_quantisation",
     "quantise",
     "quantised_layers",
     "wrap_linears",
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
     from pruning.quantisation._linear import QuantisedLinear
     from pruning.quantisation._quantise import (
         QuantisationError,
-        describe_quantisation,
         quantise,
         quantised_layers,
         wrap_linears,

@@ -54,7 +54,7 @@ def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str)
     of two with the smaller squared error on those inputs). Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
-        raise QuantisationError(f"unknown precision {precision!r}; choose one of fp32, {', '.join(PRECISIONS)}")
+        raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if pruned.quantisation is not None:
         raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
     power_of_two = PRECISIONS[precision]
@@ -69,11 +69,11 @@ def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str)
         layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
         layer.round_weights()
         layer.simulate = True
-    model.quantisation = describe_quantisation(precision, layers, images=images)
+    model.quantisation = _describe(precision, layers, images=images)
     return model
 
 
-def describe_quantisation(precision: str, layers: dict[str, QuantisedLinear], images: int) -> dict[str, Any]:
+def _describe(precision: str, layers: dict[str, QuantisedLinear], images: int) -> dict[str, Any]:
     """What config.json and the model card say about a quantised model."""
     return {
         "precision": precision,
