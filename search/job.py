@@ -271,6 +271,19 @@ class JobSpec(_Strict):
     onnx: bool = Field(default=False, description="add model.onnx to every Pareto bundle")
     seed: int = Field(default=0, ge=0, lt=2**32, description="seeds the sampler and the holdout split")
 
+    @field_validator("device")
+    @classmethod
+    def _float_device(cls, device: str) -> str:
+        # A phone named with its int8 dtype (`latency_models.devices.analytic`) prices quantised models;
+        # trials are float models, and a float model priced as int8 would look faster than it runs.
+        if device.endswith("+int8"):
+            raise ValueError(
+                f"device {device!r} prices int8 models, and the search makes float ones: name "
+                f"{device.removesuffix('+int8')!r}, then quantise a Pareto bundle with "
+                f"`vitprune quantise BUNDLE --device {device.removesuffix('+int8')}`"
+            )
+        return device
+
     @model_validator(mode="before")
     @classmethod
     def _measured_token_op(cls, data: Any) -> Any:

@@ -5,7 +5,8 @@ The new bundle's figures are those of the quantised model (computed as the int8 
 float bundle's figures on the same validation images move under `before_quantisation`. With `--onnx`
 the QDQ file is run by onnxruntime on every validation image and compared with the PyTorch
 simulation (top-1 agreement, largest logit difference); with `--measure` the float and the int8
-files are timed here.
+files are timed here. With `--device` (a phone: `mobile-cpu`, `mobile-cpu:<soc>@<cores>`) the model is
+priced on it in float32 and in int8 from the token counts it keeps on the validation images.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--measure", action="store_true", help="time the float and int8 ONNX files here")
     parser.add_argument("--latency-batch", type=int, default=1, help="batch size of --measure")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's)")
+    parser.add_argument("--device", help="a phone to price the model on in float32 and int8, e.g. mobile-cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=cmd_quantise)
 
@@ -63,6 +65,8 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
     if shared_images(args.calib, args.val):
         raise ValueError(f"--calib ({args.calib}) and --val ({args.val}) share images: validation must be held out")
+    if args.device:
+        _int8_device(args.device)  # a name that cannot be priced in int8 is refused before any work
     model = load_bundle(args.bundle)
     if model.quantisation is not None:
         raise ValueError(
@@ -84,7 +88,10 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     checks: dict[str, Any] = {}
 
     def report(record: ModelRecord) -> dict[str, Any]:
-        kept = {k: v for k, v in metrics.items() if k not in ("val", "before_quantisation")}
+        # The float bundle's price was of the float model: it moves beside its accuracy.
+        moved = ("val", "before_quantisation", "predicted_ms")
+        kept = {k: v for k, v in metrics.items() if k not in moved}
+        before_price = {"predicted_ms": metrics["predicted_ms"]} if "predicted_ms" in metrics else {}
         against_float = classification_metrics(record.logits, None, float_logits)
         datasets = {
             key: describe_images(names[key], images, data_config) for key, images in (("calib", calib), ("val", val))
@@ -92,7 +99,7 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         return kept | {
             "precision": record.quantisation["precision"],
             "val": record.evaluation.to_dict() | {"reference": "dense" if dense is not None else "float bundle"},
-            "before_quantisation": {"val": before.to_dict()},
+            "before_quantisation": {"val": before.to_dict(), **before_price},
             "against_float": {"agreement": against_float.agreement, "kl": against_float.kl},
             "quantisation": record.quantisation,
             "datasets": datasets,
@@ -119,6 +126,8 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     quantised, record = run_stages(("quantise", "evaluate"), ModelRecord(model.config, inputs, provenance), model)
     if args.onnx or args.measure:
         checks.update(_onnx_checks(model, quantised, record.logits, val, args))
+    if args.device:
+        checks["device_ms"] = _device_prices(quantised, record.token_counts, args)
     _, record = run_stages(("save",), record, quantised)
     summary = {"bundle": str(record.bundle), "precision": args.precision, "val": record.metrics["val"]}
     summary |= {"before": before.to_dict(), "against_float": record.metrics["against_float"], **checks}
@@ -161,6 +170,32 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
     return checks
 
 
+def _int8_device(name: str):
+    """The int8 version of the phone `name` (the registry's UnknownDeviceError, a ValueError, if none)."""
+    from latency_models.devices.analytic import DTYPE_MARK
+    from latency_models.registry import Registry
+
+    if DTYPE_MARK in name:
+        raise ValueError(f"--device {name}: name the phone without a dtype; it is priced in float32 and in int8")
+    return Registry().backend(f"{name}{DTYPE_MARK}int8")
+
+
+def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
+    """The model's predicted latency on the phone in float32 and in int8, at --latency-batch."""
+    from latency_models.devices.analytic import DTYPE_MARK
+    from latency_models.registry import Registry
+    from pruning.tokens import padded_widths
+
+    registry, batch = Registry(), args.latency_batch
+    widths = padded_widths(counts, batch) if model.config.per_image else None
+    int8 = _int8_device(args.device).name
+    ms = {}
+    for dtype, name in (("float32", int8.partition(DTYPE_MARK)[0]), ("int8", int8)):
+        predictor = registry.predictor(name, model.spec, [batch], progress=False)
+        ms[dtype] = predictor.predict(model.config, model.spec, batch, kept_tokens=widths).ms
+    return {"device": int8, "batch": batch, **ms, "speedup": ms["float32"] / ms["int8"]}
+
+
 def _in_words(summary: dict[str, Any]) -> str:
     before, after = summary["before"], summary["val"]
     lines = [f"{summary['precision']}: {summary['bundle']}"]
@@ -176,4 +211,10 @@ def _in_words(summary: dict[str, Any]) -> str:
         ms = summary["onnxruntime_ms"]
         timed = f"fp32 {ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['speedup']:.2f}x)"
         lines.append(f"onnxruntime at batch {ms['batch']}: {timed}")
+    if "device_ms" in summary:
+        price = summary["device_ms"]
+        lines.append(
+            f"predicted on {price['device']} at batch {price['batch']}: float32 {price['float32']:.2f} ms,"
+            f" int8 {price['int8']:.2f} ms ({price['speedup']:.2f}x)"
+        )
     return "\n".join(lines)

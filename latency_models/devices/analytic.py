@@ -2,6 +2,8 @@
 (e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. A phone preset also
 runs on a named core configuration, `mobile-cpu:<soc>@<cores>` with cores one | cluster | all | a
 thread count (`MobileCpuParams.on_cores`); without `@` it is the preset's default configuration.
+A phone's name ending in `+int8` prices the model quantised to int8 (`MobileCpuParams.with_dtype`),
+e.g. `mobile-cpu+int8` or `mobile-cpu:snapdragon-855@all+int8`; without it, float32.
 Their tables are computed, for any ViT shape, and kept in memory for the registry's lifetime.
 
 A new analytic model and its presets live in `latency_models.analytic` (its `PRESETS` lists them
@@ -19,6 +21,9 @@ from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
 __all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind"]
+
+DTYPE_MARK = "+"
+"""Between a phone's name and the dtype it runs (`+int8`)."""
 
 DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"}
 """A bare analytic model name names its default preset."""
@@ -39,7 +44,8 @@ class AnalyticDevice:
         model = self.name.split(":", 1)[0]
         description = f"analytic {model} model, {self.params.hardware}"
         if isinstance(self.params, MobileCpuParams) and "@" not in self.name:
-            description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>)"
+            description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>"
+            description += "; +int8 for int8)" if DTYPE_MARK not in self.name else ")"
         return DeviceProfile(self.name, "analytic", description, True, "any ViT", BASIS)
 
     def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
@@ -65,24 +71,27 @@ class AnalyticKind:
         self._tables: dict[tuple, LatencyTable] = {}
 
     def claims(self, name: str) -> bool:
-        return ":" in name or name.partition("@")[0] in self.aliases
+        return ":" in name or name.partition(DTYPE_MARK)[0].partition("@")[0] in self.aliases
 
     def listed(self) -> list[AnalyticDevice]:
         return [AnalyticDevice(name, params, self._tables) for name, params in sorted(PRESETS.items())]
 
     def backend(self, name: str) -> AnalyticDevice:
+        name, mark, dtype = name.partition(DTYPE_MARK)
         preset, at, cores = name.partition("@")
         preset = self.aliases.get(preset, preset)
         name = preset + at + cores
         if preset not in PRESETS:
             raise UnknownDeviceError(f"unknown analytic device {name!r}; presets: {', '.join(sorted(PRESETS))}")
         params = PRESETS[preset]
-        if not at:
-            return AnalyticDevice(name, params, self._tables)
-        if not isinstance(params, MobileCpuParams):
-            raise UnknownDeviceError(f"{preset} has no core configurations ('@'): use {preset}")
+        if (at or mark) and not isinstance(params, MobileCpuParams):
+            raise UnknownDeviceError(f"{preset} has no core configurations ('@') or dtypes ('+'): use {preset}")
         try:
-            configured = params.on_cores(cores)
+            if at:
+                params = params.on_cores(cores)
+                name = params.name
+            if mark:
+                params = params.with_dtype(dtype)
         except ValueError as error:
-            raise UnknownDeviceError(f"unknown device {name!r}: {error}") from None
-        return AnalyticDevice(configured.name, configured, self._tables)
+            raise UnknownDeviceError(f"unknown device {name + mark + dtype!r}: {error}") from None
+        return AnalyticDevice(name + mark + dtype, params, self._tables)

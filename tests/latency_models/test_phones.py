@@ -11,6 +11,8 @@ from latency_models.devices import UnknownDeviceError
 from latency_models.devices.analytic import BASIS
 from latency_models.profiling import SHAPES, entry_id, plan
 from latency_models.registry import Registry
+from pruning.config import PruneConfig
+from tests.latency_models.specs import DEIT_TINY
 from tests.latency_models.test_analytic import assert_non_decreasing, attention, mlp
 
 TINY = SHAPES["deit_tiny_patch16_224"]
@@ -234,6 +236,19 @@ def test_core_configurations_are_device_names(registry):
     assert listed["fpga:zcu102"].basis == BASIS
 
 
+def test_a_dtype_is_part_of_a_phone_name_and_int8_is_priced_faster(registry):
+    int8 = registry.backend("mobile-cpu@cluster+int8")
+    assert int8.name == "mobile-cpu:snapdragon-8-gen-2@cluster+int8" and int8.params.dtype == "int8"
+    assert registry.backend("mobile-cpu+int8").name == "mobile-cpu:snapdragon-8-gen-2+int8"
+    float32 = registry.backend("mobile-cpu@cluster")
+    assert float32.params.dtype == "float32" and float32.params.threads == int8.params.threads
+    spec = DEIT_TINY
+    fast, slow = (registry.predictor(d.name, spec, [1]) for d in (int8, float32))
+    dense = PruneConfig.dense(spec)
+    assert fast.predict(dense, spec).ms < slow.predict(dense, spec).ms
+    assert registry.table("mobile-cpu@cluster+int8", spec, [1]).device.dtype == "int8"
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [
@@ -241,6 +256,8 @@ def test_core_configurations_are_device_names(registry):
         ("mobile-cpu:apple-a10@3", "use one, cluster, all or a thread count from 1 to 2"),
         ("mobile-cpu@0", "use one, cluster, all"),
         ("fpga:zcu102@one", "no core configurations"),
+        ("fpga+int8", "or dtypes"),
+        ("mobile-cpu@one+int4", "dtype 'int4'.*use float32 or int8"),
         ("mobile-cpu:nope@one", "presets: .*mobile-cpu:snapdragon-855"),
     ],
 )

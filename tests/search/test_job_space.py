@@ -46,6 +46,7 @@ def job(**changes) -> JobSpec:
         ({"space": {"merge_group": 0}}, "merge_group"),
         ({"sampler": "random"}, "sampler"),
         ({"batch": 0}, "batch"),
+        ({"device": "mobile-cpu@one+int8"}, "the search makes float ones: name 'mobile-cpu@one'"),
     ],
 )
 def test_bad_jobs_are_refused_with_a_message_naming_the_problem(changes, message):

@@ -73,13 +73,18 @@ def test_the_command_writes_an_int8_bundle_checked_by_onnxruntime(capsys, folder
     assert config["provenance"]["extra"]["quantised_from"] == "float"
 
 
-def test_measure_times_both_files(capsys, folders, class_map):
+def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders, class_map):
     out = folders / "timed"
-    code, stdout, _ = run(capsys, *command(folders, class_map, out, "--measure", "--calibration-images", "8"))
+    extra = ("--measure", "--calibration-images", "8", "--device", "mobile-cpu@cluster")
+    code, stdout, _ = run(capsys, *command(folders, class_map, out, *extra))
     assert code == 0
     lines = stdout.splitlines()
     assert any(line.startswith("onnxruntime at batch 1: fp32") for line in lines)
     assert any(line.startswith("onnxruntime vs PyTorch: agreement") for line in lines)
+    assert any(line.startswith("predicted on mobile-cpu:snapdragon-8-gen-2@cluster+int8 at batch 1") for line in lines)
+    _, metrics = read_bundle_json(out)
+    price = metrics["device_ms"]
+    assert price["int8"] < price["float32"] and price["speedup"] == pytest.approx(price["float32"] / price["int8"])
 
 
 def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
@@ -88,6 +93,8 @@ def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
     assert code == 2 and "share images" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--calibration-images", "0"))
     assert code == 2 and "--calibration-images" in err
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--device", "fpga"))
+    assert code == 2 and "no core configurations ('@') or dtypes ('+')" in err and len(err.strip().splitlines()) == 1
     assert not (folders / "never").exists()
 
 
