@@ -9,7 +9,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import timm
 import torch
 
 from pruning.bundle import CONFIG_FILE, README_FILE, load_bundle, save_bundle
@@ -23,16 +22,15 @@ from pruning.quantisation import QuantisationError, QuantisedLinear, quantise, q
 from pruning.quantisation._linear import ACTIVATION_RANGE, WEIGHT_RANGE, activation_qparams, weight_scales
 from pruning.quantisation._onnx import float_layers
 from pruning.stages import ModelRecord, StageInputs, run_stages
+from tests.search.tiny import KWARGS, tiny_model
+from tests.search.tiny import MODEL as NAME
 
-NAME = "deit_tiny_patch16_224"
-KWARGS = {"img_size": 32, "depth": 4, "num_classes": 10}
 LINEARS_PER_BLOCK = 4  # qkv, proj, fc1, fc2
 
 
 @pytest.fixture(scope="module")
 def dense() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(NAME, **KWARGS).eval()
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +19,6 @@ def small_folder(imagenet_dir, tmp_path_factory):
     for folder in sorted(imagenet_dir.iterdir())[100:112]:
         shutil.copytree(folder, root / folder.name)
     return root
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_prune_evaluate_export_latency(capsys, tmp_path, deit_tiny_weights, small_folder, class_map):

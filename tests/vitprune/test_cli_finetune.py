@@ -11,7 +11,7 @@ import pytest
 from pruning import PruneConfig, describe, prune_model
 from pruning.bundle import README_FILE, load_bundle, read_bundle_json, save_bundle
 from tests.search.tiny import KWARGS, MODEL, tiny_job, tiny_model
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def bundle(tmp_path_factory):
         model_kwargs=KWARGS,
     )
     return root, path
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def finetune(root, path, val):

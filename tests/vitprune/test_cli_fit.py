@@ -8,7 +8,7 @@ import pytest
 
 from latency_models.analytic import PRESETS
 from latency_models.fitting import parse_timings, predict
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 PHONE = PRESETS["mobile-cpu:snapdragon-8-gen-2"]
 MODELS = ["deit_tiny_patch16_224", "deit_small_patch16_224", "vit_small_patch16_384"]
@@ -31,12 +31,6 @@ def timings(tmp_path):
     rows = "\n".join(f"{m},,1,,float32,{ms * f:.4f}" for m, ms, f in zip(MODELS, exact, (1.01, 0.99, 1.0), strict=True))
     path.write_text("model,image_size,batch,cores,dtype,ms\n" + rows + "\n")
     return path
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_fit_writes_the_device_and_prints_each_timings_error(capsys, timings, profiles):

@@ -6,19 +6,13 @@ import json
 
 import pytest
 
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 
 @pytest.fixture(autouse=True)
 def profiles(tmp_path, monkeypatch):
     monkeypatch.setenv("VITPRUNE_PROFILES_DIR", str(tmp_path / "profiles"))
     return tmp_path / "profiles"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_devices_lists_measured_and_analytic_profiles(capsys):

@@ -12,7 +12,7 @@ from pruning import PruneConfig, describe, prune_model
 from pruning.bundle import load_bundle, read_bundle_json, save_bundle
 from pruning.loading import create_model
 from pruning.quantisation import quantised_layers
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 MODEL = "deit_tiny_patch16_224"
 
@@ -38,12 +38,6 @@ def folders(tmp_path_factory, imagenet_dir, deit_tiny_weights):
     config = PruneConfig.uniform(describe(dense, MODEL), keep_ratio=0.7, at=(3, 6, 9), package_token=True)
     save_bundle(prune_model(dense, config, name=MODEL), root / "float", weights=deit_tiny_weights)
     return root
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def command(folders, class_map, out, *extra):

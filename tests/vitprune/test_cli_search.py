@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.search.tiny import tiny_job
-from vitprune.cli import build_parser, main
+from tests.vitprune.running import run
+from vitprune.cli import build_parser
 from vitprune.cli_search import format_result, job_from_args
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(autouse=True)

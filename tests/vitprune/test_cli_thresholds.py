@@ -16,7 +16,7 @@ from pruning.data import load_image_folder
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
 from pruning.tokens import padded_widths
-from vitprune.cli import main
+from tests.vitprune.running import run
 
 MODEL = "deit_tiny_patch16_224"
 
@@ -39,12 +39,6 @@ def folders(tmp_path_factory, imagenet_dir):
         for folder in chosen:
             (root / name / folder.name).symlink_to(folder.resolve())
     return root
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def command(folders, weights, class_map, *extra):
