@@ -56,6 +56,16 @@ def tiny_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module's tests (use with `pytestmark = pytest.mark.usefixtures("one_thread")`):
+    slow real-model work runs beside nothing else on a 2-core machine, and runs the same everywhere."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _service_home(tmp_path_factory) -> None:
     """Service commands started by tests (e.g. worker subprocesses) keep their data out of the checkout."""

@@ -170,14 +170,14 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
     return checks
 
 
-def _int8_device(name: str):
+def _int8_device(name: str, registry=None):
     """The int8 version of the phone `name` (the registry's UnknownDeviceError, a ValueError, if none)."""
     from latency_models.devices.analytic import DTYPE_MARK
     from latency_models.registry import Registry
 
     if DTYPE_MARK in name:
         raise ValueError(f"--device {name}: name the phone without a dtype; it is priced in float32 and in int8")
-    return Registry().backend(f"{name}{DTYPE_MARK}int8")
+    return (registry or Registry()).backend(f"{name}{DTYPE_MARK}int8")
 
 
 def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
 
     registry, batch = Registry(), args.latency_batch
     widths = padded_widths(counts, batch) if model.config.per_image else None
-    int8 = _int8_device(args.device).name
+    int8 = _int8_device(args.device, registry).name
     ms = {}
     for dtype, name in (("float32", int8.partition(DTYPE_MARK)[0]), ("int8", int8)):
         predictor = registry.predictor(name, model.spec, [batch], progress=False)

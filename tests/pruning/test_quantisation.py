@@ -22,7 +22,7 @@ from pruning.quantisation import QuantisationError, QuantisedLinear, quantise, q
 from pruning.quantisation._linear import ACTIVATION_RANGE, WEIGHT_RANGE, activation_qparams, weight_scales
 from pruning.quantisation._onnx import float_layers
 from pruning.stages import ModelRecord, StageInputs, run_stages
-from tests.search.tiny import KWARGS, tiny_model
+from tests.search.tiny import KWARGS, random_images, tiny_model
 from tests.search.tiny import MODEL as NAME
 
 LINEARS_PER_BLOCK = 4  # qkv, proj, fc1, fc2
@@ -35,16 +35,7 @@ def dense() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def images() -> ImageSet:
-    generator = torch.Generator().manual_seed(0)
-    n = 24
-    return ImageSet(
-        images=torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
-        labels=torch.randint(0, 10, (n,), generator=generator),
-        paths=[f"image{i}.png" for i in range(n)],
-        classes=[f"c{i}" for i in range(10)],
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
+    return random_images(24)
 
 
 @pytest.fixture(scope="module")

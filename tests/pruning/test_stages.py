@@ -27,6 +27,7 @@ from pruning.stages import (
     check_stages,
     run_stages,
 )
+from tests.search.tiny import random_images
 
 NAME = "deit_tiny_patch16_224"
 KWARGS = {"img_size": 32, "depth": 4, "num_classes": 10}
@@ -40,16 +41,7 @@ def dense() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def images() -> ImageSet:
-    generator = torch.Generator().manual_seed(0)
-    n = 12
-    return ImageSet(
-        images=torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator),
-        labels=torch.randint(0, 10, (n,), generator=generator),
-        paths=[f"image{i}.png" for i in range(n)],
-        classes=[f"c{i}" for i in range(10)],
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
+    return random_images(12)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from pruning.data import ImageSet
 from search import JobSpec, SearchSpace
 
 MODEL = "deit_tiny_patch16_224"
@@ -19,6 +20,20 @@ KWARGS = {"img_size": 32, "depth": 4, "num_classes": 10}
 def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(MODEL, **KWARGS).eval()
+
+
+def random_images(n: int) -> ImageSet:
+    """`n` seeded random images at the small model's size, with random labels, already loaded."""
+    generator = torch.Generator().manual_seed(0)
+    size, classes = KWARGS["img_size"], KWARGS["num_classes"]
+    return ImageSet(
+        images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator),
+        labels=torch.randint(0, classes, (n,), generator=generator),
+        paths=[f"image{i}.png" for i in range(n)],
+        classes=[f"c{i}" for i in range(classes)],
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
 
 
 def write_images(root: Path, per_class: int, seed: int) -> Path:

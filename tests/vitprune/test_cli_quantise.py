@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from pruning import PruneConfig, describe, prune_model
 from pruning.bundle import load_bundle, read_bundle_json, save_bundle
@@ -17,12 +16,7 @@ from tests.vitprune.running import run
 MODEL = "deit_tiny_patch16_224"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
