@@ -108,6 +108,10 @@ class Registry:
             return True
         return backend.ready(spec, batches)
 
+    def priced_as(self, device: str, precision: str) -> str | None:
+        """The device name that prices `precision` on `device` (`DeviceBackend.priced_as`); None: no price."""
+        return self.backend(device).priced_as(precision)
+
     def predictor(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyPredictor:
         predictor = LatencyPredictor(self.table(device, spec, batches, progress))
         for batch in batches:

@@ -1,8 +1,9 @@
-"""Everything a process needs to run trials of a job: model, images, latency table, budget.
+"""Everything a process needs to run trials of a job: model, images, latency tables, budget.
 
-The process that creates a job (`prepare`) resolves the device's table, the budget in
-milliseconds and head / channel importance once and stores them on the study; a worker that
-joins later (`from_study`) reads them back, so all workers price and prune identically.
+The process that creates a job (`prepare`) resolves the device's table (and one per dtype of the
+quantised precisions it searches), the budget in milliseconds and head / channel importance once and
+stores them on the study; a worker that joins later (`from_study`) reads them back, so all workers
+price and prune identically.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pruning.importance import Importance, calibrated_importance
 from pruning.loading import create_model
 from pruning.spec import ModelSpec
 from search.evaluator import TrialEvaluator
-from search.job import JobSpec
+from search.job import FLOAT, JobSpec
 from search.model_options import check_model_options
 from search.space import TrialSpace
 from search.units import format_ms_apart
@@ -58,6 +59,8 @@ class JobContext:
     dense_ms: float
     calib: ImageSet
     importance: Importance | None
+    predictors: dict[str, LatencyPredictor] | None = None
+    """The quantised precisions' predictors, by precision (`predictor` prices fp32, and the budget)."""
     cache_dir: Path | None = None
     margin: float = 0.0
     """The safety margin the search keeps: `budget_ms` is the job's budget / (1 + margin)."""
@@ -69,6 +72,10 @@ class JobContext:
     def compute_device(self) -> torch.device:
         """Where this process scores the job's trials: the job's compute, or with `auto` the process's."""
         return compute_device(self.job.compute if self.job.compute != "auto" else self.compute)
+
+    def predictor_for(self, precision: str) -> LatencyPredictor:
+        """The predictor that prices a model of `precision`."""
+        return self.predictor if precision == FLOAT else (self.predictors or {})[precision]
 
     @property
     def requested_ms(self) -> float:
@@ -87,6 +94,7 @@ class JobContext:
                 seed=self.job.seed,
                 device=self.compute_device,
                 dtype=self.job.score_dtype,
+                quantisation=fit_batches(self.calib) if self.job.space.quantised else None,
             )
         return self._evaluator
 
@@ -97,6 +105,8 @@ class JobContext:
         many kernels can cost more than the tokens they remove save). Ops priced per image are left out."""
         best: dict[str, float] = {}
         for params in self.space.warm_starts()[1:]:
+            if self.space.precision(params) != FLOAT:  # the same configs again, quantised
+                continue
             config = self.space.config(params)
             kinds = {b.tokens.kind_name() for b in config.blocks if b.reduces_tokens}
             if config.per_image or len(kinds) != 1:  # priced per image; or a head / MLP baseline (no token op)
@@ -118,13 +128,15 @@ class JobContext:
         check_model_options(job)
         _check_held_out(job)
         dense, spec = _dense(job)
-        space, predictor, dense_ms, budget_ms = _price(job, spec, registry or Registry())
+        space, predictor, predictors, dense_ms, budget_ms = _price(job, spec, registry or Registry())
         calib = job_images(job, dense, "calib", cache_dir)
         importance = None
         if job.space.heads or job.space.mlp:
             importance = calibrated_importance(dense, family_of(dense).blocks(dense), fit_batches(calib))
         margin = budget_margin(job, predictor, spec)
-        return cls(job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, cache_dir, margin)
+        return cls(
+            job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, predictors, cache_dir, margin
+        )
 
     def save_to(self, study: optuna.Study) -> None:
         """Store on the study what a joining worker must share with this process."""
@@ -133,6 +145,9 @@ class JobContext:
         study.set_user_attr("budget_margin", self.margin)
         study.set_user_attr("dense_ms", self.dense_ms)
         study.set_user_attr("table", self.predictor.table.model_dump(mode="json", by_alias=True))
+        if self.predictors:
+            tables = {p: t.table.model_dump(mode="json", by_alias=True) for p, t in self.predictors.items()}
+            study.set_user_attr("precision_tables", tables)
         if self.importance is not None:
             study.set_user_attr(
                 "importance",
@@ -157,7 +172,12 @@ class JobContext:
                 channels=[torch.tensor(v) for v in raw["channels"]],
                 criterion=raw["criterion"],
             )
-        table = LatencyTable.parse(attrs["table"], source=f"study {study.study_name}")
+        source = f"study {study.study_name}"
+        table = LatencyTable.parse(attrs["table"], source=source)
+        predictors = {
+            precision: LatencyPredictor(LatencyTable.parse(raw_table, source=source))
+            for precision, raw_table in attrs.get("precision_tables", {}).items()
+        }
         calib = job_images(job, dense, "calib", cache_dir)
         space = TrialSpace(job.space, spec)
         return cls(
@@ -170,6 +190,7 @@ class JobContext:
             attrs["dense_ms"],
             calib,
             importance,
+            predictors or None,
             cache_dir,
             margin=attrs.get("budget_margin", 0.0),
         )
@@ -200,22 +221,48 @@ def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, fl
     _check_held_out(job)
     _, spec = _dense(job)
     registry = registry or Registry()
+    precision_devices(job, registry)
     if not job.table and not registry.ready(job.device, spec, [job.batch]):
         return None
-    _, _, dense_ms, budget_ms = _price(job, spec, registry)
+    *_, dense_ms, budget_ms = _price(job, spec, registry)
     return dense_ms, budget_ms
 
 
-def _price(job: JobSpec, spec: ModelSpec, registry: Registry) -> tuple[TrialSpace, LatencyPredictor, float, float]:
-    """The job's search space, latency predictor, dense latency and budget (ms); fails if no config fits."""
+def _price(
+    job: JobSpec, spec: ModelSpec, registry: Registry
+) -> tuple[TrialSpace, LatencyPredictor, dict[str, LatencyPredictor] | None, float, float]:
+    """The job's search space, latency predictor (fp32), the quantised precisions' predictors, the dense
+    fp32 latency and the budget (ms); fails if no config fits."""
     space = TrialSpace(job.space, spec)
-    table = LatencyTable.load(job.table) if job.table else registry.table(job.device, spec, [job.batch])
+    names = precision_devices(job, registry)
+    table = LatencyTable.load(job.table) if job.table else registry.table(names[FLOAT], spec, [job.batch])
     predictor = LatencyPredictor(table)
+    predictors = {p: registry.predictor(name, spec, [job.batch]) for p, name in names.items() if p != FLOAT}
     dense_ms = predictor.predict(PruneConfig.dense(spec), spec, job.batch).ms
     budget_ms = job.budget_ms if job.budget_ms is not None else job.budget_ratio * dense_ms
     budget_ms /= 1.0 + budget_margin(job, predictor, spec)
-    _check_feasible(space, predictor, job, budget_ms)
-    return space, predictor, dense_ms, budget_ms
+    _check_feasible(space, {FLOAT: predictor} | predictors, job, budget_ms)
+    return space, predictor, predictors or None, dense_ms, budget_ms
+
+
+def precision_devices(job: JobSpec, registry: Registry) -> dict[str, str]:
+    """fp32 and each quantised precision the job searches -> the device name whose table prices it
+    (`DeviceBackend.priced_as`); refuses a device or table file with no price for one of them."""
+    quantised = [p for p in job.space.precisions if p != FLOAT]
+    if job.table:
+        if quantised:
+            raise JobInputError(
+                f"a table file prices float models; to search {', '.join(quantised)} too, name a device with an "
+                "int8 price (mobile-cpu, fpga or one of their presets) instead of a table"
+            )
+        return {FLOAT: str(job.table)}
+    names = {p: registry.priced_as(job.device, p) for p in (FLOAT, *quantised)}
+    if missing := [p for p, name in names.items() if name is None]:
+        raise JobInputError(
+            f"{job.device} has no latency model for {', '.join(missing)} models (devices with an int8 price: "
+            f"mobile-cpu, fpga and their presets): search fp32 on {job.device}, or name such a device"
+        )
+    return names
 
 
 def budget_margin(job: JobSpec, predictor: LatencyPredictor, spec: ModelSpec) -> float:
@@ -291,12 +338,21 @@ def _check_apart(used: Path, held_out: Path, used_name: str, held_name: str) -> 
         )
 
 
-def _check_feasible(space: TrialSpace, predictor: LatencyPredictor, job: JobSpec, budget_ms: float) -> None:
+def _check_feasible(space: TrialSpace, predictors: dict[str, LatencyPredictor], job: JobSpec, budget_ms: float) -> None:
     cheapest = space.config(space.cheapest_params())
     # A config with per-image counts is priced from the tokens it keeps; the floor assumes the fewest, one
     # per image. Other configs keep fixed counts, which the predictor reads from the config itself.
     kept = [1.0] * sum(b.reduces_tokens for b in cheapest.blocks) if cheapest.per_image else None
-    floor = predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms
+    dense = PruneConfig.dense(space.spec)
+    # On a small model a token op can cost more than it saves: then the dense model (at some precision) is the floor.
+    floor = min(
+        min(
+            predictor.predict(cheapest, space.spec, job.batch, kept_tokens=kept).ms,
+            predictor.predict(dense, space.spec, job.batch).ms,
+        )
+        for precision, predictor in predictors.items()
+        if precision in job.space.precisions
+    )
     if floor > budget_ms:
         widen = ", ".join(op.widen for op in space.ops) or "search tokens"
         floor_text, budget_text = format_ms_apart(floor, budget_ms)

@@ -198,6 +198,7 @@ def run_trials(
         budget_ms=context.budget_ms,
         cheap_images=job.cheap_first,
         objective_name=job.objective,
+        predictors=context.predictors,
     )
     ran = 0
 

@@ -10,12 +10,19 @@ Everything a trial runs (the images, the dense model's logits, the prefix cache,
 lives on the compute device (`pruning.compute`: the CPU or a GPU), and scoring may run under bf16 or
 fp16 autocast; the dense logits the trials are compared with are then computed the same way, so
 fidelity measures what pruning changes, not what the number format does.
+
+A quantised trial (`pruning.quantisation`) is the pruned model quantised on the `quantisation` batches,
+compared with the float dense logits (fidelity then measures what pruning and quantisation change
+together). Its prefix is the quantised dense model's: a layer's input range is calibrated in the float
+model, so the layers before the first change get the same scales in both, and the prefix cache keeps
+quantised dense activations per precision.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +33,10 @@ from pruning.compute import scoring
 from pruning.data import ImageSet
 from pruning.importance import Importance
 from pruning.metrics import EvalResult, classification_metrics
+from pruning.quantisation import quantise
 from pruning.spec import ModelSpec
 from pruning.tokens import TokenState
+from search.job import FLOAT
 
 __all__ = ["Evaluation", "TrialEvaluator", "first_change"]
 
@@ -77,6 +86,8 @@ class TrialEvaluator:
         seed: the order in which images are batched.
         device: the compute device (default: the CPU).
         dtype: float32, or bfloat16 / float16 to score under autocast.
+        quantisation: calibration batches that set a quantised trial's input ranges (needed for quantised
+            precisions only).
     """
 
     def __init__(
@@ -91,6 +102,7 @@ class TrialEvaluator:
         cache_bytes: int = CACHE_BYTES,
         device: torch.device | None = None,
         dtype: str = "float32",
+        quantisation: Sequence[torch.Tensor] | None = None,
     ) -> None:
         self.dense = dense.eval()
         self.spec = spec
@@ -102,8 +114,10 @@ class TrialEvaluator:
         shuffled = images.subset(order)
         self.inputs = [x.to(self.device) for x, _ in shuffled.batches(batch_size)]
         self.labels = shuffled.labels
+        self.quantisation = [x.to(self.device) for x in quantisation or []]
         self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name).to(self.device)
-        self._states: OrderedDict[int, list[TokenState]] = OrderedDict()
+        self._references = {FLOAT: self.reference}  # precision -> the dense model at it
+        self._states: OrderedDict[tuple[str, int], list[TokenState]] = OrderedDict()
         with scoring(self.device, dtype):
             self.dense_logits = torch.cat([self._finish(self.reference, s, 0)[0] for s in self._states_at(0)])
 
@@ -111,9 +125,14 @@ class TrialEvaluator:
         return sum(len(x) for x in self.inputs)
 
     def evaluate(
-        self, config: PruneConfig, max_images: int | None = None, sample: Evaluation | None = None
+        self,
+        config: PruneConfig,
+        max_images: int | None = None,
+        sample: Evaluation | None = None,
+        precision: str = FLOAT,
     ) -> Evaluation:
-        """Metrics of `config` on the calibration set, or on its first `max_images` (whole batches).
+        """Metrics of `config` at `precision` on the calibration set, or on its first `max_images` (whole
+        batches).
 
         `sample`: an evaluation of the same config on the first batches (cheap-first); only the
         batches after it are run.
@@ -121,12 +140,14 @@ class TrialEvaluator:
         start = time.perf_counter()
         first = first_change(config, self.spec)
         pruned = prune_model(self.dense, config, name=self.spec.name, importance=self.importance).to(self.device)
+        if precision != FLOAT:
+            pruned = self._quantise(pruned, precision)
         build = time.perf_counter() - start
         done = self._batch_count(sample.images) if sample is not None else 0
         logits = [sample.logits] if sample is not None else []
         counts = [sample.counts] if sample is not None and sample.counts is not None else []
         with scoring(self.device, self.dtype):
-            for state in self._states_at(first)[done : self._batch_count(max_images)]:
+            for state in self._states_at(first, precision)[done : self._batch_count(max_images)]:
                 out, kept = self._finish(pruned, state, first)
                 logits.append(out)
                 if kept is not None:
@@ -155,22 +176,36 @@ class TrialEvaluator:
         counts = torch.stack(state.counts, dim=1).cpu() if state.counts else None
         return model.head(state).float().cpu(), counts
 
+    def _quantise(self, model: PrunedViT, precision: str) -> PrunedViT:
+        if not self.quantisation:
+            raise ValueError(f"precision {precision}: the evaluator was given no quantisation batches")
+        return quantise(model, self.quantisation, precision)
+
+    def _reference_at(self, precision: str) -> PrunedViT:
+        if precision not in self._references:
+            self._references[precision] = self._quantise(self.reference, precision)
+        return self._references[precision]
+
     # -- the prefix cache -----------------------------------------------------------------------
 
-    def _states_at(self, boundary: int) -> list[TokenState]:
-        """Dense activations entering block `boundary` for every batch (0 = the embedded patches)."""
-        if boundary in self._states:
-            self._states.move_to_end(boundary)
-            return self._states[boundary]
-        below = [b for b in self._states if b < boundary]
+    def _states_at(self, boundary: int, precision: str = FLOAT) -> list[TokenState]:
+        """Dense activations (of the dense model at `precision`) entering block `boundary` for every
+        batch (0 = the embedded patches)."""
+        key = (precision, boundary)
+        if key in self._states:
+            self._states.move_to_end(key)
+            return self._states[key]
+        reference = self._reference_at(precision)
+        below = [b for p, b in self._states if p == precision and b < boundary]
         with scoring(self.device, self.dtype):
             if below:
                 start = max(below)
-                states = [self.reference.run_blocks(s, start=start, stop=boundary) for s in self._states[start]]
+                cached = self._states[(precision, start)]
+                states = [reference.run_blocks(s, start=start, stop=boundary) for s in cached]
             else:
-                embedded = [self.reference.embed(x) for x in self.inputs]
-                states = [self.reference.run_blocks(s, start=0, stop=boundary) for s in embedded]
-        self._states[boundary] = states
+                embedded = [reference.embed(x) for x in self.inputs]
+                states = [reference.run_blocks(s, start=0, stop=boundary) for s in embedded]
+        self._states[key] = states
         self._evict()
         return states
 

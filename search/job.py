@@ -16,15 +16,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
+from pruning.quantisation.precisions import PRECISIONS
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
 from pruning.training.config import FineTuneConfig
 from search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, STORED_OBJECTIVE
 
-__all__ = ["SAMPLERS", "TOKEN_MODES", "FineTuneJob", "JobSpec", "SearchSpace", "default_tokens"]
+__all__ = [
+    "FLOAT",
+    "SAMPLERS",
+    "SEARCH_PRECISIONS",
+    "TOKEN_MODES",
+    "FineTuneJob",
+    "JobSpec",
+    "SearchSpace",
+    "default_tokens",
+]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
+
+FLOAT = "fp32"
+"""The unquantised model's precision."""
+
+SEARCH_PRECISIONS: tuple[str, ...] = (FLOAT, *PRECISIONS)
+"""What `SearchSpace.precisions` may list."""
 
 TOKEN_MODES: tuple[str, ...] = token_modes()
 """What `SearchSpace.tokens` may say: each token op of the registry alone, the pairs that mix, none."""
@@ -77,6 +93,12 @@ class SearchSpace(_Strict):
         description="fuse the dropped tokens into one package token: off, on or searched (top-k and threshold only)",
     )
     round_to: int = Field(default=8, ge=1, description="MLP widths are multiples of this")
+    precisions: tuple[Literal[SEARCH_PRECISIONS], ...] = Field(
+        default=(FLOAT,),
+        description="precisions to choose from, searched with the structure: fp32 (the float model), int8 (W8A8) "
+        "and int8-pow2 (W8A8 with power-of-two scales), both quantised after pruning on calibration images; each "
+        "is priced in the dtype that runs it on the device (docs/quantisation.md)",
+    )
     # The merge fields are last and left out of a job's study key unless tokens merge (JobSpec.study_key),
     # so the studies of jobs written before merging existed keep their names.
     merge_group: int = Field(
@@ -130,6 +152,18 @@ class SearchSpace(_Strict):
             raise ValueError("score lists one or more distinct kinds: cls_attn, head_weighted")
         return value
 
+    @field_validator("precisions")
+    @classmethod
+    def _some_precision(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"precisions lists one or more distinct precisions: {', '.join(SEARCH_PRECISIONS)}")
+        return value
+
+    @property
+    def quantised(self) -> bool:
+        """Some trial may be quantised."""
+        return self.precisions != (FLOAT,)
+
     @model_validator(mode="after")
     def _something_searched(self) -> SearchSpace:
         if not self.ops and not (self.heads or self.mlp):
@@ -156,12 +190,13 @@ class SearchSpace(_Strict):
         """Fields of token ops this space does not search that stay out of a job's study key
         (`SearchAxis.key_when_unsearched`): ops added later, so older jobs keep their study names."""
         searched = set(self.ops)
-        return {
+        unused = {
             field
             for op in TOKEN_OPS.values()
             if op.axis is not None and op not in searched and not op.axis.key_when_unsearched
             for field in op.axis.fields
         }
+        return unused if self.quantised else unused | {"precisions"}  # added later, like the ops
 
 
 class FineTuneJob(FineTuneConfig):
@@ -273,14 +308,16 @@ class JobSpec(_Strict):
 
     @field_validator("device")
     @classmethod
-    def _float_device(cls, device: str) -> str:
-        # A phone named with its int8 dtype (`latency_models.devices.analytic`) prices quantised models;
-        # trials are float models, and a float model priced as int8 would look faster than it runs.
-        if device.endswith("+int8"):
+    def _no_dtype(cls, device: str) -> str:
+        # A device named with a dtype (`mobile-cpu+int8`, `fpga:zcu102+int16`: `latency_models.devices.analytic`;
+        # no other device name has a '+') prices every model in it, float or not. The search prices each
+        # precision in its own dtype, so that a float model is never priced as an int8 one.
+        base, mark, dtype = device.partition("+")
+        if mark:
             raise ValueError(
-                f"device {device!r} prices int8 models, and the search makes float ones: name "
-                f"{device.removesuffix('+int8')!r}, then quantise a Pareto bundle with "
-                f"`vitprune quantise BUNDLE --device {device.removesuffix('+int8')}`"
+                f"device {device!r} names a dtype ({dtype}); a search prices each precision it tries in the dtype "
+                f"that runs it: name {base!r} and list the precisions to search in space.precisions, "
+                f'e.g. ["fp32", "int8"]'
             )
         return device
 
@@ -314,6 +351,11 @@ class JobSpec(_Strict):
             raise ValueError("no weights: give weights (a local .safetensors or .pth file) or pretrained=true")
         if self.train is not None and self.fine_tune is None:
             raise ValueError('train names training images but nothing trains: add fine_tune (e.g. {"models": 1})')
+        if self.space.quantised and self.score_dtype != "float32":
+            raise ValueError(
+                f"score_dtype {self.score_dtype} with quantised precisions: a quantised model is simulated in "
+                "float32 (integer codes times scales), which autocast would round; use score_dtype float32"
+            )
         return self
 
     def study_key(self) -> str:

@@ -7,7 +7,12 @@ the device's table and timed on this machine when the job's device is this machi
 saved as a bundle. Predicted and measured latency that disagree by more than 10% are flagged.
 `pareto.json` holds the rows, `pareto.html` an interactive plot of the front.
 
-A job with `fine_tune` then trains its best N models (by the search's own calibration score, never by
+A quantised trial (a job that searches `space.precisions`) goes through the same stages at its
+precision: its model is quantised on the same calibration images its trial was, after recovery, and
+priced from the table of the dtype that runs it; its row says `precision` and which table priced it
+(`device.priced_as`).
+
+A job with `fine_tune` then trains its best N float models (by the search's own calibration score, never by
 validation) towards the dense model (`FINE_TUNE_STAGES`): each becomes one more row, `fine_tuned_from`
 the row it came from, its figures before training under `before_fine_tune`, measured again on the
 same validation images (which training never sees).
@@ -34,6 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from latency_models.calibration import trust
+from latency_models.predictor import LatencyPredictor
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import DeviceInfo
 from pruning.bundle import METRICS_FILE, TIMM_PRETRAINED, load_bundle, read_bundle_json
@@ -44,8 +50,9 @@ from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 from pruning.tokens import padded_widths
 from search.context import JobContext, fit_batches
+from search.job import FLOAT
 from search.objectives import objective
-from search.trials import calib_accuracy, is_pareto_candidate
+from search.trials import calib_accuracy, is_pareto_candidate, trial_precision
 
 __all__ = [
     "DENSE_STAGES",
@@ -94,7 +101,8 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 PARETO_STAGES: tuple[str, ...] = DEFAULT_STAGES
-"""What every Pareto model goes through (build -> recover -> evaluate -> time -> save), as for `vitprune prune`."""
+"""What every Pareto model goes through (build -> recover -> quantise -> evaluate -> time -> save), as for
+`vitprune prune`."""
 
 DENSE_STAGES: tuple[str, ...] = ("build", "evaluate", "time")
 """The dense model is scored the same way, not saved: its logits are the reference, its latency the baseline."""
@@ -132,10 +140,12 @@ def materialise(
             rows.append(json.loads(saved.read_text()))
             continue
         config = PruneConfig.model_validate(trial.user_attrs["config"])
+        precision = trial_precision(trial)
         recover = job.recover and needs_importance(config, context.spec)
         extra = {
             "trial": trial.number,
             "variant": "searched",
+            "precision": precision,
             "calib_accuracy": calib_accuracy(trial),
             # one standard error of it over the calibration images: closer models are not told apart
             "calib_accuracy_se": _calib_accuracy_se(trial),
@@ -146,10 +156,14 @@ def materialise(
             "dense_ms_same_run": dense_row.get("measured_ms"),
             **shared,
         }
+        if precision != FLOAT:
+            extra["device"] = shared["device"] | _priced_as(context.predictor_for(precision))
         trial_inputs = replace(
             inputs,
-            calibration=calib_batches if recover else None,
+            # the images the trial was quantised on (`JobContext.evaluator`), and recovery's
+            calibration=calib_batches if recover or precision != FLOAT else None,
             recover=recover,
+            precision=precision,
             reference=dense.logits,
             out=path,
             report=lambda record, extra=extra: flag_over_budget(pareto_row(record) | extra, context.requested_ms),
@@ -186,8 +200,10 @@ def fine_tune_best(
     saved, so a job taken over by another worker resumes the training instead of starting it again.
     """
     job = context.job
+    # Training a quantised model would move its weights off their int8 grid: only float models are trained.
+    floats = [row for row in rows if row.get("precision", FLOAT) == FLOAT]
     # Rows saved before jobs had objectives were ranked by top-1, their only score.
-    ranked = sorted(rows, key=lambda row: (-row.get("calib_score", row.get("calib_accuracy")), row["predicted_ms"]))
+    ranked = sorted(floats, key=lambda row: (-row.get("calib_score", row.get("calib_accuracy")), row["predicted_ms"]))
     best = ranked[: job.fine_tune.models]
     train = context.images("train") if job.train is not None else context.calib
     datasets = {
@@ -271,6 +287,12 @@ def _shared_figures(context: JobContext, inputs: StageInputs, dense_row: dict[st
     }
 
 
+def _priced_as(predictor: LatencyPredictor) -> dict[str, Any]:
+    """What a quantised row says of the table that priced it, beside the job's device."""
+    device = predictor.table.device
+    return {"priced_as": device.name, "dtype": device.dtype, "hardware": device.hardware}
+
+
 def is_this_machine(device: DeviceInfo) -> bool:
     """A table measured on this machine's CPU: its Pareto models can be timed here, with its threads."""
     return device.kind == "measured" and device.runtime.endswith("(cpu)") and device.hardware == hardware_name()
@@ -289,7 +311,8 @@ def _stage_inputs(context: JobContext) -> StageInputs:
     def price(model: PrunedViT, counts: torch.Tensor | None) -> float:
         # Per-image counts are priced as the padded widths a batch of `job.batch` images runs at.
         widths = padded_widths(counts, job.batch) if model.config.per_image else None
-        return context.predictor.predict(model.config, context.spec, job.batch, kept_tokens=widths).ms
+        predictor = context.predictor_for(model.quantisation["precision"] if model.quantisation else FLOAT)
+        return predictor.predict(model.config, context.spec, job.batch, kept_tokens=widths).ms
 
     return StageInputs(
         dense=context.dense,
@@ -352,6 +375,10 @@ def _trial_counts(study: optuna.Study) -> dict[str, Any]:
     }
 
 
+def _symbol(precision: str) -> str:
+    return "circle" if precision == FLOAT else "diamond"
+
+
 def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_label: str) -> None:
     """Every evaluated trial (its calibration top-1, and the score the search ranked it by, `score_label`,
     on hover), the Pareto models on the validation images, the budget and dense."""
@@ -366,7 +393,7 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_labe
             mode="markers",
             name="trials (calibration top-1)",
             marker={"color": "lightgray", "size": 7},
-            text=[f"trial {t.number}, {score_label} {t.values[0]:.2f}" for t in evaluated],
+            text=[f"trial {t.number} ({trial_precision(t)}), {score_label} {t.values[0]:.2f}" for t in evaluated],
         )
     )
 
@@ -386,14 +413,15 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_labe
                 text=[m["bundle"] for m in tuned],
             )
         )
+    precisions = [m.get("precision", FLOAT) for m in models]
     fig.add_trace(
         go.Scatter(
             x=[m["predicted_ms"] for m in models],
             y=top1,
             mode="lines+markers",
-            name="Pareto models (validation, predicted ms)",
-            marker={"color": "crimson", "size": 10},
-            text=[m["bundle"] for m in models],
+            name="Pareto models (validation, predicted ms; diamonds quantised)",
+            marker={"color": "crimson", "size": 10, "symbol": [_symbol(p) for p in precisions]},
+            text=[f"{m['bundle']} ({p})" for m, p in zip(models, precisions, strict=True)],
         )
     )
     if models and all("measured_ms" in m for m in models):

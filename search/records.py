@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.pareto import pareto_trials
-from search.trials import calib_accuracy
+from search.trials import calib_accuracy, trial_precision
 
 __all__ = ["TrialRecord", "trial_records"]
 
@@ -41,6 +41,8 @@ class TrialRecord:
     """Complete and within the latency budget."""
     pareto: bool
     """On the Pareto front of the trials so far (score up, predicted latency down)."""
+    precision: str = "fp32"
+    """fp32, or the quantisation the config was scored and priced at."""
 
 
 def trial_records(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[TrialRecord]:
@@ -66,4 +68,5 @@ def _record(trial: FrozenTrial, pareto: bool) -> TrialRecord:
         evaluated=bool(trial.user_attrs.get("evaluated")),
         feasible=complete and all(v <= 0 for v in trial.constraints.values()),
         pareto=pareto,
+        precision=trial_precision(trial),
     )

@@ -3,9 +3,11 @@
 Every token op says how it is searched (`SearchAxis` of `pruning.tokens`): parameters named after
 what they set, e.g. `keep_3` (top-k keep ratio at block 3) or `merge_0-2` (merge count at each of
 blocks 0..2); besides them `heads_0-2` / `mlp_0-2` (heads or MLP channels of blocks 0..2, when
-blocks are grouped), `score`, `package_token`. A parameter at its "keep everything" end (`off`, all
-heads) leaves that part dense, so the dense model is a point of the space. With two token ops
-searched, a block where the first one reduces runs it, and every other block runs the second.
+blocks are grouped), `score`, `package_token`, and `precision` when more than one is searched (the
+PruneConfig is the structure; the precision is the trial's other half, `TrialSpace.precision`). A
+parameter at its "keep everything" end (`off`, all heads) leaves that part dense, so the dense model
+is a point of the space. With two token ops searched, a block where the first one reduces runs it,
+and every other block runs the second.
 """
 
 from __future__ import annotations
@@ -89,10 +91,16 @@ class TrialSpace:
             yield "score", CategoricalDistribution(list(space.score))
         if space.package_token == "search" and space.scores_tokens:
             yield "package_token", CategoricalDistribution([False, True])
+        if len(space.precisions) > 1:
+            yield "precision", CategoricalDistribution(list(space.precisions))
 
     def suggest(self, trial: optuna.Trial) -> PruneConfig:
         params = {name: _suggest(trial, name, dist) for name, dist in self.distributions.items()}
         return self.config(params)
+
+    def precision(self, params: dict) -> str:
+        """The precision a full set of parameter values quantises its config to."""
+        return params.get("precision", self.space.precisions[0])
 
     # -- configs ---------------------------------------------------------------------------------
 
@@ -176,7 +184,8 @@ class TrialSpace:
 
     def warm_starts(self) -> list[dict]:
         """Dense first, then the obvious baselines: each token op's uniform configs (uniform top-k at
-        3/6/9, ToMe's uniform merge count at every block), uniform head / MLP ratios."""
+        3/6/9, ToMe's uniform merge count at every block), uniform head / MLP ratios; each at every
+        searched precision."""
         dense = self.dense_params()
         starts = [dense]
         for op in self.ops:
@@ -192,6 +201,8 @@ class TrialSpace:
             names = [n for n in self.distributions if n.startswith(f"{kind}_")]
             for ratio in BASELINE_RATIOS if names else ():
                 starts.append(dense | {n: self._at_ratio(self.distributions[n], ratio) for n in names})
+        if "precision" in self.distributions:
+            starts = [params | {"precision": p} for params in starts for p in self.space.precisions]
         unique = []
         for params in starts:
             if params not in unique:

@@ -10,20 +10,35 @@ Threshold configs are priced after their forward pass, from the token counts the
 
 A trial's first value is the job's objective (`search.objectives`, a score in percent); top-1,
 agreement and KL are recorded beside it whatever the objective.
+
+A trial is a config at a precision (`TrialSpace.precision`): a quantised one is scored as the device
+computes it (`pruning.quantisation`) and priced from the table of the dtype that runs it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from latency_models.predictor import LatencyPredictor
+from pruning import PruneConfig
 from pruning.tokens import padded_widths
 from search.evaluator import Evaluation, TrialEvaluator
+from search.job import FLOAT
 from search.objectives import DEFAULT_OBJECTIVE, objective
 from search.space import TrialSpace
 
-__all__ = ["BUDGET_CONSTRAINT", "SLOT_ATTR", "TrialObjective", "calib_accuracy", "is_pareto_candidate"]
+__all__ = [
+    "BUDGET_CONSTRAINT",
+    "SLOT_ATTR",
+    "TrialObjective",
+    "calib_accuracy",
+    "is_pareto_candidate",
+    "trial_key",
+    "trial_precision",
+]
 
 BUDGET_CONSTRAINT = "over_budget_ms"
 """Optuna constraint: predicted latency minus the budget (feasible when <= 0)."""
@@ -32,8 +47,22 @@ SLOT_ATTR = "slot"
 """User attribute of the trials a job enqueues up front: only those run, so the total is exact."""
 
 
+def trial_key(config: PruneConfig, precision: str) -> str:
+    """What tells trials apart: the config's key, and the precision when it is not the float model's
+    (so the keys of float trials are the configs' own, as before precisions were searched)."""
+    return config.key() if precision == FLOAT else f"{config.key()}+{precision}"
+
+
+def trial_precision(trial: FrozenTrial) -> str:
+    """The precision of a trial (fp32 for one of a job from before precisions were searched)."""
+    return trial.user_attrs.get("precision", FLOAT)
+
+
 class TrialObjective:
-    """The callable given to `study.optimize`: returns (the objective's calibration score %, predicted ms)."""
+    """The callable given to `study.optimize`: returns (the objective's calibration score %, predicted ms).
+
+    `predictors`: the quantised precisions' predictors, by precision; `predictor` prices fp32.
+    """
 
     def __init__(
         self,
@@ -45,9 +74,10 @@ class TrialObjective:
         budget_ms: float,
         cheap_images: int | None = None,
         objective_name: str = DEFAULT_OBJECTIVE,
+        predictors: Mapping[str, LatencyPredictor] | None = None,
     ) -> None:
         self.space = space
-        self.predictor = predictor
+        self.predictors = {FLOAT: predictor, **(predictors or {})}
         self.evaluator = evaluator
         self.batch = batch
         self.budget_ms = budget_ms
@@ -60,9 +90,13 @@ class TrialObjective:
             # Another worker took the job's last slot between our check and this trial's creation.
             raise optuna.TrialPruned("every trial of this job is already taken")
         config = self.space.suggest(trial)
-        key = config.key()
+        precision = self.space.precision(trial.params)
+        key = trial_key(config, precision)
         trial.set_user_attr("config", config.model_dump(mode="json"))
         trial.set_user_attr("config_key", key)
+        if precision != FLOAT:
+            trial.set_user_attr("precision", precision)
+        predictor = self.predictors[precision]
 
         earlier = self._earlier(trial.study, key)
         if earlier is not None:
@@ -76,14 +110,14 @@ class TrialObjective:
         spec = self.space.spec
         predicted = None  # a threshold config's cost depends on the tokens it keeps: priced after its forward pass
         if not config.per_image:
-            predicted = self.predictor.predict(config, spec, self.batch).ms
+            predicted = predictor.predict(config, spec, self.batch).ms
             if predicted > self.budget_ms:
                 return self._result(trial, 0.0, predicted, evaluated=False)
 
-        evaluation = self._evaluate(config, predicted)
+        evaluation = self._evaluate(config, predicted, precision)
         if config.per_image:
             widths = padded_widths(evaluation.counts, self.batch)
-            predicted = self.predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
+            predicted = predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
             trial.set_user_attr("kept_tokens", [round(w, 2) for w in widths])
         elif evaluation.counts is not None:
             trial.set_user_attr("kept_tokens", evaluation.counts[0].tolist())
@@ -95,14 +129,14 @@ class TrialObjective:
         trial.set_user_attr("build_s", round(evaluation.build_seconds, 4))
         return self._result(trial, self.objective.score(evaluation.metrics), predicted, evaluated=True)
 
-    def _evaluate(self, config, predicted: float | None) -> Evaluation:
+    def _evaluate(self, config: PruneConfig, predicted: float | None, precision: str) -> Evaluation:
         """Cheap-first: a sample of the images, and the rest only if the sample is not clearly dominated."""
         if not self.cheap_images or self.cheap_images >= len(self.evaluator):
-            return self.evaluator.evaluate(config)
-        sample = self.evaluator.evaluate(config, max_images=self.cheap_images)
+            return self.evaluator.evaluate(config, precision=precision)
+        sample = self.evaluator.evaluate(config, max_images=self.cheap_images, precision=precision)
         if predicted is not None and self._clearly_dominated(sample, predicted):
             return sample
-        return self.evaluator.evaluate(config, sample=sample)
+        return self.evaluator.evaluate(config, sample=sample, precision=precision)
 
     def _clearly_dominated(self, sample: Evaluation, predicted: float) -> bool:
         """Some full evaluation is at least as fast and better by two standard errors of the sample."""

@@ -146,6 +146,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning.model import describe
     from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 
+    if args.precision != "fp32" and not args.calib:
+        raise ValueError(f"--precision {args.precision} calibrates activation ranges on images: give --calib DIR")
     dense = _dense_model(args)
     config = _prune_config(args, dense)
     calibration, calib = None, None
@@ -172,6 +174,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             datasets["calib"] = describe_images(image_set_name(args.calib), calib, data_config)
         if datasets:
             metrics["datasets"] = datasets
+        metrics["precision"] = record.quantisation["precision"] if record.quantisation else "fp32"
         dense_figures = {"params": reference.params, **_flop_figures(reference)}
         if reference.evaluation is not None:
             dense_figures["val"] = reference.evaluation.to_dict()
@@ -182,6 +185,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         name=args.model,
         calibration=calibration,
         recover=args.recover,
+        precision=args.precision,
         val=val,
         reference=reference.logits,
         eval_batch=args.batch_size,
@@ -269,12 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitprune", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from pruning.quantisation.precisions import PRECISIONS  # no torch: `vitprune --help` stays fast
+
     prune = commands.add_parser("prune", help="build a pruned model and save it as a bundle")
     _add_dense_options(prune, required=True)
     _add_config_options(prune)
     _add_data_options(prune, "--calib", "calibration images (ImageFolder): importance and weight recovery")
     prune.add_argument("--val", type=Path, help="validation images for the bundle's metrics (kept apart from --calib)")
     prune.add_argument("--recover", action="store_true", help="refit output projections by least squares")
+    prune.add_argument(
+        "--precision",
+        choices=["fp32", *PRECISIONS],
+        default="fp32",
+        help="quantise the pruned model (after recovery), its activation ranges calibrated on --calib",
+    )
     prune.add_argument("--onnx", action="store_true", help="also write model.onnx into the bundle")
     prune.add_argument("--out", type=Path, required=True, help="bundle directory, or a path ending in .zip")
     prune.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")

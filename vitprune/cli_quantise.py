@@ -5,8 +5,9 @@ The new bundle's figures are those of the quantised model (computed as the int8 
 float bundle's figures on the same validation images move under `before_quantisation`. With `--onnx`
 the QDQ file is run by onnxruntime on every validation image and compared with the PyTorch
 simulation (top-1 agreement, largest logit difference); with `--measure` the float and the int8
-files are timed here. With `--device` (a phone: `mobile-cpu`, `mobile-cpu:<soc>@<cores>`) the model is
-priced on it in float32 and in int8 from the token counts it keeps on the validation images.
+files are timed here. With `--device` (a device with an int8 price: `mobile-cpu`,
+`mobile-cpu:<soc>@<cores>`, `fpga:zcu102`) the model is priced on it as a float model and as an int8 one
+(each in the dtype that runs it there), from the token counts it keeps on the validation images.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--measure", action="store_true", help="time the float and int8 ONNX files here")
     parser.add_argument("--latency-batch", type=int, default=1, help="batch size of --measure")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's)")
-    parser.add_argument("--device", help="a phone to price the model on in float32 and int8, e.g. mobile-cpu")
+    parser.add_argument(
+        "--device", help="a device to price the model on as float and as int8, e.g. mobile-cpu or fpga:zcu102"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=cmd_quantise)
 
@@ -66,7 +69,7 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     if shared_images(args.calib, args.val):
         raise ValueError(f"--calib ({args.calib}) and --val ({args.val}) share images: validation must be held out")
     if args.device:
-        _int8_device(args.device)  # a name that cannot be priced in int8 is refused before any work
+        _priced_as(args.device, args.precision)  # a device that cannot price it is refused before any work
     model = load_bundle(args.bundle)
     if model.quantisation is not None:
         raise ValueError(
@@ -170,30 +173,38 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
     return checks
 
 
-def _int8_device(name: str, registry=None):
-    """The int8 version of the phone `name` (the registry's UnknownDeviceError, a ValueError, if none)."""
-    from latency_models.devices.analytic import DTYPE_MARK
+def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
+    """fp32 and `precision` -> the device name whose table prices it on `device` (`DeviceBackend.priced_as`)."""
     from latency_models.registry import Registry
 
-    if DTYPE_MARK in name:
-        raise ValueError(f"--device {name}: name the phone without a dtype; it is priced in float32 and in int8")
-    return (registry or Registry()).backend(f"{name}{DTYPE_MARK}int8")
+    if "+" in device:  # a dtype mark (`latency_models.devices.analytic`)
+        raise ValueError(f"--device {device}: name the device without a dtype; the model is priced as float and int8")
+    registry = registry or Registry()
+    names = {p: registry.priced_as(device, p) for p in ("fp32", precision)}
+    if None in names.values():
+        raise ValueError(
+            f"--device {device} has no int8 price (devices with one: mobile-cpu, fpga and their presets); "
+            "time the quantised model here with --measure instead"
+        )
+    return names
 
 
 def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
-    """The model's predicted latency on the phone in float32 and in int8, at --latency-batch."""
-    from latency_models.devices.analytic import DTYPE_MARK
+    """The model's predicted latency on --device as a float model and quantised, at --latency-batch."""
     from latency_models.registry import Registry
     from pruning.tokens import padded_widths
 
     registry, batch = Registry(), args.latency_batch
     widths = padded_widths(counts, batch) if model.config.per_image else None
-    int8 = _int8_device(args.device, registry).name
+    names = _priced_as(args.device, args.precision, registry)
     ms = {}
-    for dtype, name in (("float32", int8.partition(DTYPE_MARK)[0]), ("int8", int8)):
+    for precision, name in names.items():
         predictor = registry.predictor(name, model.spec, [batch], progress=False)
-        ms[dtype] = predictor.predict(model.config, model.spec, batch, kept_tokens=widths).ms
-    return {"device": int8, "batch": batch, **ms, "speedup": ms["float32"] / ms["int8"]}
+        ms["fp32" if precision == "fp32" else "int8"] = predictor.predict(
+            model.config, model.spec, batch, kept_tokens=widths
+        ).ms
+    priced_as = {"fp32": names["fp32"], "int8": names[args.precision]}
+    return {"device": args.device, "priced_as": priced_as, "batch": batch, **ms, "speedup": ms["fp32"] / ms["int8"]}
 
 
 def _in_words(summary: dict[str, Any]) -> str:
@@ -214,7 +225,7 @@ def _in_words(summary: dict[str, Any]) -> str:
     if "device_ms" in summary:
         price = summary["device_ms"]
         lines.append(
-            f"predicted on {price['device']} at batch {price['batch']}: float32 {price['float32']:.2f} ms,"
-            f" int8 {price['int8']:.2f} ms ({price['speedup']:.2f}x)"
+            f"predicted on {price['device']} at batch {price['batch']}: fp32 {price['fp32']:.2f} ms"
+            f" ({price['priced_as']['fp32']}), int8 {price['int8']:.2f} ms ({price['speedup']:.2f}x)"
         )
     return "\n".join(lines)

@@ -49,6 +49,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         score=args.score,
         package_token=args.package_token,
         round_to=args.round_to,
+        precisions=args.precisions,
     )
     return JobSpec(
         model=args.model,
@@ -205,6 +206,13 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     space.add_argument("--score", type=strings, default=("cls_attn",), help="token scores: cls_attn,head_weighted")
     space.add_argument("--package-token", choices=["off", "on", "search"], default="search")
     space.add_argument("--round-to", type=int, default=8, help="MLP widths are multiples of this")
+    space.add_argument(
+        "--precisions",
+        type=strings,
+        default=("fp32",),
+        help="precisions to search with the structure, e.g. fp32,int8 (int8: W8A8 quantised after pruning, priced "
+        "in int8; int8-pow2: power-of-two scales); needs a device with an int8 price (mobile-cpu, fpga)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--trials", type=int, default=100)
     run.add_argument("--sampler", choices=SAMPLERS, default="tpe")

@@ -41,9 +41,12 @@ from latency_models.analytic.mobile_cpu import Fraction, PositiveFloat, _Frozen,
 from latency_models.profiling import composite_parts
 from latency_models.profiling.ops import ENTRY_KINDS
 
-__all__ = ["Fpga", "FpgaParams"]
+__all__ = ["DTYPES", "Fpga", "FpgaParams"]
 
 ACCUMULATOR = 4  # bias and logits are kept as 32-bit integers
+
+DTYPES = {"int8": 8, "int16": 16}
+"""The fixed-point words a board's design can be built for (`FpgaParams.with_dtype`)."""
 
 
 class FpgaParams(_Frozen):
@@ -98,8 +101,25 @@ class FpgaParams(_Frozen):
 
     @property
     def macs_per_dsp(self) -> int:
-        """A DSP48E2 packs two 8-bit multiplies that share an operand (Xilinx WP486); one at 16 bits."""
-        return 2 if self.bits == 8 else 1
+        return _macs_per_dsp(self.bits)
+
+    @property
+    def dtype(self) -> str:
+        return f"int{self.bits}"
+
+    def with_dtype(self, dtype: str) -> FpgaParams:
+        """The same design built for `dtype` words ("int8" or "int16") from the same DSP slices: the GEMM
+        array keeps its DSPs and rows, so its columns follow the MACs a DSP packs at that width (twice as
+        many at int8 as at int16); the buffers and DDR move words of the new size. The name is kept (a
+        table records its dtype)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} for {self.name}: use {' or '.join(DTYPES)}")
+        bits = DTYPES[dtype]
+        if bits == self.bits:
+            return self
+        pe_cols = self.pe_cols * _macs_per_dsp(bits) // self.macs_per_dsp
+        hardware = f"{self.hardware}; built for {dtype} words instead: a {self.pe_rows} x {pe_cols} GEMM array"
+        return type(self).model_validate(self.model_dump() | {"bits": bits, "pe_cols": pe_cols, "hardware": hardware})
 
     @property
     def dsps_required(self) -> int:
@@ -127,6 +147,11 @@ class FpgaParams(_Frozen):
                 f"activation_buffer_bytes = {self.activation_buffer_bytes} exceeds bram_bytes = {self.bram_bytes}"
             )
         return self
+
+
+def _macs_per_dsp(bits: int) -> int:
+    """A DSP48E2 packs two 8-bit multiplies that share an operand (Xilinx WP486); one at 16 bits."""
+    return 2 if bits == 8 else 1
 
 
 Op = tuple[float, float]  # (compute cycles, DDR bytes)

@@ -2,8 +2,11 @@
 (e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. A phone preset also
 runs on a named core configuration, `mobile-cpu:<soc>@<cores>` with cores one | cluster | all | a
 thread count (`MobileCpuParams.on_cores`); without `@` it is the preset's default configuration.
-A phone's name ending in `+int8` prices the model quantised to int8 (`MobileCpuParams.with_dtype`),
-e.g. `mobile-cpu+int8` or `mobile-cpu:snapdragon-855@all+int8`; without it, float32.
+A name ending in `+<dtype>` prices the model computed in that dtype: a phone's `+int8` (a model
+quantised to int8, `MobileCpuParams.with_dtype`), e.g. `mobile-cpu+int8` or
+`mobile-cpu:snapdragon-855@all+int8`, without it float32; a board's `+int16` or `+int8` (the same DSPs
+built for those words, `FpgaParams.with_dtype`), without it the preset's own (int8 for `fpga:zcu102`).
+A search prices each precision it tries in its dtype (`AnalyticDevice.priced_as`).
 Their tables are computed, for any ViT shape, and kept in memory for the registry's lifetime.
 
 A new analytic model and its presets live in `latency_models.analytic` (its `PRESETS` lists them
@@ -14,21 +17,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from latency_models.analytic import PRESETS, MobileCpuParams, analytic_table
+from latency_models.analytic import PRESETS, FpgaParams, MobileCpuParams, analytic_table
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
 from latency_models.predictor import shape_of
 from latency_models.schema import LatencyTable
+from pruning.quantisation.precisions import PRECISIONS
 from pruning.spec import ModelSpec
 
-__all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind"]
+__all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind", "runs_in"]
 
 DTYPE_MARK = "+"
 """Between a phone's name and the dtype it runs (`+int8`)."""
+
+QUANTISED_DTYPE = "int8"
+"""What every device computes a quantised model's layers in."""
+FLOAT_DTYPES = {MobileCpuParams: "float32", FpgaParams: "int16"}
+"""What a device runs a float model in: an FPGA has no float units; 16-bit fixed point stands in."""
 
 DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"}
 """A bare analytic model name names its default preset."""
 
 BASIS = "specifications only (analytic model, not fitted to timings)"
+
+
+def runs_in(params: MobileCpuParams | FpgaParams, precision: str) -> str | None:
+    """The dtype a device of `params` computes a model of `precision` in (None: an unknown precision)."""
+    if precision == "fp32":
+        return FLOAT_DTYPES[type(params)]
+    return QUANTISED_DTYPE if precision in PRECISIONS else None
 
 
 class AnalyticDevice:
@@ -46,6 +62,8 @@ class AnalyticDevice:
         if isinstance(self.params, MobileCpuParams) and "@" not in self.name:
             description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>"
             description += "; +int8 for int8)" if DTYPE_MARK not in self.name else ")"
+        elif isinstance(self.params, FpgaParams) and DTYPE_MARK not in self.name:
+            description += f" ({self.params.dtype}; +int16 or +int8 for a design built for those words)"
         return DeviceProfile(self.name, "analytic", description, True, "any ViT", BASIS)
 
     def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
@@ -59,6 +77,15 @@ class AnalyticDevice:
 
     def details(self) -> dict[str, Any]:
         return {"parameters": self.params.model_dump(mode="json")}
+
+    def priced_as(self, precision: str) -> str | None:
+        """The same preset and cores in the dtype that runs `precision`: int8 for a quantised model; for a
+        float one, a phone's float32, an FPGA board's 16-bit fixed point (its float stand-in)."""
+        dtype = runs_in(self.params, precision)
+        if dtype is None:
+            return None
+        base = self.name.partition(DTYPE_MARK)[0]
+        return base if dtype == PRESETS[base.partition("@")[0]].dtype else base + DTYPE_MARK + dtype
 
 
 class AnalyticKind:
@@ -84,8 +111,8 @@ class AnalyticKind:
         if preset not in PRESETS:
             raise UnknownDeviceError(f"unknown analytic device {name!r}; presets: {', '.join(sorted(PRESETS))}")
         params = PRESETS[preset]
-        if (at or mark) and not isinstance(params, MobileCpuParams):
-            raise UnknownDeviceError(f"{preset} has no core configurations ('@') or dtypes ('+'): use {preset}")
+        if at and not isinstance(params, MobileCpuParams):
+            raise UnknownDeviceError(f"{preset} has no core configurations ('@'): use {preset}")
         try:
             if at:
                 params = params.on_cores(cores)

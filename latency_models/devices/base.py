@@ -20,7 +20,15 @@ from pruning.spec import ModelSpec
 if TYPE_CHECKING:
     from latency_models.calibration.run import CalibrationPlan
 
-__all__ = ["DeviceBackend", "DeviceKind", "DeviceProfile", "DeviceSettings", "UnknownDeviceError", "coverage"]
+__all__ = [
+    "DeviceBackend",
+    "DeviceKind",
+    "DeviceProfile",
+    "DeviceSettings",
+    "UnknownDeviceError",
+    "coverage",
+    "float_only",
+]
 
 
 class UnknownDeviceError(ValueError):
@@ -74,6 +82,11 @@ class DeviceBackend(Protocol):
         imported table's metadata); empty when there is nothing more."""
         ...
 
+    def priced_as(self, precision: str) -> str | None:
+        """The device name whose table prices a model of `precision` (fp32, or one of
+        `pruning.quantisation.PRECISIONS`) on this device; None where it has no price for it."""
+        ...
+
 
 class DeviceKind(Protocol):
     """A family of devices, built from the registry's `DeviceSettings`."""
@@ -93,6 +106,11 @@ class DeviceKind(Protocol):
         """The device `name` (a name it claims); None for the registry's `unknown device` answer,
         or an `UnknownDeviceError` of its own that says what the kind has instead."""
         ...
+
+
+def float_only(name: str, precision: str) -> str | None:
+    """`priced_as` of a device whose table prices float models only."""
+    return name if precision == "fp32" else None
 
 
 def coverage(table: LatencyTable) -> str:

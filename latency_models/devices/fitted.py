@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from latency_models.analytic import PRESETS, analytic_table
-from latency_models.devices.analytic import DEFAULTS
+from latency_models.devices.analytic import DEFAULTS, runs_in
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
 from latency_models.devices.imported import NAME, ImportedKind
 from latency_models.fitting import FittedRecord, TimingRow, fit_device, split_base
@@ -84,6 +84,14 @@ class FittedDevice:
             "timings": [row.model_dump() for row in record.rows],
             "summary": record.summary,
         }
+
+    def priced_as(self, precision: str) -> str | None:
+        """Itself for the precisions computed in the dtype its timings were taken in; None for the others."""
+        try:
+            record = self.record()
+        except ValueError:
+            return None
+        return self.name if runs_in(record.params(), precision) == record.dtype else None
 
     def details(self) -> dict[str, Any]:
         record = self.record()

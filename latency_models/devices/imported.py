@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from latency_models.devices.base import DeviceProfile, DeviceSettings, coverage
+from latency_models.devices.base import DeviceProfile, DeviceSettings, coverage, float_only
 from latency_models.schema import LatencyTable
 from pruning.spec import ModelSpec
 
@@ -41,6 +41,9 @@ class ImportedDevice:
 
     def table(self, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyTable:
         return LatencyTable.load(self.path)
+
+    def priced_as(self, precision: str) -> str | None:
+        return float_only(self.name, precision)
 
     def details(self) -> dict[str, Any]:
         table = LatencyTable.load(self.path)

@@ -24,7 +24,7 @@ import torch
 
 from latency_models.calibration.model import calibration_for
 from latency_models.calibration.run import calibratable, calibrate, dense_vit
-from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage
+from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage, float_only
 from latency_models.devices.completion import complete_table, to_time
 from latency_models.predictor import shape_of
 from latency_models.profiling import Execution, allocator, plan
@@ -127,6 +127,9 @@ class MeasuredDevice:
                 )  # fmt: skip
                 table.save(self.path)
         return table
+
+    def priced_as(self, precision: str) -> str | None:
+        return float_only(self.name, precision)
 
     def details(self) -> dict[str, Any]:
         return {}

@@ -34,11 +34,8 @@ def split_base(base: str) -> tuple[str, str | None]:
 
 def configured(params: MobileCpuParams | FpgaParams, cores: str | None, dtype: str | None):
     """`params` on core configuration `cores` in `dtype` (None: as the preset is)."""
-    if isinstance(params, FpgaParams):
-        own = f"int{params.bits}"
-        if dtype not in (None, own):
-            raise ValueError(f"{params.name} computes in {own}; timings in {dtype} are of another design")
-        return params
+    if isinstance(params, FpgaParams):  # timings in another word size are of the design built for it
+        return params if dtype is None else params.with_dtype(dtype)
     if cores is not None:
         params = params.on_cores(int(cores) if cores.isdigit() else cores)
     if dtype is not None and dtype != _dtype(params):

@@ -44,8 +44,9 @@ __all__ = [
 ORDER: tuple[str, ...] = ("build", "recover", "fine-tune", "quantise", "evaluate", "time", "save")
 """Every stage, built or planned, in the order a list runs them."""
 
-DEFAULT_STAGES: tuple[str, ...] = ("build", "recover", "evaluate", "time", "save")
-"""What a chosen config goes through today (a stage without its inputs does nothing)."""
+DEFAULT_STAGES: tuple[str, ...] = ("build", "recover", "quantise", "evaluate", "time", "save")
+"""What a chosen config goes through (a stage without its inputs does nothing: quantise without a
+precision other than fp32)."""
 
 
 class UnknownStageError(KeyError, ValueError):

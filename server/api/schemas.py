@@ -176,6 +176,9 @@ class ModelOut(BaseModel):
         "towards the dense one (metrics.before_fine_tune holds its figures before, metrics.fine_tune the run)"
     )
     config: dict[str, Any]
+    precision: str = Field(
+        default="fp32", description="fp32, or the quantisation (int8, int8-pow2) its weights and scales are stored at"
+    )
     val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
     calib_accuracy: float | None = Field(
         description="calibration top-1 (%) on calib_images: the search chose among models on them, so not a "
@@ -199,11 +202,13 @@ class ModelOut(BaseModel):
     def of(cls, model: PrunedModel) -> ModelOut:
         fields = {name: getattr(model, name) for name in cls.model_fields if hasattr(PrunedModel, name)}
         val = model.metrics.get("val") if isinstance(model.metrics.get("val"), dict) else {}
+        precision = model.metrics.get("precision", "fp32")
         return cls(
             **fields,
             **_image_sets(model.job.spec, [model]),
+            precision=precision,
             val_agreement=val.get("agreement"),
-            summary=summarise(model.config),
+            summary=summarise(model.config, precision),
         )
 
 
@@ -230,6 +235,7 @@ class TrialOut(BaseModel):
     evaluated: bool
     pareto: bool = Field(description="on the Pareto front of the job's trials so far (within budget, evaluated)")
     params: dict[str, Any]
+    precision: str = Field(default="fp32", description="fp32, or the quantisation the trial was scored and priced at")
     summary: str | None = Field(description="the pruned structure in a few words")
 
     @classmethod
@@ -244,7 +250,8 @@ class TrialOut(BaseModel):
             evaluated=record.evaluated,
             pareto=record.pareto,
             params=record.params,
-            summary=summarise(record.config) if record.config else None,
+            precision=record.precision,
+            summary=summarise(record.config, record.precision) if record.config else None,
         )
 
 

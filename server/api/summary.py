@@ -9,7 +9,8 @@ from pruning.tokens import TOKEN_OPS
 __all__ = ["summarise"]
 
 
-def summarise(config: dict[str, Any]) -> str:
+def summarise(config: dict[str, Any], precision: str = "fp32") -> str:
+    """The structure, and the precision when it is not fp32."""
     blocks = config.get("blocks", [])
     tokens = []
     for index, block in enumerate(blocks):
@@ -26,4 +27,6 @@ def summarise(config: dict[str, Any]) -> str:
             parts.append(f"{name} {widths[0]} per block" if uniform else f"{name} " + "/".join(map(str, widths)))
     if config.get("package_token"):
         parts.append("package token")
+    if precision != "fp32":
+        parts.append(precision)
     return "; ".join(parts)

@@ -321,6 +321,19 @@ def test_deit_tiny_on_the_fpga_is_plausible():
     assert floor <= ms <= 4 * floor
 
 
+def test_an_fpga_design_for_16_bit_words_has_the_same_dsps_and_half_the_macs():
+    int16 = FPGA.with_dtype("int16")
+    assert (int16.bits, int16.pe_rows, int16.pe_cols) == (16, FPGA.pe_rows, FPGA.pe_cols // 2)
+    assert int16.pe_rows * int16.pe_cols / int16.macs_per_dsp == FPGA.pe_rows * FPGA.pe_cols / FPGA.macs_per_dsp
+    assert int16.with_dtype("int8") == FPGA.model_copy(update={"hardware": int16.with_dtype("int8").hardware})
+    assert FPGA.with_dtype("int8") is FPGA and "32 x 32" in int16.hardware
+    # Twice the cycles on the GEMMs and twice the bytes, so 16-bit costs more, but less than twice (units, overheads).
+    ratio = dense_ms(fpga_ms, int16, TINY, 1) / dense_ms(fpga_ms, FPGA, TINY, 1)
+    assert 1.2 < ratio < 2.0
+    with pytest.raises(ValueError, match="dtype 'int4' for fpga:zcu102: use int8 or int16"):
+        FPGA.with_dtype("int4")
+
+
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_bigger_models_and_batches_cost_more(model):
     params, cost = MODELS[model]

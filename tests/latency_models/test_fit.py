@@ -261,8 +261,9 @@ def test_a_device_is_fitted_on_the_core_configuration_and_dtype_it_was_timed_on(
     one = PHONE.on_cores("one")
     assert configured(PHONE, "one", None) == one and configured(PHONE, "2", None).threads == 2
     assert configured(PHONE, None, "int8").dtype == "int8" and configured(PHONE, None, None) == PHONE
-    with pytest.raises(ValueError, match="computes in int8"):
+    with pytest.raises(ValueError, match="dtype 'float32' for fpga:zcu102: use int8 or int16"):
         configured(BOARD, None, "float32")
+    assert configured(BOARD, None, "int16") == BOARD.with_dtype("int16") and configured(BOARD, None, "int8") == BOARD
     truth = one.model_copy(update={"gemm_efficiency": 0.4})
     rows = timings_of(truth, MODELS[:3], noise=0.01)
     rows += [replace(r, cores="all", ms=r.ms / 3) for r in rows]  # another configuration in the same file
@@ -315,6 +316,8 @@ def test_a_fitted_device_is_served_by_the_registry_and_prices_a_deit_tiny_config
     pruned = PruneConfig.uniform(tiny, keep_ratio=0.5, at=(3, 6), mlp_ratio=0.5)
     assert 0 < predictor.predict(pruned, tiny).ms < dense
     assert registry.backend("my-phone").details()["fit"]["summary"] == record.summary
+    # Fitted to float32 timings, it prices float models and no quantised ones.
+    assert registry.priced_as("my-phone", "fp32") == "my-phone" and registry.priced_as("my-phone", "int8") is None
 
 
 def test_fitted_and_imported_names_never_collide(tmp_path):

@@ -256,7 +256,7 @@ def test_a_dtype_is_part_of_a_phone_name_and_int8_is_priced_faster(registry):
         ("mobile-cpu:apple-a10@3", "use one, cluster, all or a thread count from 1 to 2"),
         ("mobile-cpu@0", "use one, cluster, all"),
         ("fpga:zcu102@one", "no core configurations"),
-        ("fpga+int8", "or dtypes"),
+        ("fpga+int4", "dtype 'int4' for fpga:zcu102: use int8 or int16"),
         ("mobile-cpu@one+int4", "dtype 'int4'.*use float32 or int8"),
         ("mobile-cpu:nope@one", "presets: .*mobile-cpu:snapdragon-855"),
     ],

@@ -129,6 +129,22 @@ def test_every_device_is_one_backend_found_by_its_name(registry, spec):
     assert registry.ready("fpga:nope", spec, [1])  # `table` answers at once, with the error
 
 
+def test_each_device_names_the_table_that_prices_each_precision(registry, spec):
+    # A phone runs float models in float32 and quantised ones with int8 dot products; an FPGA has no
+    # float units, so its float models run on the board's 16-bit design.
+    assert registry.priced_as("mobile-cpu", "fp32") == "mobile-cpu:snapdragon-8-gen-2"
+    assert registry.priced_as("mobile-cpu@one", "int8") == "mobile-cpu:snapdragon-8-gen-2@one+int8"
+    assert registry.priced_as("mobile-cpu+int8", "fp32") == "mobile-cpu:snapdragon-8-gen-2"
+    assert registry.priced_as("fpga", "fp32") == "fpga:zcu102+int16"
+    assert registry.priced_as("fpga:zcu102", "int8-pow2") == "fpga:zcu102"
+    assert registry.priced_as("host-cpu", "fp32") == "host-cpu" and registry.priced_as("host-cpu", "int8") is None
+    assert registry.priced_as("fpga", "int4") is None
+    int16, int8 = (registry.table(registry.priced_as("fpga", p), spec, [1]) for p in ("fp32", "int8"))
+    assert (int16.device.dtype, int8.device.dtype) == ("int16", "int8")
+    dense = PruneConfig.dense(spec)
+    assert LatencyPredictor(int8).predict(dense, spec, 1).ms < LatencyPredictor(int16).predict(dense, spec, 1).ms
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_cuda_without_a_gpu_is_listed_unavailable_and_refused_with_the_reason(registry, spec):
     assert not {d.name: d for d in registry.devices()}["cuda"].available
@@ -154,6 +170,9 @@ def test_a_new_device_kind_is_one_class_and_one_registration(spec, tmp_path, mon
 
         def details(self) -> dict:
             return {}
+
+        def priced_as(self, precision: str) -> str | None:
+            return self.name if precision == "fp32" else None
 
     class Boards:  # a DeviceKind
         def __init__(self, settings) -> None:

@@ -9,6 +9,7 @@ import torch
 from pruning import PruneConfig, describe, prune_model
 from pruning.data import load_image_folder
 from pruning.importance import weight_importance
+from pruning.quantisation import quantise
 from pruning.tokens import padded_widths
 from search.evaluator import TrialEvaluator, first_change
 from tests.search.tiny import MODEL, tiny_model, write_images
@@ -145,3 +146,32 @@ def test_scoring_on_the_gpu_gives_the_cpu_s_figures(setup):
     gpu = TrialEvaluator(model, spec, images, importance, batch_size=16, device=torch.device("cuda"))
     config = PruneConfig.uniform(spec, r=1, at=(1, 2, 3))
     torch.testing.assert_close(gpu.evaluate(config).logits, cpu.evaluate(config).logits, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-pow2"])
+def test_a_quantised_trial_scores_the_quantised_pruned_model_from_the_cached_quantised_prefix(setup, precision):
+    model, spec, images, importance, _ = setup
+    batches = [x for x, _ in images.batches(16)][:2]
+    evaluator = TrialEvaluator(model, spec, images, importance, batch_size=16, quantisation=batches)
+    config = PruneConfig(
+        blocks=(
+            *PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,)).blocks[:3],
+            PruneConfig.uniform(spec, head_ratio=0.34).blocks[3],
+        ),
+        package_token=True,
+    )
+    result = evaluator.evaluate(config, precision=precision)
+    assert result.first_block == 2
+    pruned = quantise(prune_model(model, config, name=MODEL, importance=importance), batches, precision)
+    with torch.inference_mode():
+        expected = torch.cat([pruned(x) for x in evaluator.inputs])
+    torch.testing.assert_close(result.logits, expected, rtol=1e-5, atol=1e-5)
+    # the float trial of the same config is another model
+    assert not torch.allclose(evaluator.evaluate(config).logits, result.logits, atol=1e-4)
+    assert set(p for p, _ in evaluator._states) == {"fp32", precision}
+
+
+def test_a_quantised_trial_needs_calibration_batches(setup):
+    _, spec, _, _, evaluator = setup
+    with pytest.raises(ValueError, match="no quantisation batches"):
+        evaluator.evaluate(PruneConfig.uniform(spec, keep_ratio=0.5, at=(2,)), precision="int8")

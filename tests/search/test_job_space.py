@@ -46,7 +46,12 @@ def job(**changes) -> JobSpec:
         ({"space": {"merge_group": 0}}, "merge_group"),
         ({"sampler": "random"}, "sampler"),
         ({"batch": 0}, "batch"),
-        ({"device": "mobile-cpu@one+int8"}, "the search makes float ones: name 'mobile-cpu@one'"),
+        ({"device": "mobile-cpu@one+int8"}, "names a dtype .*: name 'mobile-cpu@one' and list the precisions"),
+        ({"device": "fpga:zcu102+int16"}, "names a dtype .*: name 'fpga:zcu102'"),
+        ({"space": {"precisions": []}}, "one or more distinct precisions"),
+        ({"space": {"precisions": ["int8", "int8"]}}, "one or more distinct precisions"),
+        ({"space": {"precisions": ["int4"]}}, "precisions"),
+        ({"space": {"precisions": ["fp32", "int8"]}, "score_dtype": "bfloat16"}, "use score_dtype float32"),
     ],
 )
 def test_bad_jobs_are_refused_with_a_message_naming_the_problem(changes, message):

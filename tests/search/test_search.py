@@ -121,11 +121,11 @@ def test_identical_configs_are_evaluated_once_and_a_failing_trial_does_not_stop_
     evaluated = []
     real = TrialEvaluator.evaluate
 
-    def counting(self, config, max_images=None):
+    def counting(self, config, max_images=None, **options):
         if config.blocks[0].heads == 2:  # the warm start at half the heads
             raise RuntimeError("simulated failure")
         evaluated.append(config.key())
-        return real(self, config, max_images)
+        return real(self, config, max_images, **options)
 
     monkeypatch.setattr(TrialEvaluator, "evaluate", counting)
     for _ in range(3):  # the dense config (the first warm start) three more times

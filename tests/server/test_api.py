@@ -326,6 +326,22 @@ def test_cors_is_closed_and_the_token_is_never_logged_or_returned(make_service, 
     assert "s3cret" not in repr(client.app.state.settings)
 
 
+def test_a_job_that_searches_precision_serves_float_and_quantised_models_on_one_front(make_service, tiny_root):
+    client = make_service()
+    space = {"token_blocks": [1, 2], "heads": True, "group": 2, "precisions": ["fp32", "int8"]}
+    spec = spec_json(tiny_job(tiny_root, trials=10, budget_ratio=1.0, space=space))
+    job = wait_final(client, client.post("/api/jobs", json={"spec": spec}).json()["id"])
+    assert job["status"] == "done", job
+    models = client.get(f"/api/jobs/{job['id']}/pareto").json()["models"]
+    assert {m["precision"] for m in models} == {"fp32", "int8"}
+    int8 = next(m for m in models if m["precision"] == "int8")
+    assert int8["summary"].endswith("; int8") and int8["metrics"]["device"]["dtype"] == "int8"
+    trials = client.get(f"/api/jobs/{job['id']}/trials").json()
+    assert {t["precision"] for t in trials} == {"fp32", "int8"}
+    download = client.get(f"/api/models/{int8['id']}/download", params={"format": "config"})
+    assert download.status_code == 200 and download.json()["quantisation"]["precision"] == "int8"
+
+
 def test_a_job_that_fine_tunes_serves_each_trained_model_beside_its_source(make_service, tiny_root):
     client = make_service()
     fine_tune = {"models": 1, "steps": 2, "batch_size": 8, "holdout": 0.0, "mixup": 0.0, "cutmix": 0.0}

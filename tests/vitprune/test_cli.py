@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from pruning.bundle import load_bundle
 from tests.vitprune.running import run
 
 
@@ -109,3 +110,19 @@ def test_prune_records_its_flops_and_images_once_and_the_card_prints_them(
     assert f"Validation top-1 **{metrics['top1']:.1f}%**" in card
     assert json.loads((bundle / "config.json").read_text())["provenance"]["weights_sha256"] in card
     assert str(tmp_path) not in card and "None" not in card and str(deit_tiny_weights.parent) not in card
+
+
+def test_prune_can_quantise_the_pruned_model_on_its_calibration_images(
+    capsys, tmp_path, deit_tiny_weights, small_folder, class_map
+):
+    dense = ["--model", "deit_tiny_patch16_224", "--weights", str(deit_tiny_weights)]
+    config = ["--keep", "0.7", "--at", "3,6,9"]
+    code, _, err = run(capsys, "prune", *dense, *config, "--precision", "int8", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--precision int8 calibrates activation ranges on images: give --calib" in err
+    bundle = tmp_path / "int8"
+    calib = ["--calib", str(small_folder), "--class-map", str(class_map)]
+    code, out, err = run(capsys, "prune", *dense, *config, *calib, "--precision", "int8-pow2", "--out", str(bundle))
+    assert code == 0, err
+    assert json.loads(out)["precision"] == "int8-pow2"
+    assert json.loads((bundle / "config.json").read_text())["quantisation"]["precision"] == "int8-pow2"
+    assert load_bundle(bundle).quantisation["scales"] == "powers of two"

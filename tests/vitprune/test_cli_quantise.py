@@ -69,10 +69,14 @@ def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders
     lines = stdout.splitlines()
     assert any(line.startswith("onnxruntime at batch 1: fp32") for line in lines)
     assert any(line.startswith("onnxruntime vs PyTorch: agreement") for line in lines)
-    assert any(line.startswith("predicted on mobile-cpu:snapdragon-8-gen-2@cluster+int8 at batch 1") for line in lines)
+    assert any(line.startswith("predicted on mobile-cpu@cluster at batch 1: fp32") for line in lines)
     _, metrics = read_bundle_json(out)
     price = metrics["device_ms"]
-    assert price["int8"] < price["float32"] and price["speedup"] == pytest.approx(price["float32"] / price["int8"])
+    assert price["int8"] < price["fp32"] and price["speedup"] == pytest.approx(price["fp32"] / price["int8"])
+    assert price["priced_as"] == {
+        "fp32": "mobile-cpu:snapdragon-8-gen-2@cluster",
+        "int8": "mobile-cpu:snapdragon-8-gen-2@cluster+int8",
+    }
 
 
 def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
@@ -81,8 +85,10 @@ def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
     assert code == 2 and "share images" in err and len(err.strip().splitlines()) == 1
     code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--calibration-images", "0"))
     assert code == 2 and "--calibration-images" in err
-    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--device", "fpga"))
-    assert code == 2 and "no core configurations ('@') or dtypes ('+')" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--device", "host-cpu"))
+    assert code == 2 and "--device host-cpu has no int8 price" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--device", "fpga+int8"))
+    assert code == 2 and "name the device without a dtype" in err
     assert not (folders / "never").exists()
 
 
@@ -93,3 +99,10 @@ def test_a_quantised_bundle_is_not_quantised_again(capsys, folders, class_map):
     argv[1] = first
     code, _, err = run(capsys, *argv)
     assert code == 2 and "already quantised" in err and "Traceback" not in err
+
+
+def test_the_device_prices_the_float_and_the_quantised_model_each_in_its_own_dtype():
+    from vitprune.cli_quantise import _priced_as
+
+    assert _priced_as("fpga", "int8-pow2") == {"fp32": "fpga:zcu102+int16", "int8-pow2": "fpga:zcu102"}
+    assert _priced_as("mobile-cpu@one", "int8")["int8"] == "mobile-cpu:snapdragon-8-gen-2@one+int8"

@@ -109,6 +109,15 @@ def test_merge_flags_set_the_search_space():
     assert job_from_args(ranked).objective == "top1"
 
 
+def test_the_precisions_flag_searches_precision_with_the_structure():
+    base = ["search", "--model", "deit_tiny_patch16_224", "--weights", "w.safetensors", "--calib", "c", "--out", "o"]
+    plain = job_from_args(build_parser().parse_args([*base, "--budget-ratio", "0.5"]))
+    assert plain.space.precisions == ("fp32",)
+    argv = [*base, "--budget-ratio", "0.5", "--device", "fpga", "--precisions", "fp32,int8"]
+    joint = job_from_args(build_parser().parse_args(argv))
+    assert joint.space.precisions == ("fp32", "int8") and joint.study_key() != plain.study_key()
+
+
 def test_the_result_labels_each_accuracy_with_its_images():
     datasets = {"val": {"name": "imagenet/val", "images": 500}, "calib": {"name": "imagenet/calib", "images": 400}}
     row = {"bundle": "models/trial-0024", "val": {"top1": 74.5}, "calib_accuracy": 77.5, "predicted_ms": 3.2}

@@ -13,6 +13,7 @@
   let modelsShown = []; // the last Pareto answer's models, for a header redrawn after a cancel
   let modelByTrial = new Map(); // trial number -> its searched Pareto model's id, so clicking either point opens it
   const fineTuned = (m) => m.variant === "fine-tuned";
+  const quantised = (m) => m.precision && m.precision !== "fp32";
   let plotted = false;
   const trialTable = new TrialTable(document.getElementById("trials-card"), { modelOf: (n) => modelByTrial.get(n) });
 
@@ -153,7 +154,8 @@
       marker: {
         size: uid === "pareto" ? 11 : 14,
         color: shown.map((m) => (overBudget(m) ? "#dc2626" : color)),
-        symbol: shown.map((m) => (overBudget(m) ? "circle-x" : symbol)),
+        // Quantised models are diamonds on the same front as the float ones.
+        symbol: shown.map((m) => (overBudget(m) ? "circle-x" : quantised(m) && symbol === "circle" ? "diamond" : symbol)),
         line: { color: "#ffffff", width: 1.5 },
       },
     });
@@ -202,7 +204,7 @@
         hovertemplate: "%{text}<extra></extra>",
         marker: { size: 7, color: "#9ca3af", symbol: "x-thin-open", line: { width: 1.5, color: "#9ca3af" } },
       },
-      modelTrace("pareto", `Pareto models (${searched.length}, validation top-1)`, searched, "#2563eb", "circle"),
+      modelTrace("pareto", `Pareto models (${searched.length}, validation top-1${searched.some(quantised) ? "; diamonds quantised" : ""})`, searched, "#2563eb", "circle"),
       tuned.length && modelTrace("fine-tuned", `fine-tuned models (${tuned.length}, validation top-1)`, tuned, "#059669", "star"),
       denseTrace,
     ].filter(Boolean);
@@ -288,7 +290,8 @@
       "tr",
       {},
       h("td", {}, h("a", { href: `/models/${model.id}`, class: "strong" }, `trial ${model.trial}`),
-        fineTuned(model) ? h("span", { class: "badge variant", title: fineTuneText(model) }, "fine-tuned") : ""),
+        fineTuned(model) ? h("span", { class: "badge variant", title: fineTuneText(model) }, "fine-tuned") : "",
+        quantised(model) ? h("span", { class: "badge variant", title: "quantised after pruning; priced in int8" }, model.precision) : ""),
       h("td", { class: "num strong", title: fineTuned(model) ? `before fine-tuning: ${fmt.pct(beforeTop1(model))}` : "" },
         fmt.pct(model.val_top1), fineTuned(model) ? h("span", { class: "muted small" }, ` (${delta(model)})`) : ""),
       h("td", { class: "num" }, fmt.pct(val.top5)),

@@ -138,6 +138,7 @@
         package_token: value("package_token"),
         merge_max: onGrid("merge_max", number("merge_max"), RULES.merge_step, 24),
         merge_group: number("merge_group"),
+        precisions: value("precisions").split(","),
       },
     };
     // JSON.stringify drops the undefined (defaulted) fields.
