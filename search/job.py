@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pruning.compute import COMPUTE_HELP, SCORE_DTYPES
-from pruning.quantisation.precisions import PRECISIONS
+from pruning.quantisation.precisions import FLOAT, PRECISIONS
 from pruning.tokens import TOKEN_OPS, TokenOp, mode_ops, token_modes
 from pruning.tokens.merge import MERGE_STEP
 from pruning.tokens.topk import KEEP_STEP
@@ -35,9 +35,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "nsga2", "gp")
-
-FLOAT = "fp32"
-"""The unquantised model's precision."""
 
 SEARCH_PRECISIONS: tuple[str, ...] = (FLOAT, *PRECISIONS)
 """What `SearchSpace.precisions` may list."""

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.job import FLOAT
 from search.pareto import pareto_trials
 from search.trials import calib_accuracy, trial_precision
 
@@ -41,7 +42,7 @@ class TrialRecord:
     """Complete and within the latency budget."""
     pareto: bool
     """On the Pareto front of the trials so far (score up, predicted latency down)."""
-    precision: str = "fp32"
+    precision: str = FLOAT
     """fp32, or the quantisation the config was scored and priced at."""
 
 

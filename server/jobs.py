@@ -140,9 +140,7 @@ def claim_job(engine: Engine, worker: str, lease_s: int, *, gpu: bool = False) -
             if job_id is None:
                 return None
         session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", started_at=db_now())
+            update(Job).where(Job.id == job_id, Job.status == "queued").values(status="running", started_at=db_now())
         )
     return job_id
 

@@ -144,9 +144,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pruning.config import PruneConfig
     from pruning.image_sets import describe_images, eval_data_config, image_set_name
     from pruning.model import describe
+    from pruning.quantisation.precisions import FLOAT
     from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 
-    if args.precision != "fp32" and not args.calib:
+    if args.precision != FLOAT and not args.calib:
         raise ValueError(f"--precision {args.precision} calibrates activation ranges on images: give --calib DIR")
     dense = _dense_model(args)
     config = _prune_config(args, dense)
@@ -174,7 +175,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             datasets["calib"] = describe_images(image_set_name(args.calib), calib, data_config)
         if datasets:
             metrics["datasets"] = datasets
-        metrics["precision"] = record.quantisation["precision"] if record.quantisation else "fp32"
+        metrics["precision"] = record.quantisation["precision"] if record.quantisation else FLOAT
         dense_figures = {"params": reference.params, **_flop_figures(reference)}
         if reference.evaluation is not None:
             dense_figures["val"] = reference.evaluation.to_dict()
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitprune", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from pruning.quantisation.precisions import PRECISIONS  # no torch: `vitprune --help` stays fast
+    from pruning.quantisation.precisions import FLOAT, PRECISIONS  # no torch: `vitprune --help` stays fast
 
     prune = commands.add_parser("prune", help="build a pruned model and save it as a bundle")
     _add_dense_options(prune, required=True)
@@ -283,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--recover", action="store_true", help="refit output projections by least squares")
     prune.add_argument(
         "--precision",
-        choices=["fp32", *PRECISIONS],
-        default="fp32",
+        choices=[FLOAT, *PRECISIONS],
+        default=FLOAT,
         help="quantise the pruned model (after recovery), its activation ranges calibrated on --calib",
     )
     prune.add_argument("--onnx", action="store_true", help="also write model.onnx into the bundle")

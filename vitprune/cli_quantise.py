@@ -175,12 +175,14 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
 
 def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
     """fp32 and `precision` -> the device name whose table prices it on `device` (`DeviceBackend.priced_as`)."""
+    from latency_models.devices.analytic import DTYPE_MARK
     from latency_models.registry import Registry
+    from pruning.quantisation.precisions import FLOAT
 
-    if "+" in device:  # a dtype mark (`latency_models.devices.analytic`)
+    if DTYPE_MARK in device:
         raise ValueError(f"--device {device}: name the device without a dtype; the model is priced as float and int8")
     registry = registry or Registry()
-    names = {p: registry.priced_as(device, p) for p in ("fp32", precision)}
+    names = {p: registry.priced_as(device, p) for p in (FLOAT, precision)}
     if None in names.values():
         raise ValueError(
             f"--device {device} has no int8 price (devices with one: mobile-cpu, fpga and their presets); "
@@ -192,6 +194,7 @@ def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
 def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
     """The model's predicted latency on --device as a float model and quantised, at --latency-batch."""
     from latency_models.registry import Registry
+    from pruning.quantisation.precisions import FLOAT
     from pruning.tokens import padded_widths
 
     registry, batch = Registry(), args.latency_batch
@@ -200,7 +203,7 @@ def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
     ms = {}
     for precision, name in names.items():
         predictor = registry.predictor(name, model.spec, [batch], progress=False)
-        ms["fp32" if precision == "fp32" else "int8"] = predictor.predict(
+        ms["fp32" if precision == FLOAT else "int8"] = predictor.predict(
             model.config, model.spec, batch, kept_tokens=widths
         ).ms
     priced_as = {"fp32": names["fp32"], "int8": names[args.precision]}

@@ -21,7 +21,7 @@ from latency_models.analytic import PRESETS, FpgaParams, MobileCpuParams, analyt
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
 from latency_models.predictor import shape_of
 from latency_models.schema import LatencyTable
-from pruning.quantisation.precisions import PRECISIONS
+from pruning.quantisation.precisions import FLOAT, PRECISIONS
 from pruning.spec import ModelSpec
 
 __all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind", "runs_in"]
@@ -42,7 +42,7 @@ BASIS = "specifications only (analytic model, not fitted to timings)"
 
 def runs_in(params: MobileCpuParams | FpgaParams, precision: str) -> str | None:
     """The dtype a device of `params` computes a model of `precision` in (None: an unknown precision)."""
-    if precision == "fp32":
+    if precision == FLOAT:
         return FLOAT_DTYPES[type(params)]
     return QUANTISED_DTYPE if precision in PRECISIONS else None
 

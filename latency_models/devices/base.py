@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from latency_models.profiling import Timing
 from latency_models.schema import LatencyTable
+from pruning.quantisation.precisions import FLOAT
 from pruning.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class DeviceKind(Protocol):
 
 def float_only(name: str, precision: str) -> str | None:
     """`priced_as` of a device whose table prices float models only."""
-    return name if precision == "fp32" else None
+    return name if precision == FLOAT else None
 
 
 def coverage(table: LatencyTable) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS"]
+__all__ = ["FLOAT", "PRECISIONS"]
+
+FLOAT = "fp32"
+"""The unquantised model's precision."""
 
 PRECISIONS: dict[str, bool] = {"int8": False, "int8-pow2": True}
 """Precision name -> whether its scales are powers of two (shifts instead of multiplies, RAPQ's
-constraint for accelerators). "fp32" is the unquantised model."""
+constraint for accelerators). `FLOAT` is the unquantised model."""

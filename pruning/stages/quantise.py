@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from pruning.model import PrunedViT
 from pruning.quantisation import quantise
+from pruning.quantisation.precisions import FLOAT
 from pruning.stages._base import ModelRecord, Stage
 
 __all__ = ["Quantise"]
@@ -22,7 +23,7 @@ class Quantise(Stage):
 
     def run(self, model: PrunedViT | None, record: ModelRecord) -> tuple[PrunedViT, ModelRecord]:
         inputs = record.inputs
-        if inputs.precision in (None, "fp32"):
+        if inputs.precision in (None, FLOAT):
             return model, record
         batches = list(inputs.calibration) if inputs.calibration is not None else []
         quantised = quantise(model, batches, inputs.precision)

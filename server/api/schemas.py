@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from pruning.image_sets import job_image_sets
-from search.job import JobSpec
+from search.job import FLOAT, JobSpec
 from search.objectives import OBJECTIVES, STORED_OBJECTIVE
 from server.api.summary import summarise
 from server.db.models import Job, PrunedModel
@@ -177,7 +177,7 @@ class ModelOut(BaseModel):
     )
     config: dict[str, Any]
     precision: str = Field(
-        default="fp32", description="fp32, or the quantisation (int8, int8-pow2) its weights and scales are stored at"
+        default=FLOAT, description="fp32, or the quantisation (int8, int8-pow2) its weights and scales are stored at"
     )
     val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
     calib_accuracy: float | None = Field(
@@ -202,7 +202,7 @@ class ModelOut(BaseModel):
     def of(cls, model: PrunedModel) -> ModelOut:
         fields = {name: getattr(model, name) for name in cls.model_fields if hasattr(PrunedModel, name)}
         val = model.metrics.get("val") if isinstance(model.metrics.get("val"), dict) else {}
-        precision = model.metrics.get("precision", "fp32")
+        precision = model.metrics.get("precision", FLOAT)
         return cls(
             **fields,
             **_image_sets(model.job.spec, [model]),
@@ -235,7 +235,7 @@ class TrialOut(BaseModel):
     evaluated: bool
     pareto: bool = Field(description="on the Pareto front of the job's trials so far (within budget, evaluated)")
     params: dict[str, Any]
-    precision: str = Field(default="fp32", description="fp32, or the quantisation the trial was scored and priced at")
+    precision: str = Field(default=FLOAT, description="fp32, or the quantisation the trial was scored and priced at")
     summary: str | None = Field(description="the pruned structure in a few words")
 
     @classmethod

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pruning.quantisation.precisions import FLOAT
 from pruning.tokens import TOKEN_OPS
 
 __all__ = ["summarise"]
 
 
-def summarise(config: dict[str, Any], precision: str = "fp32") -> str:
+def summarise(config: dict[str, Any], precision: str = FLOAT) -> str:
     """The structure, and the precision when it is not fp32."""
     blocks = config.get("blocks", [])
     tokens = []
@@ -27,6 +28,6 @@ def summarise(config: dict[str, Any], precision: str = "fp32") -> str:
             parts.append(f"{name} {widths[0]} per block" if uniform else f"{name} " + "/".join(map(str, widths)))
     if config.get("package_token"):
         parts.append("package token")
-    if precision != "fp32":
+    if precision != FLOAT:
         parts.append(precision)
     return "; ".join(parts)
