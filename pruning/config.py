@@ -129,7 +129,6 @@ class PruneConfig(_Frozen):
         """Some block keeps a different number of tokens in every image (thresholds): batches are padded."""
         return any(b.tokens.per_image for b in self.blocks)
 
-
     def uses(self, kind: str) -> bool:
         """Whether some block runs the token op `kind`."""
         token_op(kind)  # refuses unknown kinds

@@ -49,7 +49,7 @@ from pruning.importance import needs_importance
 from pruning.model import PrunedViT
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 from pruning.tokens import padded_widths
-from search.context import JobContext, fit_batches
+from search.context import JobContext, fit_batches, quantisation_batches
 from search.job import FLOAT
 from search.objectives import objective
 from search.trials import calib_accuracy, is_pareto_candidate, trial_precision
@@ -128,6 +128,7 @@ def materialise(
     job = context.job
     inputs = _stage_inputs(context)
     calib_batches = fit_batches(context.calib)
+    quant_batches = quantisation_batches(context.calib) if context.job.space.quantised else None
     _, dense = run_stages(DENSE_STAGES, ModelRecord(PruneConfig.dense(context.spec), inputs))
     dense_row = pareto_row(dense)
     shared = _shared_figures(context, inputs, dense_row)
@@ -160,10 +161,10 @@ def materialise(
             extra["device"] = shared["device"] | _priced_as(context.predictor_for(precision))
         trial_inputs = replace(
             inputs,
-            # the images the trial was quantised on (`JobContext.evaluator`), and recovery's
-            calibration=calib_batches if recover or precision != FLOAT else None,
+            calibration=calib_batches if recover else None,
             recover=recover,
             precision=precision,
+            quantisation_batches=quant_batches if precision != FLOAT else None,  # those its trial was quantised on
             reference=dense.logits,
             out=path,
             report=lambda record, extra=extra: flag_over_budget(pareto_row(record) | extra, context.requested_ms),

@@ -72,8 +72,10 @@ class StageInputs:
 
     # quantise
     precision: str | None = None
-    """A precision of `pruning.quantisation.PRECISIONS` (its input ranges calibrated on `calibration`);
-    None or "fp32": no quantisation."""
+    """A precision of `pruning.quantisation.PRECISIONS` (its input ranges calibrated on
+    `quantisation_batches`, else on `calibration`); None or "fp32": no quantisation."""
+    quantisation_batches: Sequence[torch.Tensor] | None = None
+    """Calibration batches that set a quantised model's input ranges, when they are not `calibration`."""
 
     # evaluate
     val: ImageSet | None = None

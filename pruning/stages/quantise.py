@@ -25,6 +25,7 @@ class Quantise(Stage):
         inputs = record.inputs
         if inputs.precision in (None, FLOAT):
             return model, record
-        batches = list(inputs.calibration) if inputs.calibration is not None else []
+        chosen = inputs.quantisation_batches if inputs.quantisation_batches is not None else inputs.calibration
+        batches = list(chosen) if chosen is not None else []
         quantised = quantise(model, batches, inputs.precision)
         return quantised, replace(record, quantisation=quantised.quantisation)

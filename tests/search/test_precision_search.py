@@ -7,15 +7,17 @@ import json
 
 import optuna
 import pytest
+import torch
 
 from latency_models.registry import Registry
 from pruning import PruneConfig, describe
 from pruning.bundle import load_bundle
 from search import JobContext, JobInputError, SearchSpace, check_job, run_search
+from search.context import QUANTISATION_IMAGES, fit_batches, quantisation_batches
 from search.pareto import pareto_trials
 from search.space import TrialSpace
 from search.trials import trial_precision
-from tests.search.tiny import MODEL, tiny_job, tiny_model
+from tests.search.tiny import MODEL, random_images, tiny_job, tiny_model
 
 SPACE = SearchSpace(tokens="topk", token_blocks=(1, 2), heads=True, group=2, precisions=("fp32", "int8"))
 
@@ -90,3 +92,12 @@ def test_only_float_models_are_fine_tuned(searched):
     floats = [row for row in sources.values() if row["precision"] == "fp32"]
     assert len(tuned) == min(2, len(floats)) < len(sources)
     assert all(sources[row["fine_tuned_from"]]["precision"] == "fp32" for row in tuned)
+
+
+def test_quantised_trials_calibrate_on_a_few_images_spread_over_the_set():
+    images = random_images(300)
+    batches = quantisation_batches(images)
+    assert sum(len(b) for b in batches) == QUANTISATION_IMAGES < len(fit_batches(images)) * 32
+    first, last = batches[0][0], batches[-1][-1]
+    normalised = [images.subset(torch.tensor([i])).batches(1) for i in (0, 299)]
+    assert [torch.equal(x, next(n)[0][0]) for x, n in zip((first, last), normalised, strict=True)] == [True, True]
