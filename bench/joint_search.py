@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from default_space import summarise
+from default_space import picked, summarise
 
 from search import JobSpec, run_search
 
@@ -77,30 +77,13 @@ def run(args, device: str, batch: int, ratio: float, name: str, precisions: tupl
     out = args.work / f"{device.replace(':', '-')}-b{batch}-{ratio}-{'-'.join(precisions)}"
     began = time.monotonic()
     result = run_search(job, f"sqlite:///{args.work / 'search.db'}", out, show_progress=True)
-    within = [m for m in result.models if m["predicted_ms"] <= result.budget_ms + 1e-9]
-    pick = max(within, key=lambda m: (m["calib_score"], -m["predicted_ms"]))
-    val, dense = pick["val"], result.dense
     return {
         "device": device,
         "batch": batch,
         "ratio": ratio,
         "search": name,
         "tokens": job.space.tokens,
-        "val_images": val["n_images"],
-        "dense_top1": dense["val"]["top1"],
-        "top1": val["top1"],
-        "top1_se": val.get("top1_se"),
-        "agreement": val["agreement"],
-        "agreement_se": val.get("agreement_se"),
-        "kl": val["kl"],
-        "kl_se": val.get("kl_se"),
-        "precision": pick["precision"],
-        "calib_score": pick["calib_score"],
-        "predicted_ms": pick["predicted_ms"],
-        "dense_ms": dense["predicted_ms"],
-        "budget_ms": result.budget_ms,
-        "structure": pick["config"],
-        "pareto_models": len(result.models),
+        **picked(result),
         "pareto_precisions": sorted({m["precision"] for m in result.models}),
         "minutes": round((time.monotonic() - began) / 60, 1),
     }
