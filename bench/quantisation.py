@@ -36,6 +36,7 @@ from pruning.export import export_onnx
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
 from pruning.metrics import classification_metrics, predict
+from pruning.model import PrunedViT
 from pruning.onnx_session import onnx_logits, onnx_session, time_onnx
 from pruning.quantisation import quantise
 
@@ -55,19 +56,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    dense = create_model(args.model, weights=data / args.model / "model.safetensors")
-    spec = describe(dense, args.model)
-    images = load_image_folder(data / "imagenet-sample", eval_data_config(dense), class_map=data / "imagenet_wnids.txt")
-    calib_half, report = images.split(0.5, seed=args.seed)
-    count = min(args.calibration_images, len(calib_half))
-    calib = calib_half.subset([i * len(calib_half) // count for i in range(count)])
-    batches = [batch for batch, _ in calib.batches(32)]
+    dense, report, batches, models = prepare(args)
+    count = sum(len(batch) for batch in batches)
     reference = predict(dense, report)
-    models = {
-        "dense": prune_model(dense, PruneConfig.dense(spec)),
-        "topk-0.7": prune_model(dense, PruneConfig.uniform(spec, keep_ratio=0.7, at=(3, 6, 9), package_token=True)),
-    }
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -88,7 +79,7 @@ def main() -> int:
                 rows.append(
                     _row(name, precision, simulated, report, reference)
                     | {
-                        "loss": _paired_loss(simulated, float_logits, report),
+                        "loss": paired_loss(simulated, float_logits, report),
                         "onnxruntime": _row(name, precision, runtime, report, reference)["val"],
                         "onnx_vs_simulation": _agreement(runtime, simulated),
                         "float_floor": _agreement(_float64(quantised, report), simulated),
@@ -113,6 +104,23 @@ def main() -> int:
     return 0
 
 
+def prepare(args: argparse.Namespace) -> tuple[torch.nn.Module, ImageSet, list[torch.Tensor], dict[str, PrunedViT]]:
+    """The dense model (`--model`, its weights under `--data`), the report half of the sample (`--seed`),
+    `--calibration-images` spread over the other half in batches, and the two models measured."""
+    data = Path(args.data)
+    dense = create_model(args.model, weights=data / args.model / "model.safetensors")
+    spec = describe(dense, args.model)
+    images = load_image_folder(data / "imagenet-sample", eval_data_config(dense), class_map=data / "imagenet_wnids.txt")
+    calib_half, report = images.split(0.5, seed=args.seed)
+    count = min(args.calibration_images, len(calib_half))
+    calib = calib_half.subset([i * len(calib_half) // count for i in range(count)])
+    models = {
+        "dense": prune_model(dense, PruneConfig.dense(spec)),
+        "topk-0.7": prune_model(dense, PruneConfig.uniform(spec, keep_ratio=0.7, at=(3, 6, 9), package_token=True)),
+    }
+    return dense, report, [batch for batch, _ in calib.batches(32)], models
+
+
 def _row(name: str, precision: str, logits: torch.Tensor, report: ImageSet, reference: torch.Tensor) -> dict:
     return {
         "model": name,
@@ -121,7 +129,7 @@ def _row(name: str, precision: str, logits: torch.Tensor, report: ImageSet, refe
     }
 
 
-def _paired_loss(logits: torch.Tensor, float_logits: torch.Tensor, report: ImageSet) -> dict:
+def paired_loss(logits: torch.Tensor, float_logits: torch.Tensor, report: ImageSet) -> dict:
     """Top-1 points lost to quantisation, with the standard error of the per-image difference (both models
     are scored on the same images, so only the images whose verdict changed count)."""
     change = (logits.argmax(1) == report.labels).float() - (float_logits.argmax(1) == report.labels).float()

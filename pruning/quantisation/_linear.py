@@ -18,12 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ACTIVATION_RANGE", "WEIGHT_RANGE", "QuantisedLinear", "activation_qparams", "weight_scales"]
+__all__ = [
+    "ACTIVATION_RANGE",
+    "SAMPLE_VALUES",
+    "WEIGHT_RANGE",
+    "QuantisedLinear",
+    "activation_qparams",
+    "weight_scales",
+]
 
 WEIGHT_RANGE = (-127, 127)
 """int8 weight codes: symmetric, so -128 is unused (as onnxruntime's symmetric int8)."""
 ACTIVATION_RANGE = (0, 255)
 """uint8 activation codes."""
+SAMPLE_VALUES = 16384
+"""Input values kept per layer to choose a power-of-two input scale by squared error."""
 
 
 class QuantisedLinear(nn.Linear):

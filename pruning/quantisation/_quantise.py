@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from pruning.model import PrunedViT
-from pruning.quantisation._linear import QuantisedLinear, activation_qparams, weight_scales
+from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activation_qparams, weight_scales
+from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
 from pruning.quantisation.precisions import PRECISIONS
 
 __all__ = ["QuantisationError", "quantise", "quantised_layers", "wrap_linears"]
 
-SAMPLE_PER_LAYER = 16384
-"""Input values kept per layer to choose power-of-two scales by squared error."""
+NO_IMAGES = "quantisation needs calibration images to set the activation ranges"
 
 
 class QuantisationError(ValueError):
@@ -46,12 +46,17 @@ def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantisedLinear)}
 
 
-def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str) -> PrunedViT:
+def quantise(
+    pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str, *, reconstruct: bool = False
+) -> PrunedViT:
     """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
 
     Weights get per-channel scales from their own values; each layer's input gets the min-max range it
     took over the calibration images in the float model (with `int8-pow2`, each scale becomes the power
-    of two with the smaller squared error on those inputs). Records what it did in `quantisation`.
+    of two with the smaller squared error on those inputs), and each weight its nearest code. With
+    `reconstruct`, layer by layer in forward order, each input range is taken in the model quantised so
+    far and the layer's codes and bias are chosen to reproduce its float output on those inputs
+    (`pruning.quantisation._reconstruct`). Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -60,6 +65,16 @@ def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str)
     power_of_two = PRECISIONS[precision]
     model = copy.deepcopy(pruned).eval()
     layers = wrap_linears(model.model)
+    if reconstruct:
+        batches = list(batches)
+        if not batches:
+            raise QuantisationError(NO_IMAGES)
+        for layer in layers.values():
+            layer.simulate = False
+        rebuilt = reconstruct_layers(model, layers, batches, power_of_two)
+        images = sum(len(batch) for batch in batches)
+        model.quantisation = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
+        return model
     ranges, images = _calibrate(model, layers, batches)
     for name, layer in layers.items():
         low, high, sample = ranges[name]
@@ -73,9 +88,11 @@ def quantise(pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str)
     return model
 
 
-def _describe(precision: str, layers: dict[str, QuantisedLinear], images: int) -> dict[str, Any]:
+def _describe(
+    precision: str, layers: dict[str, QuantisedLinear], images: int, reconstructed: int | None = None
+) -> dict[str, Any]:
     """What config.json and the model card say about a quantised model."""
-    return {
+    described = {
         "precision": precision,
         "weights": "int8, one symmetric scale per output channel",
         "activations": f"uint8, one asymmetric scale per layer input, min-max over {images} calibration images",
@@ -83,6 +100,13 @@ def _describe(precision: str, layers: dict[str, QuantisedLinear], images: int) -
         "layers": len(layers),
         "float": "patch embedding, LayerNorm, softmax and attention products, GELU, residual adds",
     }
+    if reconstructed is not None:
+        described["activations"] += ", taken layer by layer in the model quantised so far"
+        described["reconstruction"] = (
+            f"{reconstructed} of {len(layers)} layers: weight codes and bias fitted to the float layer's "
+            f"output on {images} calibration images"
+        )
+    return described
 
 
 def _calibrate(
@@ -99,7 +123,7 @@ def _calibrate(
             entry = seen[name]
             entry[0], entry[1] = min(entry[0], float(x.min())), max(entry[1], float(x.max()))
             flat = x.reshape(-1).cpu()
-            entry[2].append(flat[torch.randint(flat.numel(), (SAMPLE_PER_LAYER,), generator=generator)])
+            entry[2].append(flat[torch.randint(flat.numel(), (SAMPLE_VALUES,), generator=generator)])
 
         return hook
 
@@ -116,5 +140,5 @@ def _calibrate(
         for handle in handles:
             handle.remove()
     if images == 0:
-        raise QuantisationError("quantisation needs calibration images to set the activation ranges")
+        raise QuantisationError(NO_IMAGES)
     return {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}, images

@@ -76,6 +76,9 @@ class StageInputs:
     `quantisation_batches`, else on `calibration`); None or "fp32": no quantisation."""
     quantisation_batches: Sequence[torch.Tensor] | None = None
     """Calibration batches that set a quantised model's input ranges, when they are not `calibration`."""
+    reconstruct: bool = False
+    """Fit each quantised layer's weight codes and bias to its float output on those batches
+    (`pruning.quantisation.quantise`); slower, and it pays only where rounding error dominates."""
 
     # evaluate
     val: ImageSet | None = None

@@ -27,5 +27,5 @@ class Quantise(Stage):
             return model, record
         chosen = inputs.quantisation_batches if inputs.quantisation_batches is not None else inputs.calibration
         batches = list(chosen) if chosen is not None else []
-        quantised = quantise(model, batches, inputs.precision)
+        quantised = quantise(model, batches, inputs.precision, reconstruct=inputs.reconstruct)
         return quantised, replace(record, quantisation=quantised.quantisation)
