@@ -19,7 +19,13 @@ Run by hand (never from the tests), with nothing else heavy running:
    held-out |error| over all subsets, and Spearman's rank correlation on the pruned configs; k = 0 is
    the unfitted preset. The sweep is made over all dense models, and again without ViT-B/32 (`OUTLIER`).
 
-Writes `<out>/device_fit.json` and `<out>/device_fit.md`. About a minute on 2 cores.
+With `--precision int8` every model (dense and pruned) is instead quantised W8A8 (`pruning.quantisation`,
+calibrated on its random input), exported as ONNX QDQ and timed with onnxruntime's int8 kernels on one
+thread, the runtime users deploy int8 with (`latency_models.validate.onnx_run`); the base is the same
+CPU in int8 (VNNI's VPDPBUSD counted as a dot-product instruction) and the fits are int8 fits. It
+writes `device_fit_int8.{json,md}`.
+
+Writes `<out>/device_fit.json` and `<out>/device_fit.md`. About a minute on 2 cores (int8: about five).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,9 +53,10 @@ from latency_models.devices.analytic import DEFAULTS
 from latency_models.fitting import TimingRow, fit, predict, resolve_model
 from latency_models.predictor import LatencyPredictor, shape_of
 from latency_models.profiling import Execution, Timing, summarise, time_round
-from latency_models.validate import random_config, summarise_config
-from pruning import describe
+from latency_models.validate import onnx_run, random_config, summarise_config
+from pruning import PruneConfig, describe
 from pruning.model import prune_model
+from pruning.quantisation.precisions import FLOAT
 from pruning.timing import torch_threads
 
 DENSE = (
@@ -84,9 +92,11 @@ def cpu_info() -> dict:
     return info
 
 
-def host_params(info: dict) -> MobileCpuParams:
-    """This CPU on one thread, as the analytic mobile-CPU model's parameters, each number's basis stated."""
+def host_params(info: dict, dtype: str = "float32") -> MobileCpuParams:
+    """This CPU on one thread, as the analytic mobile-CPU model's parameters in `dtype`, each number's
+    basis stated."""
     flags = set(info["flags"])
+    vnni = bool({"avx512_vnni", "avx_vnni"} & flags)
     if {"avx512f", "fma"} <= flags:
         lanes, simd = 16, "AVX-512F with FMA: 16 fp32 lanes per 512-bit FMA"
     elif {"avx2", "fma"} <= flags:
@@ -103,7 +113,7 @@ def host_params(info: dict) -> MobileCpuParams:
         clock_ghz=clock,
         fma_pipes=pipes,
         int8_pipes=pipes,
-        dot_product=False,
+        dot_product=vnni,
         i8mm=False,
     )
     base = PRESETS[DEFAULTS["mobile-cpu"]]
@@ -121,6 +131,10 @@ def host_params(info: dict) -> MobileCpuParams:
         "not visible under a hypervisor.",
         f"Assumption - efficiencies, overhead, grain and per-element FLOP counts: those of {base.name}, the "
         "default phone preset (the starting point a user's fit has too).",
+        "Derived - int8: VNNI's VPDPBUSD multiplies 4 int8 pairs into each 32-bit lane, as SDOT does, so it "
+        "counts as a dot-product instruction (16 int8 MACs per 128-bit pipe)"
+        if vnni
+        else "Derived - int8: no VNNI flag, so widening multiplies",
     )
     return MobileCpuParams.model_validate(
         {
@@ -130,7 +144,7 @@ def host_params(info: dict) -> MobileCpuParams:
             "clusters": [core.model_dump()],
             "all_clusters_at_once": True,
             "cores": "one",
-            "dtype": "float32",
+            "dtype": dtype,
             "dram": "not visible under the hypervisor",
             "dram_bandwidth_gbs": 12.0,
             "l3_kb": None,
@@ -140,6 +154,12 @@ def host_params(info: dict) -> MobileCpuParams:
     )
 
 
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
@@ -147,14 +167,25 @@ def uptime() -> str:
         return "?"
 
 
-def measure(models: dict[str, tuple[torch.nn.Module, torch.Tensor]], timing: Timing) -> dict[str, float]:
-    """ms of each model's forward pass at one thread: median over passes of each round's median."""
+def measure(
+    models: dict[str, tuple[torch.nn.Module, torch.Tensor]], timing: Timing, precision: str = FLOAT
+) -> dict[str, float]:
+    """ms of each model's forward pass at one thread: median over passes of each round's median. At
+    another `precision` each model is quantised and run by onnxruntime (`onnx_run`)."""
     rounds: dict[str, list[list[float]]] = {name: [] for name in models}
     cpu = Execution()
-    with torch_threads(1):
+    with torch_threads(1), tempfile.TemporaryDirectory() as folder:
+        if precision == FLOAT:
+            calls = {name: (lambda m=model, x=x: m(x)) for name, (model, x) in models.items()}
+        else:
+            calls = {}
+            for i, (name, (model, x)) in enumerate(models.items()):
+                pruned = model if hasattr(model, "config") else prune_model(model, PruneConfig.dense(describe(model)))
+                calls[name] = onnx_run(pruned, x, precision, Path(folder) / f"model-{i}.onnx", threads=1)
+                print(f"exported {name} in {precision}", file=sys.stderr, flush=True)
         for n in range(timing.passes):
-            for name, (model, x) in models.items():
-                rounds[name].append(time_round(lambda m=model, x=x: m(x), cpu, timing))
+            for name, call in calls.items():
+                rounds[name].append(time_round(call, cpu, timing))
             print(f"pass {n + 1}/{timing.passes} done", file=sys.stderr, flush=True)
     return {name: summarise(r)[0] for name, r in rounds.items()}
 
@@ -243,6 +274,9 @@ def main() -> int:
     parser.add_argument("--configs", type=int, default=16, help="random pruned DeiT-Small configs")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--precision", choices=[FLOAT, "int8"], default=FLOAT, help="int8: quantised models run by onnxruntime"
+    )
+    parser.add_argument(
         "--reuse",
         type=Path,
         help="a device_fit.json whose timings to fit again instead of timing now (same --seed and --configs): "
@@ -252,7 +286,8 @@ def main() -> int:
     started, load_before = time.time(), uptime()
     torch.manual_seed(0)
     info = cpu_info()
-    base = host_params(info)
+    dtype = "float32" if args.precision == FLOAT else "int8"
+    base = host_params(info, dtype)
 
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
     for name, timm_name, size in DENSE:
@@ -278,13 +313,13 @@ def main() -> int:
         x = torch.randn(1, 3, 224, 224)
         for i, config in enumerate(configs):
             models[f"pruned {i}"] = (prune_model(dense_small, config, name=PRUNED_BASE).eval(), x)
-        ms = measure(models, Timing(passes=args.passes, warmup=1, min_round_s=0.05))
+        ms = measure(models, Timing(passes=args.passes, warmup=1, min_round_s=0.05), args.precision)
         timed["uptime_after"] = uptime()
 
     dense_rows = {}
     for name, _, size in DENSE:
         shape, depth = resolve_model(name, size)
-        dense_rows[name] = TimingRow(0, name, shape, depth, 1, ms[name], "one", "float32")
+        dense_rows[name] = TimingRow(0, name, shape, depth, 1, ms[name], "one", dtype)
     pruned = [
         {"config": c, "summary": summarise_config(c, spec), "ms": ms[f"pruned {i}"]} for i, c in enumerate(configs)
     ]
@@ -310,6 +345,8 @@ def main() -> int:
             "cores": os.cpu_count(),
             "torch": torch.__version__,
             "threads": 1,
+            "precision": args.precision,
+            "runtime": "torch" if args.precision == FLOAT else f"onnxruntime {ort_version()} (QDQ)",
         },
         "timed": timed,
         "fitted": {"uptime_before": load_before, "uptime_after": load_after},
@@ -317,6 +354,7 @@ def main() -> int:
         "base": {
             "hardware": base.hardware,
             "fp32_flops_per_cycle": base.clusters[0].fp32_flops_per_cycle,
+            **({"int8_macs_per_cycle": base.clusters[0].int8_macs_per_cycle} if dtype == "int8" else {}),
             "clock_ghz": base.clusters[0].clock_ghz,
             "parameters": base.model_dump(mode="json"),
         },
@@ -325,8 +363,9 @@ def main() -> int:
         "sets": sets,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "device_fit.json").write_text(json.dumps(result, indent=1))
-    (args.out / "device_fit.md").write_text(markdown(result))
+    stem = "device_fit" if args.precision == FLOAT else f"device_fit_{args.precision}"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
@@ -340,13 +379,20 @@ def markdown(r: dict) -> str:
     lines = [
         "# Fitting a device to a few timings: this host's CPU as a stand-in",
         "",
-        f"{m['cpu']} ({', '.join(m['simd_flags'])}), one torch thread, batch 1, fp32, torch {m['torch']}. "
-        f"Timed with the load at `{r['timed']['uptime_before']}` before, `{r['timed']['uptime_after']}` after"
+        f"{m['cpu']} ({', '.join(m['simd_flags'])}), one thread, batch 1, "
+        + (
+            f"fp32, torch {m['torch']}. "
+            if m.get("precision", FLOAT) == FLOAT
+            else f"{m['precision']} W8A8 run by {m['runtime']}. "
+        )
+        + f"Timed with the load at `{r['timed']['uptime_before']}` before, `{r['timed']['uptime_after']}` after"
         + (f" (timings reused from `{r['timed']['reused_from']}`)" if "reused_from" in r["timed"] else "")
         + f"; fitted in {r['seconds']:.0f} s.",
         "",
         f"Base device (the unfitted preset): {r['base']['hardware']}; "
-        f"{r['base']['fp32_flops_per_cycle']:g} fp32 FLOP/cycle at "
+        f"{r['base']['fp32_flops_per_cycle']:g} fp32 FLOP/cycle"
+        + (f" ({r['base']['int8_macs_per_cycle']:g} int8 MAC/cycle)" if "int8_macs_per_cycle" in r["base"] else "")
+        + " at "
         f"{r['base']['clock_ghz']:.2f} GHz (derived from the CPU flags; see the JSON's sources), "
         "the default phone preset's efficiencies and overhead.",
         "",

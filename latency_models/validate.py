@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from latency_models.profiling import Execution, Timing, kernel, summarise, time_
 from latency_models.profiling.ops import PRICINGS, TokenPricing, pricing
 from pruning.config import BlockConfig, PruneConfig
 from pruning.model import describe, prune_model
+from pruning.quantisation.precisions import FLOAT
 from pruning.spec import ModelSpec
 from pruning.timing import torch_threads
 from pruning.tokens import NoReduction, TokenOp, token_op
@@ -40,6 +42,7 @@ __all__ = [
     "ValidationRow",
     "kept_counts",
     "measure_configs",
+    "onnx_run",
     "random_config",
     "token_kind",
     "validate",
@@ -84,6 +87,8 @@ class ValidationReport:
     by the probe (the table's entry for the dense MLP half) timed then and now, the same way. A shared
     machine's speed wanders by tens of percent over minutes; the headline errors use the
     normalised measurements, `raw` ones the measurements as they are."""
+    precision: str = FLOAT
+    """What the configs ran at: fp32 as the table's execution says, or quantised and run by onnxruntime."""
 
     def errors(self, raw: bool = False) -> np.ndarray:
         return np.array([r.error(raw) for r in self.rows])
@@ -139,6 +144,7 @@ class ValidationReport:
             "model": self.model,
             "batch": self.batch,
             "threads": self.threads,
+            "precision": self.precision,
             "configs": len(self.rows),
             "within_10pct": round(self.within_10, 4),
             "mape": round(self.mape, 4),
@@ -157,7 +163,8 @@ class ValidationReport:
     def to_markdown(self) -> str:
         s = self.summary()
         lines = [
-            f"{self.model} at batch {self.batch} on '{self.device}' ({self.threads} threads): {s['configs']} random "
+            f"{self.model}{_ran_as(self.precision)} at batch {self.batch} on '{self.device}' ({self.threads} threads):"
+            f" {s['configs']} random "
             f"configs, {100 * s['within_10pct']:.0f}% within +-10%, MAPE {100 * s['mape']:.1f}%, bias "
             f"{100 * s['bias']:+.1f}%, worst {100 * s['worst_error']:+.1f}%, Spearman {s['spearman']:.3f}",
             "",
@@ -223,8 +230,8 @@ class ValidationReport:
         )
         s = self.summary()
         figure.update_layout(
-            title=f"{self.model}, batch {self.batch}, {self.device}: {100 * s['within_10pct']:.0f}% within +-10%, "
-            f"Spearman {s['spearman']:.3f}",
+            title=f"{self.model}{_ran_as(self.precision)}, batch {self.batch}, {self.device}: "
+            f"{100 * s['within_10pct']:.0f}% within +-10%, Spearman {s['spearman']:.3f}",
             xaxis_title="measured ms (normalised to the table's machine speed)",
             yaxis_title="predicted ms",
             width=800,
@@ -232,6 +239,10 @@ class ValidationReport:
         )
         figure.write_html(path, include_plotlyjs=True)
         return path
+
+
+def _ran_as(precision: str) -> str:
+    return "" if precision == FLOAT else f" in {precision} (onnxruntime QDQ)"
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -352,6 +363,7 @@ def validate(
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     leave_out: Collection[str] | None = None,
+    precision: str = FLOAT,
 ) -> ValidationReport:
     """Measure `configs` random pruned versions of `dense` at `batch` and compare with `predictor`.
 
@@ -363,19 +375,23 @@ def validate(
     `images` (at least `batch`) feed the threshold configs, whose token
     counts depend on the images; random inputs are used otherwise. `leave_out`: token op kinds not
     to draw (an op the table does not price then raises CoverageError); None leaves out the ops the
-    table does not price, as tables made before an op was priced do not.
+    table does not price, as tables made before an op was priced do not. `precision`: the configs are
+    quantised to it and run by onnxruntime (see `measure_configs`); ops whose token counts depend on
+    the images are then left out, since quantised scores move them away from what was priced.
     """
     spec = describe(dense, name)
     if leave_out is None:
         leave_out = predictor.unpriced(spec, batch)
+    if precision != FLOAT:
+        leave_out = {*leave_out, *(kind for kind in PRICINGS if token_op(kind).per_image)}
     candidates = validation_configs(spec, configs, random.Random(seed), leave_out)
     if images is None:
         images = torch.randn(batch, 3, *spec.image_size, generator=torch.Generator().manual_seed(seed))
     rows, _, drift, used_threads = measure_configs(
         predictor, dense, candidates, batch=batch, images=images, threads=threads, timing=timing, name=name,
-        progress=progress,
+        progress=progress, precision=precision,
     )  # fmt: skip
-    return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift)
+    return ValidationReport(predictor.device, spec.name, batch, used_threads, tuple(rows), drift, precision)
 
 
 def measure_configs(
@@ -389,11 +405,15 @@ def measure_configs(
     timing: Timing = VALIDATION_TIMING,
     name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    precision: str = FLOAT,
 ) -> tuple[list[ValidationRow], list[Prediction], float, int]:
     """Build `candidates` as pruned models of `dense`, time each end to end at `batch` and price it
     with `predictor`: (rows, predictions, the machine's drift, threads used). See `validate`.
 
-    The models run as the table's execution says (its torch device, dtype, eager or CUDA graphs)."""
+    Float models run as the table's execution says (its torch device, dtype, eager or CUDA graphs).
+    At another `precision` each model is quantised (calibrated on `images`), exported as ONNX QDQ and
+    run by onnxruntime's int8 CPU kernels, the runtime a user deploys it with; the table's probe, a
+    torch kernel, then says nothing about that runtime's speed, so no drift is measured (1.0)."""
     spec = describe(dense, name)
     if images.shape[0] < batch:
         raise ValueError(f"need at least {batch} images for batch {batch}, got {images.shape[0]}")
@@ -406,20 +426,28 @@ def measure_configs(
     rounds: list[list[list[float]]] = [[] for _ in candidates]
     speed: list[list[float]] = [[] for _ in candidates]  # probe now / probe in the table, per round
     execution = Execution.of(predictor.table.device.model_dump())
-    execution.check()
-    models, images = [execution.place(m) for m in models], execution.inputs(images)
-    probe = predictor.probe(spec, batch)
-    with torch_threads(threads) as used_threads:
+    probe = predictor.probe(spec, batch) if precision == FLOAT else None
+    with torch_threads(threads) as used_threads, tempfile.TemporaryDirectory() as folder:
+        if precision == FLOAT:
+            execution.check()
+            placed, inputs = [execution.place(m) for m in models], execution.inputs(images)
+            calls = [lambda m=m: m(inputs) for m in placed]
+        else:
+            execution = Execution()  # onnxruntime on the CPU: torch's device and dtype play no part
+            calls = [
+                onnx_run(m, images, precision, Path(folder) / f"config-{i}.onnx", used_threads)
+                for i, m in enumerate(models)
+            ]
         with execution.building():
             probe_fn = kernel(probe[0], execution.torch_device) if probe is not None else None
         for n in range(timing.passes):
-            for index, pruned in enumerate(models):
+            for index, call in enumerate(calls):
                 if probe_fn is not None:
                     # Timed exactly as the profiler timed it, so the ratio is the machine's speed alone.
                     speed[index].append(statistics.median(time_round(probe_fn, execution, PROBE_TIMING)) / probe[1])
-                rounds[index].append(time_round(lambda m=pruned: m(images), execution, timing))
+                rounds[index].append(time_round(call, execution, timing))
                 if progress is not None:
-                    progress(n * len(models) + index + 1, timing.passes * len(models))
+                    progress(n * len(calls) + index + 1, timing.passes * len(calls))
     rows = []
     for config, prediction, timed, factors in zip(candidates, predictions, rounds, speed, strict=True):
         measured, spread = summarise(timed)
@@ -440,3 +468,18 @@ def measure_configs(
         )
     drift = statistics.median(f for factors in speed for f in factors) if probe is not None else 1.0
     return rows, predictions, drift, used_threads
+
+
+def onnx_run(
+    pruned: nn.Module, images: torch.Tensor, precision: str, path: Path, threads: int | None
+) -> Callable[[], object]:
+    """One onnxruntime run of `pruned` on `images`: quantised to `precision` (calibrated on `images`),
+    exported as QDQ to `path` and run by onnxruntime's CPU kernels with `threads` intra-op threads."""
+    from pruning.export import export_onnx
+    from pruning.onnx_session import onnx_session
+    from pruning.quantisation import quantise
+
+    export_onnx(quantise(pruned, [images], precision), path, batch_size=len(images), images=images)
+    session = onnx_session(path, threads)
+    feed = {session.get_inputs()[0].name: images.numpy()}
+    return lambda: session.run(None, feed)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pruning.quantisation.precisions import FLOAT, PRECISIONS
 from vitprune.arguments import batch_sizes
 
 # Each command imports torch and the latency models when it runs, so building the parser stays light.
@@ -148,11 +149,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = describe(dense, args.model)
     if args.table:
         predictor = LatencyPredictor(LatencyTable.load(args.table))
+        if args.precision != FLOAT and predictor.table.device.dtype != "int8":
+            raise ValueError(
+                f"--table {args.table} prices {predictor.table.device.dtype} models, not --precision {args.precision}"
+            )
     else:
-        predictor = Registry(threads=args.threads).predictor(args.device, spec, [args.batch])
+        registry = Registry(threads=args.threads)
+        name = registry.priced_as(args.device, args.precision)
+        if name is None:
+            raise ValueError(
+                f"--device {args.device} has no {args.precision} price (devices with one: mobile-cpu, fpga, their "
+                "presets and devices fitted to int8 timings); validate it at --precision fp32"
+            )
+        predictor = registry.predictor(name, spec, [args.batch])
     info = predictor.table.device
     here = runtime_name(Execution.of(info.model_dump()).torch_device)  # models are timed on the table's device
-    if info.kind == "measured" and info.runtime != here:
+    if args.precision == FLOAT and info.kind == "measured" and info.runtime != here:
         print(
             f"warning: the table was timed with {info.runtime} and this process runs {here}; "
             "measurements here may not match it (preload the table's allocator, or re-profile)",
@@ -179,6 +191,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         timing=timing,
         name=args.model,
         progress=progress,
+        precision=args.precision,
     )
     written = report.save(args.out) if args.out else []
     print(json.dumps(report.summary()) if args.json else report.to_markdown())
@@ -250,6 +263,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     check.add_argument("--passes", type=int, help="timed passes over the configs (default: the validation protocol's)")
+    check.add_argument(
+        "--precision", choices=[FLOAT, *PRECISIONS], default=FLOAT, help="fp32: models run as the table was "
+        "timed; int8, int8-pow2: quantised, exported as ONNX QDQ and run by onnxruntime here, against the "
+        "device's price for that precision (threshold configs left out)",
+    )  # fmt: skip
     check.add_argument("--out", type=Path, help="write <out>.json, <out>.md and the scatter plot <out>.html")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(run=cmd_validate)

@@ -41,6 +41,28 @@ def test_validate_prices_an_analytic_device_and_reports(capsys, tmp_path):
     assert (tmp_path / "check.md").exists() and (tmp_path / "check.html").exists()
 
 
+def test_validate_runs_quantised_configs_with_onnxruntime_against_the_int8_price(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "lut", "validate", "--device", "fpga:zcu102", "--model", "deit_tiny_patch16_224", "--precision",
+        "int8", "--configs", "3", "--passes", "1", "--threads", "1", "--json", "--out", str(tmp_path / "check"),
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["precision"] == "int8" and summary["configs"] == 3
+    assert "int8 (onnxruntime QDQ)" in (tmp_path / "check.md").read_text()
+    rows = json.loads((tmp_path / "check.json").read_text())["rows"]
+    # priced by the board's int8 design: the same configs in fp32 are priced by its 16-bit one, slower
+    float_code, _, _ = run(
+        capsys, "lut", "validate", "--device", "fpga:zcu102", "--model", "deit_tiny_patch16_224",
+        "--configs", "3", "--passes", "1", "--threads", "1", "--json", "--out", str(tmp_path / "float"),
+    )  # fmt: skip
+    assert float_code == 0
+    float_rows = json.loads((tmp_path / "float.json").read_text())["rows"]
+    assert [r["config"] for r in rows] == [r["config"] for r in float_rows]
+    assert all(q["predicted_ms"] < f["predicted_ms"] for q, f in zip(rows, float_rows, strict=True))
+    assert all(r["measured_ms"] > 0 and "threshold" not in r["kind"] for r in rows)
+
+
 def test_validate_warns_when_this_process_runs_another_runtime_than_the_table(capsys, tmp_path):
     import timm
 
@@ -68,12 +90,29 @@ def test_validate_warns_when_this_process_runs_another_runtime_than_the_table(ca
         (["lut", "validate", "--device", "nowhere", "--model", "deit_tiny_patch16_224"], "unknown device"),
         (["lut", "validate", "--device", "mobile-cpu:nope", "--model", "deit_tiny_patch16_224"], "presets"),
         (["lut", "validate", "--device", "fpga:zcu102", "--model", "resnet50"], "ResNet is not supported"),
+        (
+            ["lut", "validate", "--device", "host-cpu", "--model", "deit_tiny_patch16_224", "--precision", "int8"],
+            "--device host-cpu has no int8 price",
+        ),
+        (
+            ["lut", "validate", "--table", "{float_table}", "--model", "deit_tiny_patch16_224", "--precision", "int8"],
+            "prices float32 models, not --precision int8",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path, argv, message):
     bad = tmp_path / "bad.json"
     bad.write_text('{"weights": [1, 2]}')
-    argv = [a.format(missing=tmp_path / "none.json", bad=bad) for a in argv]
+    float_table = tmp_path / "float.json"
+    if "{float_table}" in argv:
+        import timm
+
+        from latency_models.registry import Registry
+        from pruning import describe
+
+        spec = describe(timm.create_model("deit_tiny_patch16_224"), "deit_tiny_patch16_224")
+        Registry(tmp_path).table("mobile-cpu", spec, [1]).save(float_table)
+    argv = [a.format(missing=tmp_path / "none.json", bad=bad, float_table=float_table) for a in argv]
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err and "Traceback" not in err
