@@ -23,12 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from quantisation import PRECISIONS, _paired_loss
+from quantisation import PRECISIONS, paired_loss, prepare
 
-from pruning import PruneConfig, describe, prune_model
-from pruning.data import load_image_folder
-from pruning.image_sets import eval_data_config
-from pruning.loading import create_model
 from pruning.metrics import classification_metrics, predict
 from pruning.quantisation import quantise
 
@@ -44,20 +40,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the split of the sample into calibration and report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = Path(args.data)
-    dense = create_model(args.model, weights=data / args.model / "model.safetensors")
-    spec = describe(dense, args.model)
-    images = load_image_folder(data / "imagenet-sample", eval_data_config(dense), class_map=data / "imagenet_wnids.txt")
-    calib_half, report_half = images.split(0.5, seed=args.seed)
+    dense, report_half, batches, models = prepare(args)
     report = report_half.subset(list(range(args.report_from, len(report_half))))
-    count = min(args.calibration_images, len(calib_half))
-    calib = calib_half.subset([i * len(calib_half) // count for i in range(count)])
-    batches = [batch for batch, _ in calib.batches(32)]
+    count = sum(len(batch) for batch in batches)
     reference = predict(dense, report)
-    models = {
-        "dense": prune_model(dense, PruneConfig.dense(spec)),
-        "topk-0.7": prune_model(dense, PruneConfig.uniform(spec, keep_ratio=0.7, at=(3, 6, 9), package_token=True)),
-    }
     rows = []
     for name, model in models.items():
         float_logits = predict(model, report)
@@ -73,7 +59,7 @@ def main() -> int:
                         "precision": precision,
                         "method": method,
                         "seconds": seconds,
-                        "loss": _paired_loss(logits, float_logits, report),
+                        "loss": paired_loss(logits, float_logits, report),
                         "vs_own_fp32": classification_metrics(logits, None, float_logits).to_dict(),
                         "vs_dense": classification_metrics(logits, report.labels, reference).to_dict(),
                     }
