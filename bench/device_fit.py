@@ -21,7 +21,7 @@ Run by hand (never from the tests), with nothing else heavy running:
 
 With `--precision int8` every model (dense and pruned) is instead quantised W8A8 (`pruning.quantisation`,
 calibrated on its random input), exported as ONNX QDQ and timed with onnxruntime's int8 kernels on one
-thread, the runtime users deploy int8 with (`latency_models.validate.onnx_run`); the base is the same
+thread, the runtime users deploy int8 with (`pruning.onnx_session.quantised_onnx_run`); the base is the same
 CPU in int8 (VNNI's VPDPBUSD counted as a dot-product instruction) and the fits are int8 fits. It
 writes `device_fit_int8.{json,md}`.
 
@@ -53,9 +53,10 @@ from latency_models.devices.analytic import DEFAULTS
 from latency_models.fitting import TimingRow, fit, predict, resolve_model
 from latency_models.predictor import LatencyPredictor, shape_of
 from latency_models.profiling import Execution, Timing, summarise, time_round
-from latency_models.validate import onnx_run, random_config, summarise_config
+from latency_models.validate import random_config, summarise_config
 from pruning import PruneConfig, describe
 from pruning.model import prune_model
+from pruning.onnx_session import quantised_onnx_run
 from pruning.quantisation.precisions import FLOAT
 from pruning.timing import torch_threads
 
@@ -171,7 +172,7 @@ def measure(
     models: dict[str, tuple[torch.nn.Module, torch.Tensor]], timing: Timing, precision: str = FLOAT
 ) -> dict[str, float]:
     """ms of each model's forward pass at one thread: median over passes of each round's median. At
-    another `precision` each model is quantised and run by onnxruntime (`onnx_run`)."""
+    another `precision` each model is quantised and run by onnxruntime (`quantised_onnx_run`)."""
     rounds: dict[str, list[list[float]]] = {name: [] for name in models}
     cpu = Execution()
     with torch_threads(1), tempfile.TemporaryDirectory() as folder:
@@ -181,7 +182,7 @@ def measure(
             calls = {}
             for i, (name, (model, x)) in enumerate(models.items()):
                 pruned = model if hasattr(model, "config") else prune_model(model, PruneConfig.dense(describe(model)))
-                calls[name] = onnx_run(pruned, x, precision, Path(folder) / f"model-{i}.onnx", threads=1)
+                calls[name] = quantised_onnx_run(pruned, x, precision, Path(folder) / f"model-{i}.onnx", threads=1)
                 print(f"exported {name} in {precision}", file=sys.stderr, flush=True)
         for n in range(timing.passes):
             for name, call in calls.items():

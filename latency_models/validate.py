@@ -42,7 +42,6 @@ __all__ = [
     "ValidationRow",
     "kept_counts",
     "measure_configs",
-    "onnx_run",
     "random_config",
     "token_kind",
     "validate",
@@ -433,9 +432,11 @@ def measure_configs(
             placed, inputs = [execution.place(m) for m in models], execution.inputs(images)
             calls = [lambda m=m: m(inputs) for m in placed]
         else:
+            from pruning.onnx_session import quantised_onnx_run  # onnxruntime loads only for this path
+
             execution = Execution()  # onnxruntime on the CPU: torch's device and dtype play no part
             calls = [
-                onnx_run(m, images, precision, Path(folder) / f"config-{i}.onnx", used_threads)
+                quantised_onnx_run(m, images, precision, Path(folder) / f"config-{i}.onnx", used_threads)
                 for i, m in enumerate(models)
             ]
         with execution.building():
@@ -468,18 +469,3 @@ def measure_configs(
         )
     drift = statistics.median(f for factors in speed for f in factors) if probe is not None else 1.0
     return rows, predictions, drift, used_threads
-
-
-def onnx_run(
-    pruned: nn.Module, images: torch.Tensor, precision: str, path: Path, threads: int | None
-) -> Callable[[], object]:
-    """One onnxruntime run of `pruned` on `images`: quantised to `precision` (calibrated on `images`),
-    exported as QDQ to `path` and run by onnxruntime's CPU kernels with `threads` intra-op threads."""
-    from pruning.export import export_onnx
-    from pruning.onnx_session import onnx_session
-    from pruning.quantisation import quantise
-
-    export_onnx(quantise(pruned, [images], precision), path, batch_size=len(images), images=images)
-    session = onnx_session(path, threads)
-    feed = {session.get_inputs()[0].name: images.numpy()}
-    return lambda: session.run(None, feed)

@@ -6,6 +6,7 @@ predictions against the PyTorch model that simulates it, and its speed against t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from pruning.data import ImageSet
 from pruning.timing import LatencyStats, time_callable
 
-__all__ = ["onnx_logits", "onnx_session", "time_onnx"]
+__all__ = ["onnx_logits", "onnx_session", "quantised_onnx_run", "time_onnx"]
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -38,6 +39,23 @@ def onnx_logits(session: ort.InferenceSession, images: ImageSet, batch_size: int
 def time_onnx(path: str | Path, inputs: torch.Tensor, threads: int | None = None, **timing) -> LatencyStats:
     """Latency of one run of the file at `path` on `inputs` (its batch), with `threads` intra-op threads;
     `timing` are `pruning.timing.time_callable`'s rounds, iters and warmup."""
+    return time_callable(_run(path, inputs, threads), threads=threads, batch_size=len(inputs), **timing)
+
+
+def quantised_onnx_run(
+    pruned: torch.nn.Module, images: torch.Tensor, precision: str, path: Path, threads: int | None
+) -> Callable[[], object]:
+    """One onnxruntime run of `pruned` on `images`: quantised to `precision` (calibrated on `images`),
+    exported as QDQ to `path` and run by onnxruntime's CPU kernels with `threads` intra-op threads."""
+    from pruning.export import export_onnx
+    from pruning.quantisation import quantise
+
+    export_onnx(quantise(pruned, [images], precision), path, batch_size=len(images), images=images)
+    return _run(path, images, threads)
+
+
+def _run(path: str | Path, inputs: torch.Tensor, threads: int | None) -> Callable[[], object]:
+    """One run of the file at `path` on `inputs`, in a session made once."""
     session = onnx_session(path, threads)
     feed = {session.get_inputs()[0].name: inputs.numpy()}
-    return time_callable(lambda: session.run(None, feed), threads=threads, batch_size=len(inputs), **timing)
+    return lambda: session.run(None, feed)
