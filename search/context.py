@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from latency_models.calibration import calibration_for
+from latency_models.devices.base import INT8_PRICED
 from latency_models.predictor import LatencyPredictor
 from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
@@ -223,8 +224,8 @@ def can_score(job: JobSpec, compute: str = "auto") -> bool:
 def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, float] | None:
     """Check a new job in seconds, before it waits in a queue: model and options, weights, images, device, budget.
 
-    Returns (dense_ms, budget_ms), or None for the budget when the device is a measured one whose
-    table is not measured yet (the worker measures it, then checks the budget).
+    Returns (dense_ms, budget_ms), or None for the budget when a device that prices it is a measured
+    one whose table is not measured yet (the worker measures it, then checks the budget).
     """
     check_model_options(job)  # before anything builds the model for real
     try:
@@ -236,8 +237,8 @@ def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, fl
     _check_held_out(job)
     _, spec = _dense(job)
     registry = registry or Registry()
-    precision_devices(job, registry)
-    if not job.table and not registry.ready(job.device, spec, [job.batch]):
+    names = precision_devices(job, registry)
+    if not job.table and not all(registry.ready(name, spec, [job.batch]) for name in names.values()):
         return None
     *_, dense_ms, budget_ms = _price(job, spec, registry)
     return dense_ms, budget_ms
@@ -268,14 +269,14 @@ def precision_devices(job: JobSpec, registry: Registry) -> dict[str, str]:
         if quantised:
             raise JobInputError(
                 f"a table file prices float models; to search {', '.join(quantised)} too, name a device with an "
-                "int8 price (mobile-cpu, fpga or one of their presets) instead of a table"
+                f"int8 price ({INT8_PRICED}) instead of a table"
             )
         return {FLOAT: str(job.table)}
     names = {p: registry.priced_as(job.device, p) for p in (FLOAT, *quantised)}
     if missing := [p for p, name in names.items() if name is None]:
         raise JobInputError(
             f"{job.device} has no latency model for {', '.join(missing)} models (devices with an int8 price: "
-            f"mobile-cpu, fpga and their presets): search fp32 on {job.device}, or name such a device"
+            f"{INT8_PRICED}): search fp32 on {job.device}, or name such a device"
         )
     return names
 

@@ -137,6 +137,7 @@ def _fit_report(record, left_out: int) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     from timm.data import resolve_data_config
 
+    from latency_models.devices.base import INT8_PRICED
     from latency_models.predictor import LatencyPredictor
     from latency_models.profiling import Execution, Timing, runtime_name
     from latency_models.registry import Registry
@@ -158,8 +159,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         name = registry.priced_as(args.device, args.precision)
         if name is None:
             raise ValueError(
-                f"--device {args.device} has no {args.precision} price (devices with one: mobile-cpu, fpga, their "
-                "presets and devices fitted to int8 timings); validate it at --precision fp32"
+                f"--device {args.device} has no {args.precision} price (devices with one: {INT8_PRICED}); "
+                "validate it at --precision fp32"
             )
         predictor = registry.predictor(name, spec, [args.batch])
     info = predictor.table.device

@@ -5,7 +5,7 @@ The new bundle's figures are those of the quantised model (computed as the int8 
 float bundle's figures on the same validation images move under `before_quantisation`. With `--onnx`
 the QDQ file is run by onnxruntime on every validation image and compared with the PyTorch
 simulation (top-1 agreement, largest logit difference); with `--measure` the float and the int8
-files are timed here. With `--device` (a device with an int8 price: `mobile-cpu`,
+files are timed here. With `--device` (a device with an int8 price: `host-cpu`, `mobile-cpu`,
 `mobile-cpu:<soc>@<cores>`, `fpga:zcu102`) the model is priced on it as a float model and as an int8 one
 (each in the dtype that runs it there), from the token counts it keeps on the validation images.
 """
@@ -181,6 +181,7 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
 def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
     """fp32 and `precision` -> the device name whose table prices it on `device` (`DeviceBackend.priced_as`)."""
     from latency_models.devices.analytic import DTYPE_MARK
+    from latency_models.devices.base import INT8_PRICED
     from latency_models.registry import Registry
     from pruning.quantisation.precisions import FLOAT
 
@@ -190,7 +191,7 @@ def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
     names = {p: registry.priced_as(device, p) for p in (FLOAT, precision)}
     if None in names.values():
         raise ValueError(
-            f"--device {device} has no int8 price (devices with one: mobile-cpu, fpga and their presets); "
+            f"--device {device} has no int8 price (devices with one: {INT8_PRICED}); "
             "time the quantised model here with --measure instead"
         )
     return names

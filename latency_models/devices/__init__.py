@@ -6,6 +6,8 @@ come in kinds, each a `DeviceKind` in one module here that claims its names and 
 
 - `measured.py`: this machine, timed with torch on first use and cached: `host-cpu`, `cuda`
   (growing a cached table: `completion.py`);
+- `host_int8.py`: this machine's CPU running int8 models in onnxruntime, `host-cpu+int8`: the CPU
+  as an analytic device fitted on first use to onnxruntime timings, and cached;
 - `analytic.py`: the analytic presets of `latency_models.analytic` (`mobile-cpu:*`, `fpga:*`, and
   the bare model names for their defaults);
 - `fitted.py`: analytic presets fitted to a few timings measured on a device, under a user's name
@@ -33,6 +35,7 @@ from latency_models.devices.base import (
     coverage,
 )
 from latency_models.devices.fitted import FittedKind
+from latency_models.devices.host_int8 import HostInt8Kind
 from latency_models.devices.imported import ImportedKind
 from latency_models.devices.measured import MeasuredKind
 
@@ -47,5 +50,5 @@ __all__ = [
     "coverage",
 ]
 
-KINDS: tuple[type, ...] = (MeasuredKind, AnalyticKind, FittedKind)
+KINDS: tuple[type, ...] = (MeasuredKind, HostInt8Kind, AnalyticKind, FittedKind)
 """The kinds with built-in names, in the order they are asked and listed (imported tables come last)."""

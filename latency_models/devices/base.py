@@ -109,6 +109,10 @@ class DeviceKind(Protocol):
         ...
 
 
+INT8_PRICED = "host-cpu, mobile-cpu, fpga, their presets and devices fitted to int8 timings"
+"""The devices with a price for quantised models, for messages that refuse one without."""
+
+
 def float_only(name: str, precision: str) -> str | None:
     """`priced_as` of a device whose table prices float models only."""
     return name if precision == FLOAT else None

@@ -26,10 +26,12 @@ from latency_models.calibration.model import calibration_for
 from latency_models.calibration.run import calibratable, calibrate, dense_vit
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError, coverage, float_only
 from latency_models.devices.completion import complete_table, to_time
+from latency_models.devices.host_int8 import NAME as HOST_INT8
 from latency_models.predictor import shape_of
 from latency_models.profiling import Execution, allocator, plan
 from latency_models.profiling.run import hardware_name
 from latency_models.schema import LatencyTable
+from pruning.quantisation.precisions import FLOAT, PRECISIONS
 from pruning.spec import ModelSpec
 
 __all__ = ["MEASURED", "Cuda", "CudaEagerFp32", "HostCpu", "MeasuredDevice", "MeasuredKind", "measured_device"]
@@ -144,6 +146,10 @@ class HostCpu(MeasuredDevice):
 
     def description(self) -> str:
         return f"this machine's CPU, {self.threads} threads"
+
+    def priced_as(self, precision: str) -> str | None:
+        """Itself for float models; for quantised ones the CPU's onnxruntime int8 device (`host_int8`)."""
+        return self.name if precision == FLOAT else HOST_INT8 if precision in PRECISIONS else None
 
 
 class Cuda(MeasuredDevice):

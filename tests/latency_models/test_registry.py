@@ -137,7 +137,7 @@ def test_each_device_names_the_table_that_prices_each_precision(registry, spec):
     assert registry.priced_as("mobile-cpu+int8", "fp32") == "mobile-cpu:snapdragon-8-gen-2"
     assert registry.priced_as("fpga", "fp32") == "fpga:zcu102+int16"
     assert registry.priced_as("fpga:zcu102", "int8-pow2") == "fpga:zcu102"
-    assert registry.priced_as("host-cpu", "fp32") == "host-cpu" and registry.priced_as("host-cpu", "int8") is None
+    assert registry.priced_as("host-cpu", "fp32") == "host-cpu" and registry.priced_as("cuda", "int8") is None
     assert registry.priced_as("fpga", "int4") is None
     int16, int8 = (registry.table(registry.priced_as("fpga", p), spec, [1]) for p in ("fp32", "int8"))
     assert (int16.device.dtype, int8.device.dtype) == ("int16", "int8")

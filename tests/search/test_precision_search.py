@@ -76,12 +76,23 @@ def test_quantised_pareto_models_are_quantised_bundles_priced_as_int8(searched):
 
 
 def test_a_device_without_an_int8_price_or_a_table_file_is_refused_before_anything_runs(tmp_path):
-    job = tiny_job(tmp_path, device="host-cpu", space=SPACE)
-    with pytest.raises(JobInputError, match="host-cpu has no latency model for int8 models"):
+    job = tiny_job(tmp_path, device="cuda", space=SPACE)
+    with pytest.raises(JobInputError, match="cuda has no latency model for int8 models"):
         check_job(job)
     job = tiny_job(tmp_path, table=tmp_path / "table.json", space=SPACE)
     with pytest.raises(JobInputError, match="a table file prices float models"):
         check_job(job)
+
+
+def test_a_host_cpu_job_searches_int8_too_and_waits_until_both_of_its_devices_are_measured(tmp_path, monkeypatch):
+    registry = Registry(tmp_path / "profiles", threads=1)
+    job = tiny_job(tmp_path, device="host-cpu", space=SPACE)
+    spec = describe(tiny_model(), MODEL)
+    assert not registry.ready("host-cpu+int8", spec, [job.batch])
+    # The float table measured, the int8 device not fitted yet: the job is accepted and waits for a worker.
+    real = registry.ready
+    monkeypatch.setattr(registry, "ready", lambda name, *args: name == "host-cpu" or real(name, *args))
+    assert check_job(job, registry) is None
 
 
 def test_only_float_models_are_fine_tuned(searched):

@@ -91,8 +91,8 @@ def test_validate_warns_when_this_process_runs_another_runtime_than_the_table(ca
         (["lut", "validate", "--device", "mobile-cpu:nope", "--model", "deit_tiny_patch16_224"], "presets"),
         (["lut", "validate", "--device", "fpga:zcu102", "--model", "resnet50"], "ResNet is not supported"),
         (
-            ["lut", "validate", "--device", "host-cpu", "--model", "deit_tiny_patch16_224", "--precision", "int8"],
-            "--device host-cpu has no int8 price",
+            ["lut", "validate", "--device", "cuda", "--model", "deit_tiny_patch16_224", "--precision", "int8"],
+            "--device cuda has no int8 price",
         ),
         (
             ["lut", "validate", "--table", "{float_table}", "--model", "deit_tiny_patch16_224", "--precision", "int8"],
