@@ -40,15 +40,25 @@ def attention_heads(
     qkv = attn.qkv(x).reshape(B, N, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    if want in (None, "keys"):
+    products = getattr(attn, "products", None)  # set on a model quantised for a fully integer device
+    if want in (None, "keys") and products is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        extra = k.mean(dim=1) if want == "keys" else None
     else:
-        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        q = q * attn.scale
+        if products is not None:
+            q, k, v = products.operands(q, k, v)
+        logits = q @ k.transpose(-2, -1)
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
         probs = logits.softmax(dim=-1)
-        out = probs @ v
+        # Token scores are read before the softmax output is rounded to its int8 grid (the softmax has
+        # them finer): on the 1/256 grid many tokens tie, and ties would decide which are kept.
+        out = (products.probs(probs) if products is not None else probs) @ v
+    if want is None:
+        extra = None
+    elif want == "keys":
+        extra = k.mean(dim=1)
+    else:
         cls_attn = probs[:, :, 0, :]
         if want == "head_weighted":
             weight = out[:, :, 0, :].norm(dim=-1)

@@ -292,13 +292,15 @@ def load_bundle(path: str | Path) -> PrunedViT:
 
 def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
     """Give the weightless model the quantised layers whose scales the weights file holds."""
-    from pruning.quantisation import PRECISIONS, wrap_linears  # torch is loaded by now
+    from pruning.quantisation import PRECISIONS, attach_products, wrap_linears  # torch is loaded by now
 
     if not isinstance(quantisation, dict) or quantisation.get("precision") not in PRECISIONS:
         raise BundleError(
             f"{CONFIG_FILE}: quantisation must name a precision of {', '.join(PRECISIONS)}, got {quantisation!r}"
         )
     wrap_linears(pruned.model)
+    if quantisation.get("attention_products"):
+        attach_products(pruned.model)
     pruned.quantisation = quantisation
 
 

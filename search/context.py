@@ -82,6 +82,9 @@ class JobContext:
     """The safety margin the search keeps: `budget_ms` is the job's budget / (1 + margin)."""
     compute: str = "auto"
     """This process's compute device, for a job that leaves it to the worker (`compute: auto`)."""
+    integer_attention: frozenset[str] = frozenset()
+    """The quantised precisions whose attention products the job's device multiplies in int8
+    (`DeviceBackend.integer_attention`): trials and Pareto models of those are quantised so too."""
     _evaluator: TrialEvaluator | None = None
 
     @property
@@ -111,6 +114,7 @@ class JobContext:
                 device=self.compute_device,
                 dtype=self.job.score_dtype,
                 quantisation=quantisation_batches(self.calib) if self.job.space.quantised else None,
+                integer_attention=self.integer_attention,
             )
         return self._evaluator
 
@@ -144,15 +148,17 @@ class JobContext:
         check_model_options(job)
         _check_held_out(job)
         dense, spec = _dense(job)
-        space, predictor, predictors, dense_ms, budget_ms = _price(job, spec, registry or Registry())
+        registry = registry or Registry()
+        space, predictor, predictors, dense_ms, budget_ms = _price(job, spec, registry)
         calib = job_images(job, dense, "calib", cache_dir)
         importance = None
         if job.space.heads or job.space.mlp:
             importance = calibrated_importance(dense, family_of(dense).blocks(dense), fit_batches(calib))
         margin = budget_margin(job, predictor, spec)
         return cls(
-            job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, predictors, cache_dir, margin
-        )
+            job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, predictors, cache_dir, margin,
+            integer_attention=integer_attention(job, registry),
+        )  # fmt: skip
 
     def save_to(self, study: optuna.Study) -> None:
         """Store on the study what a joining worker must share with this process."""
@@ -160,6 +166,7 @@ class JobContext:
         study.set_user_attr("budget_ms", self.budget_ms)
         study.set_user_attr("budget_margin", self.margin)
         study.set_user_attr("dense_ms", self.dense_ms)
+        study.set_user_attr("integer_attention", sorted(self.integer_attention))
         study.set_user_attr("table", self.predictor.table.model_dump(mode="json", by_alias=True))
         if self.predictors:
             tables = {p: t.table.model_dump(mode="json", by_alias=True) for p, t in self.predictors.items()}
@@ -209,6 +216,7 @@ class JobContext:
             predictors or None,
             cache_dir,
             margin=attrs.get("budget_margin", 0.0),
+            integer_attention=frozenset(attrs.get("integer_attention", ())),
         )
 
 
@@ -303,6 +311,13 @@ def _dense(job: JobSpec) -> tuple[nn.Module, ModelSpec]:
 def fit_batches(images: ImageSet) -> list[torch.Tensor]:
     """Up to FIT_IMAGES images spread over the set (so over its classes), in batches of 32."""
     return [x for x, _ in _spread(images, FIT_IMAGES).batches(32)]
+
+
+def integer_attention(job: JobSpec, registry: Registry) -> frozenset[str]:
+    """The job's quantised precisions whose attention products its device multiplies in int8."""
+    if job.table:
+        return frozenset()
+    return frozenset(p for p in job.space.precisions if registry.integer_attention(job.device, p))
 
 
 def quantisation_batches(images: ImageSet) -> list[torch.Tensor]:

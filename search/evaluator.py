@@ -88,6 +88,8 @@ class TrialEvaluator:
         dtype: float32, or bfloat16 / float16 to score under autocast.
         quantisation: calibration batches that set a quantised trial's input ranges (needed for quantised
             precisions only).
+        integer_attention: the precisions whose attention products the device multiplies in int8
+            (`DeviceBackend.integer_attention`): quantised so too.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class TrialEvaluator:
         device: torch.device | None = None,
         dtype: str = "float32",
         quantisation: Sequence[torch.Tensor] | None = None,
+        integer_attention: frozenset[str] = frozenset(),
     ) -> None:
         self.dense = dense.eval()
         self.spec = spec
@@ -115,6 +118,7 @@ class TrialEvaluator:
         self.inputs = [x.to(self.device) for x, _ in shuffled.batches(batch_size)]
         self.labels = shuffled.labels
         self.quantisation = [x.to(self.device) for x in quantisation or []]
+        self.integer_attention = integer_attention
         self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name).to(self.device)
         self._references = {FLOAT: self.reference}  # precision -> the dense model at it
         self._states: OrderedDict[tuple[str, int], list[TokenState]] = OrderedDict()
@@ -179,7 +183,7 @@ class TrialEvaluator:
     def _quantise(self, model: PrunedViT, precision: str) -> PrunedViT:
         if not self.quantisation:
             raise ValueError(f"precision {precision}: the evaluator was given no quantisation batches")
-        return quantise(model, self.quantisation, precision)
+        return quantise(model, self.quantisation, precision, attention=precision in self.integer_attention)
 
     def _reference_at(self, precision: str) -> PrunedViT:
         if precision not in self._references:

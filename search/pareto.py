@@ -165,6 +165,7 @@ def materialise(
             recover=recover,
             precision=precision,
             quantisation_batches=quant_batches if precision != FLOAT else None,  # those its trial was quantised on
+            integer_attention=precision in context.integer_attention,
             reference=dense.logits,
             out=path,
             report=lambda record, extra=extra: flag_over_budget(pareto_row(record) | extra, context.requested_ms),

@@ -7,7 +7,9 @@ the QDQ file is run by onnxruntime on every validation image and compared with t
 simulation (top-1 agreement, largest logit difference); with `--measure` the float and the int8
 files are timed here. With `--device` (a device with an int8 price: `host-cpu`, `mobile-cpu`,
 `mobile-cpu:<soc>@<cores>`, `fpga:zcu102`) the model is priced on it as a float model and as an int8 one
-(each in the dtype that runs it there), from the token counts it keeps on the validation images.
+(each in the dtype that runs it there), from the token counts it keeps on the validation images, and
+where that device multiplies the attention products in int8 (a phone's int8, an FPGA) the model is
+quantised to compute them so too.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--latency-batch", type=int, default=1, help="batch size of --measure")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's)")
     parser.add_argument(
-        "--device", help="a device to price the model on as float and as int8, e.g. mobile-cpu or fpga:zcu102"
+        "--device",
+        help="a device to price the model on as float and as int8, e.g. mobile-cpu or fpga:zcu102; "
+        "where it multiplies the attention products in int8 (phones, FPGAs), they are quantised so too",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=cmd_quantise)
@@ -72,8 +76,13 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
     if shared_images(args.calib, args.val):
         raise ValueError(f"--calib ({args.calib}) and --val ({args.val}) share images: validation must be held out")
+    attention = False  # without a device: as onnxruntime runs the exported file, attention products in float
     if args.device:
-        _priced_as(args.device, args.precision)  # a device that cannot price it is refused before any work
+        from latency_models.registry import Registry
+
+        registry = Registry()
+        _priced_as(args.device, args.precision, registry)  # a device that cannot price it is refused before any work
+        attention = registry.integer_attention(args.device, args.precision)
     model = load_bundle(args.bundle)
     if model.quantisation is not None:
         raise ValueError(
@@ -119,6 +128,7 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         calibration=[batch for batch, _ in calib.batches(32)],
         precision=args.precision,
         reconstruct=args.reconstruct,
+        integer_attention=attention,
         val=val,
         reference=reference,
         out=args.out,

@@ -87,6 +87,11 @@ class AnalyticDevice:
         base = self.name.partition(DTYPE_MARK)[0]
         return base if dtype == PRESETS[base.partition("@")[0]].dtype else base + DTYPE_MARK + dtype
 
+    def integer_attention(self, precision: str) -> bool:
+        """A phone's int8 model prices the attention products as int8 matmuls (XNNPACK's and TFLite's full
+        int8); an FPGA computes everything on its integer array."""
+        return precision in PRECISIONS and self.priced_as(precision) is not None
+
 
 class AnalyticKind:
     """Every name with a ':' and every bare model name of `DEFAULTS` (with or without '@<cores>'); the

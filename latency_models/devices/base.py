@@ -88,6 +88,12 @@ class DeviceBackend(Protocol):
         `pruning.quantisation.PRECISIONS`) on this device; None where it has no price for it."""
         ...
 
+    def integer_attention(self, precision: str) -> bool:
+        """Whether a quantised model of `precision` multiplies its attention products (QK^T, PV) in int8 on
+        this device, as its int8 price assumes, so that its accuracy must be simulated so
+        (`pruning.quantisation.quantise(attention=True)`); False for float precisions."""
+        ...
+
 
 class DeviceKind(Protocol):
     """A family of devices, built from the registry's `DeviceSettings`."""

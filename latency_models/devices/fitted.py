@@ -21,6 +21,7 @@ from latency_models.devices.imported import NAME, ImportedKind
 from latency_models.fitting import FittedRecord, TimingRow, fit_device, split_base
 from latency_models.predictor import shape_of
 from latency_models.schema import LatencyTable
+from pruning.quantisation.precisions import PRECISIONS
 from pruning.spec import ModelSpec
 
 __all__ = ["FittedDevice", "FittedKind"]
@@ -92,6 +93,10 @@ class FittedDevice:
         except ValueError:
             return None
         return self.name if runs_in(record.params(), precision) == record.dtype else None
+
+    def integer_attention(self, precision: str) -> bool:
+        """As its base preset prices the model (a phone's or an FPGA's int8: the attention products in int8)."""
+        return precision in PRECISIONS and self.priced_as(precision) is not None
 
     def details(self) -> dict[str, Any]:
         record = self.record()

@@ -93,6 +93,9 @@ class HostInt8:
     def priced_as(self, precision: str) -> str | None:
         return NAME if precision in PRECISIONS else None
 
+    def integer_attention(self, precision: str) -> bool:
+        return False  # the exported QDQ file: onnxruntime multiplies the attention products in float
+
     def details(self) -> dict[str, Any]:
         record = self._record()
         return FittedDevice(NAME, self.path, self._tables).details() if record is not None else {}

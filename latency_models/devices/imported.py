@@ -45,6 +45,9 @@ class ImportedDevice:
     def priced_as(self, precision: str) -> str | None:
         return float_only(self.name, precision)
 
+    def integer_attention(self, precision: str) -> bool:
+        return False
+
     def details(self) -> dict[str, Any]:
         table = LatencyTable.load(self.path)
         return {"table": table.device.model_dump(mode="json") | {"entries": len(table.entries)}}

@@ -14,6 +14,7 @@ _EXPORTS = {
     "PRECISIONS": "pruning.quantisation.precisions",
     "QuantisedLinear": "pruning.quantisation._linear",
     "QuantisationError": "pruning.quantisation._quantise",
+    "attach_products": "pruning.quantisation._quantise",
     "quantise": "pruning.quantisation._quantise",
     "quantised_layers": "pruning.quantisation._quantise",
     "wrap_linears": "pruning.quantisation._quantise",
@@ -23,6 +24,7 @@ __all__ = [
     "PRECISIONS",
     "QuantisationError",
     "QuantisedLinear",
+    "attach_products",
     "quantise",
     "quantised_layers",
     "wrap_linears",
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from pruning.quantisation._linear import QuantisedLinear
     from pruning.quantisation._quantise import (
         QuantisationError,
+        attach_products,
         quantise,
         quantised_layers,
         wrap_linears,

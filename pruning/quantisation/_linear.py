@@ -24,6 +24,7 @@ __all__ = [
     "WEIGHT_RANGE",
     "QuantisedLinear",
     "activation_qparams",
+    "pow2_by_error",
     "weight_scales",
 ]
 
@@ -99,16 +100,16 @@ def activation_qparams(low: float, high: float, sample: torch.Tensor, power_of_t
     """
     low, high = min(low, 0.0), max(high, 0.0)
     scale = max(high - low, 1e-12) / (ACTIVATION_RANGE[1] - ACTIVATION_RANGE[0])
-    if not power_of_two:
-        return scale, _zero_point(low, scale)
-    best = None
-    for rounding in (torch.floor, torch.ceil):
-        candidate = float(_pow2(torch.tensor(scale, dtype=torch.float64), rounding))
-        point = _zero_point(low, candidate)
-        error = _activation_error(sample, candidate, point)
-        if best is None or error < best[0]:
-            best = (error, candidate, point)
-    return best[1], best[2]
+    if power_of_two:
+        scale = pow2_by_error(scale, lambda s: _activation_rounding(sample, s, _zero_point(low, s)))
+    return scale, _zero_point(low, scale)
+
+
+def pow2_by_error(scale: float, residual) -> float:
+    """The power of two just below or just above `scale` whose `residual(candidate)` (the rounding
+    error of the calibration values on that grid) has the smaller sum of squares."""
+    candidates = [float(_pow2(torch.tensor(scale, dtype=torch.float64), r)) for r in (torch.floor, torch.ceil)]
+    return min(candidates, key=lambda s: float(residual(s).pow(2).sum()))
 
 
 def _pow2(scale: torch.Tensor, rounding) -> torch.Tensor:
@@ -126,7 +127,6 @@ def _weight_error(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (rounded - weight).pow(2).sum(dim=1)
 
 
-def _activation_error(sample: torch.Tensor, scale: float, zero_point: int) -> float:
+def _activation_rounding(sample: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     low, high = ACTIVATION_RANGE
-    rounded = torch.fake_quantize_per_tensor_affine(sample, scale, zero_point, low, high)
-    return float((rounded - sample).pow(2).sum())
+    return torch.fake_quantize_per_tensor_affine(sample, scale, zero_point, low, high) - sample

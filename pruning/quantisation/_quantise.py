@@ -2,8 +2,9 @@
 
 What is quantised: every `nn.Linear` (attention qkv and projection, MLP fc1 and fc2, the classifier),
 the layers that hold nearly all of a ViT's multiply-accumulates. What stays float, as onnxruntime's
-int8 CPU recipe and most int8 NPUs run a ViT: the patch embedding, LayerNorm, softmax and the
-attention products, GELU and the residual adds.
+int8 CPU recipe runs a ViT: the patch embedding, LayerNorm, softmax and the attention products, GELU
+and the residual adds. For a device that multiplies the attention products in int8 too (a phone
+running the model fully in int8, an FPGA), `attention=True` quantises them as it does.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import torch
 from torch import nn
 
 from pruning.model import PrunedViT
+from pruning.quantisation._attention import AttentionProducts, operand_scale
 from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activation_qparams, weight_scales
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
 from pruning.quantisation.precisions import PRECISIONS
 
-__all__ = ["QuantisationError", "quantise", "quantised_layers", "wrap_linears"]
+__all__ = ["QuantisationError", "attach_products", "quantise", "quantised_layers", "wrap_linears"]
 
 NO_IMAGES = "quantisation needs calibration images to set the activation ranges"
 
@@ -41,13 +43,32 @@ def wrap_linears(model: nn.Module) -> dict[str, QuantisedLinear]:
     return layers
 
 
+def attach_products(model: nn.Module) -> dict[str, AttentionProducts]:
+    """Give every attention layer with heads left an `AttentionProducts` (scales still to be
+    calibrated); name of the attention layer -> its products."""
+    products: dict[str, AttentionProducts] = {}
+    for name, module in _attentions(model).items():
+        module.products = products[name] = AttentionProducts()
+    return products
+
+
+def _attentions(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> every attention layer of `model` that has heads left."""
+    return {name: m for name, m in model.named_modules() if hasattr(m, "qkv") and getattr(m, "num_heads", 0) > 0}
+
+
 def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear]:
     """name -> QuantisedLinear of a quantised model."""
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantisedLinear)}
 
 
 def quantise(
-    pruned: PrunedViT, batches: Iterable[torch.Tensor], precision: str, *, reconstruct: bool = False
+    pruned: PrunedViT,
+    batches: Iterable[torch.Tensor],
+    precision: str,
+    *,
+    reconstruct: bool = False,
+    attention: bool = False,
 ) -> PrunedViT:
     """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
 
@@ -56,7 +77,9 @@ def quantise(
     of two with the smaller squared error on those inputs), and each weight its nearest code. With
     `reconstruct`, layer by layer in forward order, each input range is taken in the model quantised so
     far and the layer's codes and bias are chosen to reproduce its float output on those inputs
-    (`pruning.quantisation._reconstruct`). Records what it did in `quantisation`.
+    (`pruning.quantisation._reconstruct`). With `attention`, the attention products are quantised too,
+    as a fully integer device computes them (`pruning.quantisation._attention`), their ranges taken in
+    the float model. Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -64,28 +87,43 @@ def quantise(
         raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
     power_of_two = PRECISIONS[precision]
     model = copy.deepcopy(pruned).eval()
+    batches = list(batches)
+    operands = _calibrate_operands(model, batches) if attention else {}
     layers = wrap_linears(model.model)
     if reconstruct:
-        batches = list(batches)
         if not batches:
             raise QuantisationError(NO_IMAGES)
         for layer in layers.values():
             layer.simulate = False
         rebuilt = reconstruct_layers(model, layers, batches, power_of_two)
         images = sum(len(batch) for batch in batches)
-        model.quantisation = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
-        return model
-    ranges, images = _calibrate(model, layers, batches)
-    for name, layer in layers.items():
-        low, high, sample = ranges[name]
-        scale, zero_point = activation_qparams(low, high, sample, power_of_two)
-        layer.input_scale.fill_(scale)
-        layer.input_zero_point.fill_(zero_point)
-        layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
-        layer.round_weights()
-        layer.simulate = True
-    model.quantisation = _describe(precision, layers, images=images)
+        described = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
+    else:
+        ranges, images = _calibrate(model, layers, batches)
+        for name, layer in layers.items():
+            low, high, sample = ranges[name]
+            scale, zero_point = activation_qparams(low, high, sample, power_of_two)
+            layer.input_scale.fill_(scale)
+            layer.input_zero_point.fill_(zero_point)
+            layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
+            layer.round_weights()
+            layer.simulate = True
+        described = _describe(precision, layers, images=images)
+    if attention:
+        for name, products in attach_products(model.model).items():
+            scales = (products.query_scale, products.key_scale, products.value_scale)
+            for scale, (absmax, sample) in zip(scales, operands[name], strict=True):
+                scale.fill_(operand_scale(absmax, sample, power_of_two))
+        described["attention_products"] = ATTENTION_PRODUCTS
+        described["float"] = "patch embedding, LayerNorm, softmax, GELU, residual adds"
+    model.quantisation = described
     return model
+
+
+ATTENTION_PRODUCTS = (
+    "int8: scaled query, keys and values one symmetric scale each per layer (min-max, or its power of two), "
+    "softmax output uint8 at 1/256"
+)
 
 
 def _describe(
@@ -142,3 +180,36 @@ def _calibrate(
     if images == 0:
         raise QuantisationError(NO_IMAGES)
     return {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}, images
+
+
+def _calibrate_operands(model: PrunedViT, batches: list[torch.Tensor]) -> dict[str, list[tuple[float, torch.Tensor]]]:
+    """Attention layer name -> [(largest magnitude, sample of values)] of its scaled query, keys and
+    values over `batches` in `model`, still float."""
+    seen: dict[str, list] = {}
+    generator = torch.Generator().manual_seed(0)
+
+    def observe(name: str, module: nn.Module):
+        def hook(_qkv, inputs, output):
+            B, N, _ = inputs[0].shape
+            q, k, v = output.reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = module.q_norm(q) * module.scale, module.k_norm(k)
+            entry = seen.setdefault(name, [[0.0, []] for _ in range(3)])
+            for slot, x in zip(entry, (q, k, v), strict=True):
+                flat = x.detach().float().reshape(-1).cpu()
+                slot[0] = max(slot[0], float(flat.abs().max()))
+                slot[1].append(flat[torch.randint(flat.numel(), (SAMPLE_VALUES,), generator=generator)])
+
+        return hook
+
+    attentions = _attentions(model.model)
+    handles = [m.qkv.register_forward_hook(observe(name, m)) for name, m in attentions.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen and attentions:
+        raise QuantisationError(NO_IMAGES)
+    return {name: [(absmax, torch.cat(sample)) for absmax, sample in entry] for name, entry in seen.items()}

@@ -79,6 +79,9 @@ class StageInputs:
     reconstruct: bool = False
     """Fit each quantised layer's weight codes and bias to its float output on those batches
     (`pruning.quantisation.quantise`); slower, and it pays only where rounding error dominates."""
+    integer_attention: bool = False
+    """Quantise the attention products too, as a device that multiplies them in int8 computes
+    (`DeviceBackend.integer_attention`)."""
 
     # evaluate
     val: ImageSet | None = None

@@ -27,5 +27,7 @@ class Quantise(Stage):
             return model, record
         chosen = inputs.quantisation_batches if inputs.quantisation_batches is not None else inputs.calibration
         batches = list(chosen) if chosen is not None else []
-        quantised = quantise(model, batches, inputs.precision, reconstruct=inputs.reconstruct)
+        quantised = quantise(
+            model, batches, inputs.precision, reconstruct=inputs.reconstruct, attention=inputs.integer_attention
+        )
         return quantised, replace(record, quantisation=quantised.quantisation)

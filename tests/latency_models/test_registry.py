@@ -145,6 +145,14 @@ def test_each_device_names_the_table_that_prices_each_precision(registry, spec):
     assert LatencyPredictor(int8).predict(dense, spec, 1).ms < LatencyPredictor(int16).predict(dense, spec, 1).ms
 
 
+def test_a_phone_and_an_fpga_multiply_the_attention_products_of_a_quantised_model_in_int8(registry):
+    # As their int8 prices assume; onnxruntime on this CPU runs the exported file's products in float.
+    for device in ("mobile-cpu", "mobile-cpu:snapdragon-855@one", "fpga", "fpga:zcu102+int16"):
+        assert registry.integer_attention(device, "int8") and registry.integer_attention(device, "int8-pow2")
+        assert not registry.integer_attention(device, "fp32")
+    assert not registry.integer_attention("host-cpu", "int8") and not registry.integer_attention("cuda", "int8")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_cuda_without_a_gpu_is_listed_unavailable_and_refused_with_the_reason(registry, spec):
     assert not {d.name: d for d in registry.devices()}["cuda"].available
@@ -173,6 +181,9 @@ def test_a_new_device_kind_is_one_class_and_one_registration(spec, tmp_path, mon
 
         def priced_as(self, precision: str) -> str | None:
             return self.name if precision == "fp32" else None
+
+        def integer_attention(self, precision: str) -> bool:
+            return False
 
     class Boards:  # a DeviceKind
         def __init__(self, settings) -> None:

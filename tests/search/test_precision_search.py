@@ -53,7 +53,8 @@ def test_each_trial_is_priced_in_the_dtype_of_its_precision(searched):
         assert trial.values[1] == pytest.approx(prices[trial_precision(trial)].predict(config, spec, 1).ms, rel=1e-4)
     dense = [t for t in trials if t.user_attrs["config_key"].startswith(PruneConfig.dense(spec).key())]
     assert len({t.user_attrs["config_key"] for t in dense}) == 2  # the same config at two precisions: two trials
-    assert JobContext.from_study(study).predictors.keys() == {"int8"}  # a joining worker prices int8 alike
+    joining = JobContext.from_study(study)  # a joining worker prices int8 alike, and quantises it alike
+    assert joining.predictors.keys() == {"int8"} and joining.integer_attention == {"int8"}
 
 
 def test_quantised_pareto_models_are_quantised_bundles_priced_as_int8(searched):
@@ -67,6 +68,9 @@ def test_quantised_pareto_models_are_quantised_bundles_priced_as_int8(searched):
         assert (model.quantisation or {}).get("precision", "fp32") == row["precision"]
         if row["precision"] == "int8":
             assert row["device"]["dtype"] == "int8" and row["device"]["name"] == "fpga"
+            # the FPGA multiplies the attention products in int8 too: the bundle computes them so
+            assert "attention_products" in model.quantisation
+            assert any(hasattr(block.attn, "products") for block in model.model.blocks)
         else:
             assert row["device"]["dtype"] == "int16"  # an FPGA runs a float model in 16-bit fixed point
         assert row["predicted_ms"] == pytest.approx(trial.values[1], abs=1e-4)  # priced as its trial was

@@ -59,6 +59,7 @@ def test_the_command_writes_an_int8_bundle_checked_by_onnxruntime(capsys, folder
     check = summary["onnx_check"]
     assert check["images"] == 16 and check["agreement"] >= 75.0 and check["max_abs_diff"] < 5.0
     assert config["provenance"]["extra"]["quantised_from"] == "float"
+    assert "attention_products" not in config["quantisation"]  # no device: as onnxruntime runs the file
 
 
 def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders, class_map):
@@ -77,6 +78,8 @@ def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders
         "fp32": "mobile-cpu:snapdragon-8-gen-2@cluster",
         "int8": "mobile-cpu:snapdragon-8-gen-2@cluster+int8",
     }
+    # the phone multiplies the attention products in int8: the bundle is quantised to compute them so
+    assert "attention_products" in metrics["quantisation"]
 
 
 def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
