@@ -88,18 +88,18 @@ def quantise(
     power_of_two = PRECISIONS[precision]
     model = copy.deepcopy(pruned).eval()
     batches = list(batches)
-    operands = _calibrate_operands(model, batches) if attention else {}
     layers = wrap_linears(model.model)
     if reconstruct:
         if not batches:
             raise QuantisationError(NO_IMAGES)
         for layer in layers.values():
             layer.simulate = False
+        operands = _calibrate(model, {}, batches, True)[1] if attention else {}  # ranges in the float model
         rebuilt = reconstruct_layers(model, layers, batches, power_of_two)
         images = sum(len(batch) for batch in batches)
         described = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
     else:
-        ranges, images = _calibrate(model, layers, batches)
+        ranges, operands, images = _calibrate(model, layers, batches, attention)
         for name, layer in layers.items():
             low, high, sample = ranges[name]
             scale, zero_point = activation_qparams(low, high, sample, power_of_two)
@@ -148,12 +148,14 @@ def _describe(
 
 
 def _calibrate(
-    model: PrunedViT, layers: dict[str, QuantisedLinear], batches: Iterable[torch.Tensor]
-) -> tuple[dict[str, tuple[float, float, torch.Tensor]], int]:
-    """(name -> (min, max, sample of values) of each layer's input over `batches` in the float model,
-    how many images)."""
+    model: PrunedViT, layers: dict[str, QuantisedLinear], batches: Iterable[torch.Tensor], attention: bool = False
+) -> tuple[dict[str, tuple[float, float, torch.Tensor]], dict[str, list[tuple[float, torch.Tensor]]], int]:
+    """One pass over `batches` in the float model: (name -> (min, max, sample of values) of each of `layers`'
+    inputs; with `attention`, attention layer name -> [(largest magnitude, sample of values)] of its scaled
+    query, keys and values; how many images)."""
     seen: dict[str, list] = {name: [float("inf"), float("-inf"), []] for name in layers}
-    generator = torch.Generator().manual_seed(0)
+    operands: dict[str, list] = {}
+    generator, operand_generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
 
     def observe(name: str):
         def hook(_module, inputs):
@@ -165,9 +167,25 @@ def _calibrate(
 
         return hook
 
+    def observe_operands(name: str, module: nn.Module):
+        def hook(_qkv, inputs, output):
+            B, N, _ = inputs[0].shape
+            q, k, v = output.reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = module.q_norm(q) * module.scale, module.k_norm(k)
+            entry = operands.setdefault(name, [[0.0, []] for _ in range(3)])
+            for slot, x in zip(entry, (q, k, v), strict=True):
+                flat = x.detach().float().reshape(-1).cpu()
+                slot[0] = max(slot[0], float(flat.abs().max()))
+                slot[1].append(flat[torch.randint(flat.numel(), (SAMPLE_VALUES,), generator=operand_generator)])
+
+        return hook
+
     for layer in layers.values():
         layer.simulate = False
     handles = [layer.register_forward_pre_hook(observe(name)) for name, layer in layers.items()]
+    if attention:
+        attentions = _attentions(model.model).items()
+        handles += [m.qkv.register_forward_hook(observe_operands(name, m)) for name, m in attentions]
     images = 0
     try:
         with torch.no_grad():
@@ -179,37 +197,5 @@ def _calibrate(
             handle.remove()
     if images == 0:
         raise QuantisationError(NO_IMAGES)
-    return {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}, images
-
-
-def _calibrate_operands(model: PrunedViT, batches: list[torch.Tensor]) -> dict[str, list[tuple[float, torch.Tensor]]]:
-    """Attention layer name -> [(largest magnitude, sample of values)] of its scaled query, keys and
-    values over `batches` in `model`, still float."""
-    seen: dict[str, list] = {}
-    generator = torch.Generator().manual_seed(0)
-
-    def observe(name: str, module: nn.Module):
-        def hook(_qkv, inputs, output):
-            B, N, _ = inputs[0].shape
-            q, k, v = output.reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            q, k = module.q_norm(q) * module.scale, module.k_norm(k)
-            entry = seen.setdefault(name, [[0.0, []] for _ in range(3)])
-            for slot, x in zip(entry, (q, k, v), strict=True):
-                flat = x.detach().float().reshape(-1).cpu()
-                slot[0] = max(slot[0], float(flat.abs().max()))
-                slot[1].append(flat[torch.randint(flat.numel(), (SAMPLE_VALUES,), generator=generator)])
-
-        return hook
-
-    attentions = _attentions(model.model)
-    handles = [m.qkv.register_forward_hook(observe(name, m)) for name, m in attentions.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not seen and attentions:
-        raise QuantisationError(NO_IMAGES)
-    return {name: [(absmax, torch.cat(sample)) for absmax, sample in entry] for name, entry in seen.items()}
+    ranges = {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}
+    return ranges, {name: [(m, torch.cat(sample)) for m, sample in entry] for name, entry in operands.items()}, images
