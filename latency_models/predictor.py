@@ -71,6 +71,9 @@ class Prediction:
     """(token op kind, tokens entering the block) of every block that reduces tokens, in order."""
     calibrated: bool = False
     """True when the table's end-to-end calibration for this shape and batch was applied."""
+    block_ms: tuple[float, ...] = ()
+    """Each block's share of `blocks_ms`, in block order (what a mixed-precision model prices block by
+    block: `latency_models.mixed`)."""
 
 
 @dataclass
@@ -168,7 +171,9 @@ class LatencyPredictor:
         total = 0.0  # the blocks
         reduction = 0
         reductions = []
+        per_block = []
         for cfg in config.blocks:
+            before = total
             op = cfg.tokens
             # A block reducing tokens by score runs explicit attention that returns them; one that needs
             # keys (a merge) runs fused attention. Once tokens were merged, every attention adds
@@ -205,6 +210,7 @@ class LatencyPredictor:
             extrapolated |= bool(out["mlp"][flow.tokens, cfg.mlp_hidden])
             if parts is not None:
                 parts["mlp"] += cost
+            per_block.append(look.blocks_scale * (total - before))
         blocks = look.blocks_scale * total
         total = look.embed + blocks + look.head[flow.tokens]
         reductions = tuple(reductions)
@@ -221,6 +227,7 @@ class LatencyPredictor:
             blocks_ms=float(blocks),
             reductions=reductions,
             calibrated=look.calibration is not None,
+            block_ms=tuple(float(ms) for ms in per_block),
         )
 
     def probe(self, spec: ModelSpec, batch: int) -> tuple[dict, float] | None:

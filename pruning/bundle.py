@@ -292,15 +292,22 @@ def load_bundle(path: str | Path) -> PrunedViT:
 
 def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
     """Give the weightless model the quantised layers whose scales the weights file holds."""
-    from pruning.quantisation import PRECISIONS, attach_products, wrap_linears  # torch is loaded by now
+    from pruning.quantisation import PRECISIONS, QuantisationError, attach_products, kept_float, wrap_linears
 
     if not isinstance(quantisation, dict) or quantisation.get("precision") not in PRECISIONS:
         raise BundleError(
             f"{CONFIG_FILE}: quantisation must name a precision of {', '.join(PRECISIONS)}, got {quantisation!r}"
         )
-    wrap_linears(pruned.model)
+    float_blocks = quantisation.get("float_blocks", [])
+    if not isinstance(float_blocks, list) or not all(type(index) is int for index in float_blocks):
+        raise BundleError(f"{CONFIG_FILE}: quantisation.float_blocks must list block indices, got {float_blocks!r}")
+    try:
+        keep_float = kept_float(pruned, float_blocks)
+    except QuantisationError as error:
+        raise BundleError(f"{CONFIG_FILE}: quantisation.float_blocks: {error}") from None
+    wrap_linears(pruned.model, keep_float)
     if quantisation.get("attention_products"):
-        attach_products(pruned.model)
+        attach_products(pruned.model, keep_float)
     pruned.quantisation = quantisation
 
 

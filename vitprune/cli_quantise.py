@@ -41,6 +41,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="use this many of --calib (spread)"
     )
+    mixed = parser.add_mutually_exclusive_group()
+    mixed.add_argument(
+        "--float-blocks", type=_block_list, default=(), metavar="I,J", help="keep these blocks (indices from 0) "
+        "in float: per-block precision, each block priced in the dtype that runs it",
+    )  # fmt: skip
+    mixed.add_argument(
+        "--keep-float", type=int, default=0, metavar="N", help="keep in float the N blocks whose quantisation "
+        "costs the most fidelity to the float model on the calibration images (measured, one pass per block)",
+    )  # fmt: skip
     parser.add_argument("--val", type=Path, required=True, help="validation images for the new bundle's figures")
     parser.add_argument("--class-map", type=Path, help="file with one class name per line (line number = index)")
     parser.add_argument("--weights", type=Path, help="the dense model's weights: fidelity is then to the dense model")
@@ -102,6 +111,16 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     before = classification_metrics(float_logits, val.labels, reference)
     names = {"calib": image_set_name(args.calib), "val": image_set_name(args.val)}
     checks: dict[str, Any] = {}
+    calibration = [batch for batch, _ in calib.batches(32)]
+    float_blocks = list(args.float_blocks)
+    if args.keep_float:
+        from pruning.quantisation import block_sensitivity, most_sensitive_blocks
+
+        sensitivity = block_sensitivity(
+            model, calibration, args.precision, reconstruct=args.reconstruct, attention=attention
+        )
+        float_blocks = most_sensitive_blocks(sensitivity, args.keep_float)
+        checks["block_sensitivity"] = {"kl_gain": sensitivity, "images": len(calib), "chosen": float_blocks}
 
     def report(record: ModelRecord) -> dict[str, Any]:
         # The float bundle's price was of the float model: it moves beside its accuracy.
@@ -125,10 +144,11 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     inputs = StageInputs(
         dense=dense if dense is not None else model,  # the stages here read no dense model
         name=config["base_model"],
-        calibration=[batch for batch, _ in calib.batches(32)],
+        calibration=calibration,
         precision=args.precision,
         reconstruct=args.reconstruct,
         integer_attention=attention,
+        float_blocks=float_blocks,
         val=val,
         reference=reference,
         out=args.out,
@@ -147,7 +167,8 @@ def cmd_quantise(args: argparse.Namespace) -> int:
     if args.device:
         checks["device_ms"] = _device_prices(quantised, record.token_counts, args)
     _, record = run_stages(("save",), record, quantised)
-    summary = {"bundle": str(record.bundle), "precision": args.precision, "val": record.metrics["val"]}
+    summary = {"bundle": str(record.bundle), "precision": args.precision, "float_blocks": float_blocks}
+    summary["val"] = record.metrics["val"]
     summary |= {"before": before.to_dict(), "against_float": record.metrics["against_float"], **checks}
     print(json.dumps(summary) if args.json else _in_words(summary))
     return 0
@@ -209,6 +230,7 @@ def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
 
 def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
     """The model's predicted latency on --device as a float model and quantised, at --latency-batch."""
+    from latency_models.mixed import MixedPrecisionPredictor
     from latency_models.registry import Registry
     from pruning.quantisation.precisions import FLOAT
     from pruning.tokens import padded_widths
@@ -216,19 +238,30 @@ def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
     registry, batch = Registry(), args.latency_batch
     widths = padded_widths(counts, batch) if model.config.per_image else None
     names = _priced_as(args.device, args.precision, registry)
-    ms = {}
-    for precision, name in names.items():
-        predictor = registry.predictor(name, model.spec, [batch], progress=False)
-        ms["fp32" if precision == FLOAT else "int8"] = predictor.predict(
-            model.config, model.spec, batch, kept_tokens=widths
-        ).ms
+    float_, quantised = (
+        registry.predictor(names[p], model.spec, [batch], progress=False) for p in (FLOAT, args.precision)
+    )
+    float_blocks = model.quantisation.get("float_blocks", [])
+    predictors = {"fp32": float_, "int8": MixedPrecisionPredictor(quantised, float_, float_blocks)}
+    ms = {key: p.predict(model.config, model.spec, batch, kept_tokens=widths).ms for key, p in predictors.items()}
     priced_as = {"fp32": names["fp32"], "int8": names[args.precision]}
+    if float_blocks:
+        priced_as["int8"] += f" (blocks {', '.join(map(str, float_blocks))}: {names['fp32']})"
     return {"device": args.device, "priced_as": priced_as, "batch": batch, **ms, "speedup": ms["fp32"] / ms["int8"]}
+
+
+def _block_list(text: str) -> tuple[int, ...]:
+    """--float-blocks: comma-separated block indices."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give block indices separated by commas, e.g. 0,11") from None
 
 
 def _in_words(summary: dict[str, Any]) -> str:
     before, after = summary["before"], summary["val"]
-    lines = [f"{summary['precision']}: {summary['bundle']}"]
+    kept = f", blocks {', '.join(map(str, summary['float_blocks']))} float" if summary["float_blocks"] else ""
+    lines = [f"{summary['precision']}{kept}: {summary['bundle']}"]
     if before.get("top1") is not None:
         lines.append(f"validation top-1: {before['top1']:.2f}% -> {after['top1']:.2f}% on {after['n_images']} images")
     lines.append(f"agreement with the float model: {summary['against_float']['agreement']:.2f}%")

@@ -15,6 +15,9 @@ _EXPORTS = {
     "QuantisedLinear": "pruning.quantisation._linear",
     "QuantisationError": "pruning.quantisation._quantise",
     "attach_products": "pruning.quantisation._quantise",
+    "block_sensitivity": "pruning.quantisation._sensitivity",
+    "kept_float": "pruning.quantisation._quantise",
+    "most_sensitive_blocks": "pruning.quantisation._sensitivity",
     "quantise": "pruning.quantisation._quantise",
     "quantised_layers": "pruning.quantisation._quantise",
     "wrap_linears": "pruning.quantisation._quantise",
@@ -25,6 +28,9 @@ __all__ = [
     "QuantisationError",
     "QuantisedLinear",
     "attach_products",
+    "block_sensitivity",
+    "kept_float",
+    "most_sensitive_blocks",
     "quantise",
     "quantised_layers",
     "wrap_linears",
@@ -35,10 +41,12 @@ if TYPE_CHECKING:
     from pruning.quantisation._quantise import (
         QuantisationError,
         attach_products,
+        kept_float,
         quantise,
         quantised_layers,
         wrap_linears,
     )
+    from pruning.quantisation._sensitivity import block_sensitivity, most_sensitive_blocks
     from pruning.quantisation.precisions import PRECISIONS
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

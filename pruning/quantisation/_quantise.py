@@ -22,7 +22,7 @@ from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activat
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
 from pruning.quantisation.precisions import PRECISIONS
 
-__all__ = ["QuantisationError", "attach_products", "quantise", "quantised_layers", "wrap_linears"]
+__all__ = ["QuantisationError", "attach_products", "kept_float", "quantise", "quantised_layers", "wrap_linears"]
 
 NO_IMAGES = "quantisation needs calibration images to set the activation ranges"
 
@@ -31,30 +31,54 @@ class QuantisationError(ValueError):
     """A precision that does not exist, or a model that cannot be quantised as asked."""
 
 
-def wrap_linears(model: nn.Module) -> dict[str, QuantisedLinear]:
-    """Replace every plain `nn.Linear` in `model` by a QuantisedLinear sharing its parameters; name -> layer."""
+def wrap_linears(model: nn.Module, keep_float: Iterable[nn.Module] = ()) -> dict[str, QuantisedLinear]:
+    """Replace every plain `nn.Linear` in `model`, except those inside `keep_float` (blocks kept in float),
+    by a QuantisedLinear sharing its parameters; name -> layer."""
+    skipped = _inside(keep_float)
     layers: dict[str, QuantisedLinear] = {}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and id(child) not in skipped:
                 layer = QuantisedLinear.wrap(child)
                 setattr(module, child_name, layer)
                 layers[f"{name}.{child_name}" if name else child_name] = layer
     return layers
 
 
-def attach_products(model: nn.Module) -> dict[str, AttentionProducts]:
-    """Give every attention layer with heads left an `AttentionProducts` (scales still to be
-    calibrated); name of the attention layer -> its products."""
+def attach_products(model: nn.Module, keep_float: Iterable[nn.Module] = ()) -> dict[str, AttentionProducts]:
+    """Give every attention layer with heads left, except those inside `keep_float`, an
+    `AttentionProducts` (scales still to be calibrated); name of the attention layer -> its products."""
     products: dict[str, AttentionProducts] = {}
-    for name, module in _attentions(model).items():
+    for name, module in _attentions(model, keep_float).items():
         module.products = products[name] = AttentionProducts()
     return products
 
 
-def _attentions(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> every attention layer of `model` that has heads left."""
-    return {name: m for name, m in model.named_modules() if hasattr(m, "qkv") and getattr(m, "num_heads", 0) > 0}
+def _attentions(model: nn.Module, keep_float: Iterable[nn.Module] = ()) -> dict[str, nn.Module]:
+    """name -> every attention layer of `model` that has heads left and is not inside `keep_float`."""
+    skipped = _inside(keep_float)
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if hasattr(m, "qkv") and getattr(m, "num_heads", 0) > 0 and id(m) not in skipped
+    }
+
+
+def _inside(modules: Iterable[nn.Module]) -> set[int]:
+    """ids of `modules` and of everything inside them."""
+    return {id(inner) for module in modules for inner in module.modules()}
+
+
+def kept_float(pruned: PrunedViT, float_blocks: Iterable[int]) -> list[nn.Module]:
+    """The blocks of `pruned` at the indices `float_blocks` (checked): those a mixed-precision model keeps float."""
+    blocks = pruned.blocks
+    chosen = sorted(set(float_blocks))
+    wrong = [index for index in chosen if not 0 <= index < len(blocks)]
+    if wrong:
+        raise QuantisationError(f"float blocks {wrong} do not exist: the model has blocks 0 to {len(blocks) - 1}")
+    if len(chosen) == len(blocks):
+        raise QuantisationError("every block kept float is the fp32 model: keep fewer blocks float")
+    return [blocks[index] for index in chosen]
 
 
 def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear]:
@@ -69,6 +93,7 @@ def quantise(
     *,
     reconstruct: bool = False,
     attention: bool = False,
+    float_blocks: Iterable[int] = (),
 ) -> PrunedViT:
     """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
 
@@ -79,7 +104,8 @@ def quantise(
     far and the layer's codes and bias are chosen to reproduce its float output on those inputs
     (`pruning.quantisation._reconstruct`). With `attention`, the attention products are quantised too,
     as a fully integer device computes them (`pruning.quantisation._attention`), their ranges taken in
-    the float model. Records what it did in `quantisation`.
+    the float model. The blocks at the indices `float_blocks` stay float (a mixed-precision model: each
+    block in the precision it runs in; the classifier is quantised). Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -88,18 +114,20 @@ def quantise(
     power_of_two = PRECISIONS[precision]
     model = copy.deepcopy(pruned).eval()
     batches = list(batches)
-    layers = wrap_linears(model.model)
+    float_blocks = sorted(set(float_blocks))
+    keep_float = kept_float(model, float_blocks)
+    layers = wrap_linears(model.model, keep_float)
     if reconstruct:
         if not batches:
             raise QuantisationError(NO_IMAGES)
         for layer in layers.values():
             layer.simulate = False
-        operands = _calibrate(model, {}, batches, True)[1] if attention else {}  # ranges in the float model
+        operands = _calibrate(model, {}, batches, True, keep_float)[1] if attention else {}  # in the float model
         rebuilt = reconstruct_layers(model, layers, batches, power_of_two)
         images = sum(len(batch) for batch in batches)
         described = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
     else:
-        ranges, operands, images = _calibrate(model, layers, batches, attention)
+        ranges, operands, images = _calibrate(model, layers, batches, attention, keep_float)
         for name, layer in layers.items():
             low, high, sample = ranges[name]
             scale, zero_point = activation_qparams(low, high, sample, power_of_two)
@@ -110,12 +138,15 @@ def quantise(
             layer.simulate = True
         described = _describe(precision, layers, images=images)
     if attention:
-        for name, products in attach_products(model.model).items():
+        for name, products in attach_products(model.model, keep_float).items():
             scales = (products.query_scale, products.key_scale, products.value_scale)
             for scale, (absmax, sample) in zip(scales, operands[name], strict=True):
                 scale.fill_(operand_scale(absmax, sample, power_of_two))
         described["attention_products"] = ATTENTION_PRODUCTS
         described["float"] = "patch embedding, LayerNorm, softmax, GELU, residual adds"
+    if float_blocks:
+        described["float_blocks"] = float_blocks
+        described["float"] += f"; blocks {', '.join(map(str, float_blocks))} whole"
     model.quantisation = described
     return model
 
@@ -148,7 +179,11 @@ def _describe(
 
 
 def _calibrate(
-    model: PrunedViT, layers: dict[str, QuantisedLinear], batches: Iterable[torch.Tensor], attention: bool = False
+    model: PrunedViT,
+    layers: dict[str, QuantisedLinear],
+    batches: Iterable[torch.Tensor],
+    attention: bool = False,
+    keep_float: Iterable[nn.Module] = (),
 ) -> tuple[dict[str, tuple[float, float, torch.Tensor]], dict[str, list[tuple[float, torch.Tensor]]], int]:
     """One pass over `batches` in the float model: (name -> (min, max, sample of values) of each of `layers`'
     inputs; with `attention`, attention layer name -> [(largest magnitude, sample of values)] of its scaled
@@ -184,7 +219,7 @@ def _calibrate(
         layer.simulate = False
     handles = [layer.register_forward_pre_hook(observe(name)) for name, layer in layers.items()]
     if attention:
-        attentions = _attentions(model.model).items()
+        attentions = _attentions(model.model, keep_float).items()
         handles += [m.qkv.register_forward_hook(observe_operands(name, m)) for name, m in attentions]
     images = 0
     try:

@@ -82,6 +82,8 @@ class StageInputs:
     integer_attention: bool = False
     """Quantise the attention products too, as a device that multiplies them in int8 computes
     (`DeviceBackend.integer_attention`)."""
+    float_blocks: Sequence[int] = ()
+    """Blocks kept float in the quantised model (per-block precision; `pruning.quantisation.quantise`)."""
 
     # evaluate
     val: ImageSet | None = None

@@ -28,6 +28,11 @@ class Quantise(Stage):
         chosen = inputs.quantisation_batches if inputs.quantisation_batches is not None else inputs.calibration
         batches = list(chosen) if chosen is not None else []
         quantised = quantise(
-            model, batches, inputs.precision, reconstruct=inputs.reconstruct, attention=inputs.integer_attention
+            model,
+            batches,
+            inputs.precision,
+            reconstruct=inputs.reconstruct,
+            attention=inputs.integer_attention,
+            float_blocks=inputs.float_blocks,
         )
         return quantised, replace(record, quantisation=quantised.quantisation)

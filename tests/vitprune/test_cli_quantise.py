@@ -109,3 +109,26 @@ def test_the_device_prices_the_float_and_the_quantised_model_each_in_its_own_dty
 
     assert _priced_as("fpga", "int8-pow2") == {"fp32": "fpga:zcu102+int16", "int8-pow2": "fpga:zcu102"}
     assert _priced_as("mobile-cpu@one", "int8")["int8"] == "mobile-cpu:snapdragon-8-gen-2@one+int8"
+
+
+def test_the_most_sensitive_blocks_are_kept_float_and_priced_as_float(capsys, folders, class_map):
+    out = folders / "mixed"
+    extra = ("--calibration-images", "8", "--keep-float", "2", "--device", "mobile-cpu", "--json")
+    code, stdout, _ = run(capsys, *command(folders, class_map, out, *extra))
+    assert code == 0
+    summary = json.loads(stdout)
+    chosen = summary["float_blocks"]
+    gains = summary["block_sensitivity"]["kl_gain"]
+    assert len(chosen) == 2 and len(gains) == 12
+    assert min(gains[i] for i in chosen) >= max(g for i, g in enumerate(gains) if i not in chosen)
+    model = load_bundle(out)
+    assert model.quantisation["float_blocks"] == chosen
+    assert len(quantised_layers(model.model)) == 10 * 4 + 1
+    price = summary["device_ms"]
+    assert price["int8"] < price["fp32"] and f"blocks {chosen[0]}, {chosen[1]}" in price["priced_as"]["int8"]
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--float-blocks", "0,12"))
+    assert code == 2 and "float blocks [12] do not exist" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):  # argparse refuses it with its usage line
+        run(capsys, *command(folders, class_map, folders / "never", "--float-blocks", "first"))
+    assert "give block indices separated by commas" in capsys.readouterr().err
+    assert not (folders / "never").exists()
