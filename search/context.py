@@ -8,6 +8,7 @@ price and prune identically.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from latency_models.calibration import calibration_for
 from latency_models.devices.base import INT8_PRICED
+from latency_models.mixed import MixedPrecisionPredictor
 from latency_models.predictor import LatencyPredictor
 from latency_models.registry import Registry
 from latency_models.schema import LatencyTable
@@ -92,9 +94,12 @@ class JobContext:
         """Where this process scores the job's trials: the job's compute, or with `auto` the process's."""
         return compute_device(self.job.compute if self.job.compute != "auto" else self.compute)
 
-    def predictor_for(self, precision: str) -> LatencyPredictor:
-        """The predictor that prices a model of `precision`."""
-        return self.predictor if precision == FLOAT else (self.predictors or {})[precision]
+    def predictor_for(
+        self, precision: str, float_blocks: Sequence[int] = ()
+    ) -> LatencyPredictor | MixedPrecisionPredictor:
+        """The predictor that prices a model of `precision` (with `float_blocks` kept float)."""
+        predictor = self.predictor if precision == FLOAT else (self.predictors or {})[precision]
+        return MixedPrecisionPredictor(predictor, self.predictor, float_blocks) if float_blocks else predictor
 
     @property
     def requested_ms(self) -> float:
@@ -244,6 +249,7 @@ def check_job(job: JobSpec, registry: Registry | None = None) -> tuple[float, fl
         raise JobInputError(f"no images in {job.calib}: expected an ImageFolder (one folder of images per class)")
     _check_held_out(job)
     _, spec = _dense(job)
+    TrialSpace(job.space, spec)  # a space that does not fit the model is refused now, not once a device is measured
     registry = registry or Registry()
     names = precision_devices(job, registry)
     if not job.table and not all(registry.ready(name, spec, [job.batch]) for name in names.values()):

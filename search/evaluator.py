@@ -15,7 +15,7 @@ A quantised trial (`pruning.quantisation`) is the pruned model quantised on the 
 compared with the float dense logits (fidelity then measures what pruning and quantisation change
 together). Its prefix is the quantised dense model's: a layer's input range is calibrated in the float
 model, so the layers before the first change get the same scales in both, and the prefix cache keeps
-quantised dense activations per precision.
+quantised dense activations per precision (and per set of blocks kept float).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pruning.compute import scoring
 from pruning.data import ImageSet
 from pruning.importance import Importance
 from pruning.metrics import EvalResult, classification_metrics
-from pruning.quantisation import quantise
+from pruning.quantisation import block_sensitivity, most_sensitive_blocks, quantise
 from pruning.spec import ModelSpec
 from pruning.tokens import TokenState
 from search.job import FLOAT
@@ -120,8 +120,10 @@ class TrialEvaluator:
         self.quantisation = [x.to(self.device) for x in quantisation or []]
         self.integer_attention = integer_attention
         self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name).to(self.device)
-        self._references = {FLOAT: self.reference}  # precision -> the dense model at it
-        self._states: OrderedDict[tuple[str, int], list[TokenState]] = OrderedDict()
+        # (precision, blocks kept float) -> the dense model at it
+        self._references = {(FLOAT, ()): self.reference}
+        self._states: OrderedDict[tuple[tuple[str, tuple[int, ...]], int], list[TokenState]] = OrderedDict()
+        self._sensitivity: dict[str, list[float]] = {}  # precision -> each block's (`sensitive_blocks`)
         with scoring(self.device, dtype):
             self.dense_logits = torch.cat([self._finish(self.reference, s, 0)[0] for s in self._states_at(0)])
 
@@ -134,9 +136,10 @@ class TrialEvaluator:
         max_images: int | None = None,
         sample: Evaluation | None = None,
         precision: str = FLOAT,
+        float_blocks: Sequence[int] = (),
     ) -> Evaluation:
-        """Metrics of `config` at `precision` on the calibration set, or on its first `max_images` (whole
-        batches).
+        """Metrics of `config` at `precision` (but for its `float_blocks`, kept float) on the calibration
+        set, or on its first `max_images` (whole batches).
 
         `sample`: an evaluation of the same config on the first batches (cheap-first); only the
         batches after it are run.
@@ -144,14 +147,15 @@ class TrialEvaluator:
         start = time.perf_counter()
         first = first_change(config, self.spec)
         pruned = prune_model(self.dense, config, name=self.spec.name, importance=self.importance).to(self.device)
+        at = (precision, tuple(float_blocks))
         if precision != FLOAT:
-            pruned = self._quantise(pruned, precision)
+            pruned = self._quantise(pruned, *at)
         build = time.perf_counter() - start
         done = self._batch_count(sample.images) if sample is not None else 0
         logits = [sample.logits] if sample is not None else []
         counts = [sample.counts] if sample is not None and sample.counts is not None else []
         with scoring(self.device, self.dtype):
-            for state in self._states_at(first, precision)[done : self._batch_count(max_images)]:
+            for state in self._states_at(first, at)[done : self._batch_count(max_images)]:
                 out, kept = self._finish(pruned, state, first)
                 logits.append(out)
                 if kept is not None:
@@ -180,31 +184,46 @@ class TrialEvaluator:
         counts = torch.stack(state.counts, dim=1).cpu() if state.counts else None
         return model.head(state).float().cpu(), counts
 
-    def _quantise(self, model: PrunedViT, precision: str) -> PrunedViT:
+    def sensitive_blocks(self, precision: str, count: int) -> list[int]:
+        """The `count` blocks whose quantisation to `precision` costs the dense model the most fidelity on
+        the quantisation batches (`pruning.quantisation.block_sensitivity`, measured once per precision)."""
+        if precision not in self._sensitivity:
+            self._no_batches(precision)
+            attention = precision in self.integer_attention
+            with scoring(self.device, self.dtype):
+                sensitivity = block_sensitivity(self.reference, self.quantisation, precision, attention=attention)
+            self._sensitivity[precision] = sensitivity
+        return most_sensitive_blocks(self._sensitivity[precision], count)
+
+    def _quantise(self, model: PrunedViT, precision: str, float_blocks: tuple[int, ...] = ()) -> PrunedViT:
+        self._no_batches(precision)
+        attention = precision in self.integer_attention
+        return quantise(model, self.quantisation, precision, attention=attention, float_blocks=float_blocks)
+
+    def _no_batches(self, precision: str) -> None:
         if not self.quantisation:
             raise ValueError(f"precision {precision}: the evaluator was given no quantisation batches")
-        return quantise(model, self.quantisation, precision, attention=precision in self.integer_attention)
 
-    def _reference_at(self, precision: str) -> PrunedViT:
-        if precision not in self._references:
-            self._references[precision] = self._quantise(self.reference, precision)
-        return self._references[precision]
+    def _reference_at(self, at: tuple[str, tuple[int, ...]]) -> PrunedViT:
+        if at not in self._references:
+            self._references[at] = self._quantise(self.reference, *at)
+        return self._references[at]
 
     # -- the prefix cache -----------------------------------------------------------------------
 
-    def _states_at(self, boundary: int, precision: str = FLOAT) -> list[TokenState]:
-        """Dense activations (of the dense model at `precision`) entering block `boundary` for every
-        batch (0 = the embedded patches)."""
-        key = (precision, boundary)
+    def _states_at(self, boundary: int, at: tuple[str, tuple[int, ...]] = (FLOAT, ())) -> list[TokenState]:
+        """Dense activations (of the dense model at `at`: precision, blocks kept float) entering block
+        `boundary` for every batch (0 = the embedded patches)."""
+        key = (at, boundary)
         if key in self._states:
             self._states.move_to_end(key)
             return self._states[key]
-        reference = self._reference_at(precision)
-        below = [b for p, b in self._states if p == precision and b < boundary]
+        reference = self._reference_at(at)
+        below = [b for p, b in self._states if p == at and b < boundary]
         with scoring(self.device, self.dtype):
             if below:
                 start = max(below)
-                cached = self._states[(precision, start)]
+                cached = self._states[(at, start)]
                 states = [reference.run_blocks(s, start=start, stop=boundary) for s in cached]
             else:
                 embedded = [reference.embed(x) for x in self.inputs]

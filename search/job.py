@@ -96,6 +96,13 @@ class SearchSpace(_Strict):
         "and int8-pow2 (W8A8 with power-of-two scales), both quantised after pruning on calibration images; each "
         "is priced in the dtype that runs it on the device (docs/quantisation.md)",
     )
+    keep_float: int = Field(
+        default=0,
+        ge=0,
+        description="with quantised precisions: a quantised trial may also keep up to this many blocks in float "
+        "(per-block precision: the blocks whose quantisation costs the most fidelity, measured once per precision "
+        "on the dense model), each block priced in the dtype that runs it; 0 quantises whole models",
+    )
     # The merge fields are last and left out of a job's study key unless tokens merge (JobSpec.study_key),
     # so the studies of jobs written before merging existed keep their names.
     merge_group: int = Field(
@@ -169,6 +176,10 @@ class SearchSpace(_Strict):
                 f"the space searches nothing: set tokens to {', '.join(modes[:-1])} or {modes[-1]},"
                 " or heads or mlp to true"
             )
+        if self.keep_float and not self.quantised:
+            raise ValueError(
+                "keep_float keeps blocks float inside a quantised model: list int8 or int8-pow2 in precisions"
+            )
         if any(op.axis.per == "block" for op in self.ops) and not self.token_blocks:
             raise ValueError(f"tokens={self.tokens} needs token_blocks, the blocks that reduce tokens by score")
         return self
@@ -193,6 +204,7 @@ class SearchSpace(_Strict):
             if op.axis is not None and op not in searched and not op.axis.key_when_unsearched
             for field in op.axis.fields
         }
+        unused |= set() if self.keep_float else {"keep_float"}
         return unused if self.quantised else unused | {"precisions"}  # added later, like the ops
 
 

@@ -47,12 +47,13 @@ from pruning.config import PruneConfig
 from pruning.image_sets import describe_images, eval_data_config, image_set_name, job_image_sets
 from pruning.importance import needs_importance
 from pruning.model import PrunedViT
+from pruning.quantisation.precisions import precision_label
 from pruning.stages import DEFAULT_STAGES, ModelRecord, StageInputs, run_stages
 from pruning.tokens import padded_widths
 from search.context import JobContext, fit_batches, quantisation_batches
 from search.job import FLOAT
 from search.objectives import objective
-from search.trials import calib_accuracy, is_pareto_candidate, trial_precision
+from search.trials import calib_accuracy, is_pareto_candidate, trial_float_blocks, trial_precision
 
 __all__ = [
     "DENSE_STAGES",
@@ -141,12 +142,13 @@ def materialise(
             rows.append(json.loads(saved.read_text()))
             continue
         config = PruneConfig.model_validate(trial.user_attrs["config"])
-        precision = trial_precision(trial)
+        precision, float_blocks = trial_precision(trial), trial_float_blocks(trial)
         recover = job.recover and needs_importance(config, context.spec)
         extra = {
             "trial": trial.number,
             "variant": "searched",
             "precision": precision,
+            **({"float_blocks": float_blocks} if float_blocks else {}),
             "calib_accuracy": calib_accuracy(trial),
             # one standard error of it over the calibration images: closer models are not told apart
             "calib_accuracy_se": _calib_accuracy_se(trial),
@@ -159,6 +161,8 @@ def materialise(
         }
         if precision != FLOAT:
             extra["device"] = shared["device"] | _priced_as(context.predictor_for(precision))
+            if float_blocks:
+                extra["device"]["float_blocks_priced_as"] = context.predictor.table.device.name
         trial_inputs = replace(
             inputs,
             calibration=calib_batches if recover else None,
@@ -166,6 +170,7 @@ def materialise(
             precision=precision,
             quantisation_batches=quant_batches if precision != FLOAT else None,  # those its trial was quantised on
             integer_attention=precision in context.integer_attention,
+            float_blocks=float_blocks,
             reference=dense.logits,
             out=path,
             report=lambda record, extra=extra: flag_over_budget(pareto_row(record) | extra, context.requested_ms),
@@ -313,7 +318,8 @@ def _stage_inputs(context: JobContext) -> StageInputs:
     def price(model: PrunedViT, counts: torch.Tensor | None) -> float:
         # Per-image counts are priced as the padded widths a batch of `job.batch` images runs at.
         widths = padded_widths(counts, job.batch) if model.config.per_image else None
-        predictor = context.predictor_for(model.quantisation["precision"] if model.quantisation else FLOAT)
+        quantisation = model.quantisation or {"precision": FLOAT}
+        predictor = context.predictor_for(quantisation["precision"], quantisation.get("float_blocks", ()))
         return predictor.predict(model.config, context.spec, job.batch, kept_tokens=widths).ms
 
     return StageInputs(
@@ -377,6 +383,13 @@ def _trial_counts(study: optuna.Study) -> dict[str, Any]:
     }
 
 
+def _precision_label(trial_or_row: FrozenTrial | dict[str, Any]) -> str:
+    """The precision of a trial or of a model's row, with the blocks it keeps float (`precision_label`)."""
+    if isinstance(trial_or_row, dict):
+        return precision_label(trial_or_row.get("precision", FLOAT), trial_or_row.get("float_blocks", []))
+    return precision_label(trial_precision(trial_or_row), trial_float_blocks(trial_or_row))
+
+
 def _symbol(precision: str) -> str:
     return "circle" if precision == FLOAT else "diamond"
 
@@ -395,7 +408,7 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_labe
             mode="markers",
             name="trials (calibration top-1)",
             marker={"color": "lightgray", "size": 7},
-            text=[f"trial {t.number} ({trial_precision(t)}), {score_label} {t.values[0]:.2f}" for t in evaluated],
+            text=[f"trial {t.number} ({_precision_label(t)}), {score_label} {t.values[0]:.2f}" for t in evaluated],
         )
     )
 
@@ -423,7 +436,7 @@ def plot_front(study: optuna.Study, result: SearchResult, path: Path, score_labe
             mode="lines+markers",
             name="Pareto models (validation, predicted ms; diamonds quantised)",
             marker={"color": "crimson", "size": 10, "symbol": [_symbol(p) for p in precisions]},
-            text=[f"{m['bundle']} ({p})" for m, p in zip(models, precisions, strict=True)],
+            text=[f"{m['bundle']} ({_precision_label(m)})" for m in models],
         )
     )
     if models and all("measured_ms" in m for m in models):

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.job import FLOAT
 from search.pareto import pareto_trials
-from search.trials import calib_accuracy, trial_precision
+from search.trials import calib_accuracy, trial_float_blocks, trial_precision
 
 __all__ = ["TrialRecord", "trial_records"]
 
@@ -44,6 +44,8 @@ class TrialRecord:
     """On the Pareto front of the trials so far (score up, predicted latency down)."""
     precision: str = FLOAT
     """fp32, or the quantisation the config was scored and priced at."""
+    float_blocks: tuple[int, ...] = ()
+    """The blocks a quantised trial kept in fp32."""
 
 
 def trial_records(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[TrialRecord]:
@@ -70,4 +72,5 @@ def _record(trial: FrozenTrial, pareto: bool) -> TrialRecord:
         feasible=complete and all(v <= 0 for v in trial.constraints.values()),
         pareto=pareto,
         precision=trial_precision(trial),
+        float_blocks=tuple(trial_float_blocks(trial)),
     )

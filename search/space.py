@@ -3,7 +3,8 @@
 Every token op says how it is searched (`SearchAxis` of `pruning.tokens`): parameters named after
 what they set, e.g. `keep_3` (top-k keep ratio at block 3) or `merge_0-2` (merge count at each of
 blocks 0..2); besides them `heads_0-2` / `mlp_0-2` (heads or MLP channels of blocks 0..2, when
-blocks are grouped), `score`, `package_token`, and `precision` when more than one is searched (the
+blocks are grouped), `score`, `package_token`, `precision` when more than one is searched and
+`float_blocks` (how many of the most sensitive blocks a quantised trial keeps float) when asked for (the
 PruneConfig is the structure; the precision is the trial's other half, `TrialSpace.precision`). A
 parameter at its "keep everything" end (`off`, all heads) leaves that part dense, so the dense model
 is a point of the space. With two token ops searched, a block where the first one reduces runs it,
@@ -19,9 +20,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from pruning import BlockConfig, NoReduction, PruneConfig, TokenOp
 from pruning.spec import ModelSpec
-from search.job import SearchSpace
+from search.job import FLOAT, SearchSpace
 
-__all__ = ["SpaceError", "TrialSpace"]
+__all__ = ["FLOAT_BLOCKS", "SpaceError", "TrialSpace"]
+
+FLOAT_BLOCKS = "float_blocks"
+"""The parameter of how many blocks a quantised trial keeps float (`SearchSpace.keep_float`)."""
 
 BASELINE_RATIOS = (0.5, 0.75)
 """Warm-start uniform head / MLP ratios."""
@@ -48,6 +52,8 @@ class TrialSpace:
                     f"tokens={space.tokens}: {op.kind_name()} is supported on plain ViT/DeiT models, not on"
                     f" {spec.name} (it pools a token grid that these tokens no longer form); use tokens=topk"
                 )
+        if space.keep_float >= depth:
+            raise SpaceError(f"keep_float {space.keep_float}: {spec.name} has {depth} blocks; keep fewer float")
         self.groups = _groups(depth, space.group)
         # Op kind -> block index -> the parameter that sets the op there.
         self.op_params: dict[str, dict[int, str]] = {op.kind_name(): self._op_params(op) for op in self.ops}
@@ -93,6 +99,8 @@ class TrialSpace:
             yield "package_token", CategoricalDistribution([False, True])
         if len(space.precisions) > 1:
             yield "precision", CategoricalDistribution(list(space.precisions))
+        if space.keep_float:
+            yield FLOAT_BLOCKS, IntDistribution(0, space.keep_float)
 
     def suggest(self, trial: optuna.Trial) -> PruneConfig:
         params = {name: _suggest(trial, name, dist) for name, dist in self.distributions.items()}
@@ -101,6 +109,10 @@ class TrialSpace:
     def precision(self, params: dict) -> str:
         """The precision a full set of parameter values quantises its config to."""
         return params.get("precision", self.space.precisions[0])
+
+    def float_count(self, params: dict) -> int:
+        """How many blocks a full set of parameter values keeps float in its quantised model (0 for fp32)."""
+        return 0 if self.precision(params) == FLOAT else params.get(FLOAT_BLOCKS, 0)
 
     # -- configs ---------------------------------------------------------------------------------
 
@@ -139,6 +151,8 @@ class TrialSpace:
         for name, dist in self.distributions.items():
             if name in self._op_of:
                 params[name] = self._op_of[name].axis.off
+            elif name == FLOAT_BLOCKS:  # the whole model in the precision: the plain baseline
+                params[name] = 0
             elif isinstance(dist, IntDistribution):
                 params[name] = dist.high
             elif name == "package_token":

@@ -12,16 +12,18 @@ A trial's first value is the job's objective (`search.objectives`, a score in pe
 agreement and KL are recorded beside it whatever the objective.
 
 A trial is a config at a precision (`TrialSpace.precision`): a quantised one is scored as the device
-computes it (`pruning.quantisation`) and priced from the table of the dtype that runs it.
+computes it (`pruning.quantisation`) and priced from the table of the dtype that runs it; one that
+keeps its most sensitive blocks float (`SearchSpace.keep_float`) prices those from the float table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from latency_models.mixed import MixedPrecisionPredictor
 from latency_models.predictor import LatencyPredictor
 from pruning import PruneConfig
 from pruning.tokens import padded_widths
@@ -36,6 +38,7 @@ __all__ = [
     "TrialObjective",
     "calib_accuracy",
     "is_pareto_candidate",
+    "trial_float_blocks",
     "trial_key",
     "trial_precision",
 ]
@@ -47,15 +50,22 @@ SLOT_ATTR = "slot"
 """User attribute of the trials a job enqueues up front: only those run, so the total is exact."""
 
 
-def trial_key(config: PruneConfig, precision: str) -> str:
+def trial_key(config: PruneConfig, precision: str, float_blocks: Sequence[int] = ()) -> str:
     """What tells trials apart: the config's key, and the precision when it is not the float model's
-    (so the keys of float trials are the configs' own, as before precisions were searched)."""
-    return config.key() if precision == FLOAT else f"{config.key()}+{precision}"
+    (so the keys of float trials are the configs' own, as before precisions were searched), and the
+    blocks a quantised model keeps float."""
+    key = config.key() if precision == FLOAT else f"{config.key()}+{precision}"
+    return f"{key}+float{','.join(map(str, float_blocks))}" if float_blocks else key
 
 
 def trial_precision(trial: FrozenTrial) -> str:
     """The precision of a trial (fp32 for one of a job from before precisions were searched)."""
     return trial.user_attrs.get("precision", FLOAT)
+
+
+def trial_float_blocks(trial: FrozenTrial) -> list[int]:
+    """The blocks a quantised trial keeps float (none: the whole model at its precision)."""
+    return trial.user_attrs.get("float_blocks", [])
 
 
 class TrialObjective:
@@ -91,12 +101,17 @@ class TrialObjective:
             raise optuna.TrialPruned("every trial of this job is already taken")
         config = self.space.suggest(trial)
         precision = self.space.precision(trial.params)
-        key = trial_key(config, precision)
+        count = self.space.float_count(trial.params)
+        float_blocks = self.evaluator.sensitive_blocks(precision, count) if count else []
+        key = trial_key(config, precision, float_blocks)
         trial.set_user_attr("config", config.model_dump(mode="json"))
         trial.set_user_attr("config_key", key)
         if precision != FLOAT:
             trial.set_user_attr("precision", precision)
         predictor = self.predictors[precision]
+        if float_blocks:
+            trial.set_user_attr("float_blocks", float_blocks)
+            predictor = MixedPrecisionPredictor(predictor, self.predictors[FLOAT], float_blocks)
 
         earlier = self._earlier(trial.study, key)
         if earlier is not None:
@@ -114,7 +129,7 @@ class TrialObjective:
             if predicted > self.budget_ms:
                 return self._result(trial, 0.0, predicted, evaluated=False)
 
-        evaluation = self._evaluate(config, predicted, precision)
+        evaluation = self._evaluate(config, predicted, precision, float_blocks)
         if config.per_image:
             widths = padded_widths(evaluation.counts, self.batch)
             predicted = predictor.predict(config, spec, self.batch, kept_tokens=widths).ms
@@ -129,14 +144,17 @@ class TrialObjective:
         trial.set_user_attr("build_s", round(evaluation.build_seconds, 4))
         return self._result(trial, self.objective.score(evaluation.metrics), predicted, evaluated=True)
 
-    def _evaluate(self, config: PruneConfig, predicted: float | None, precision: str) -> Evaluation:
+    def _evaluate(
+        self, config: PruneConfig, predicted: float | None, precision: str, float_blocks: Sequence[int]
+    ) -> Evaluation:
         """Cheap-first: a sample of the images, and the rest only if the sample is not clearly dominated."""
+        at = {"precision": precision, "float_blocks": float_blocks}
         if not self.cheap_images or self.cheap_images >= len(self.evaluator):
-            return self.evaluator.evaluate(config, precision=precision)
-        sample = self.evaluator.evaluate(config, max_images=self.cheap_images, precision=precision)
+            return self.evaluator.evaluate(config, **at)
+        sample = self.evaluator.evaluate(config, max_images=self.cheap_images, **at)
         if predicted is not None and self._clearly_dominated(sample, predicted):
             return sample
-        return self.evaluator.evaluate(config, sample=sample, precision=precision)
+        return self.evaluator.evaluate(config, sample=sample, **at)
 
     def _clearly_dominated(self, sample: Evaluation, predicted: float) -> bool:
         """Some full evaluation is at least as fast and better by two standard errors of the sample."""

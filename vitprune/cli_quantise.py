@@ -260,8 +260,9 @@ def _block_list(text: str) -> tuple[int, ...]:
 
 def _in_words(summary: dict[str, Any]) -> str:
     before, after = summary["before"], summary["val"]
-    kept = f", blocks {', '.join(map(str, summary['float_blocks']))} float" if summary["float_blocks"] else ""
-    lines = [f"{summary['precision']}{kept}: {summary['bundle']}"]
+    from pruning.quantisation.precisions import precision_label
+
+    lines = [f"{precision_label(summary['precision'], summary['float_blocks'])}: {summary['bundle']}"]
     if before.get("top1") is not None:
         lines.append(f"validation top-1: {before['top1']:.2f}% -> {after['top1']:.2f}% on {after['n_images']} images")
     lines.append(f"agreement with the float model: {summary['against_float']['agreement']:.2f}%")

@@ -50,6 +50,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         package_token=args.package_token,
         round_to=args.round_to,
         precisions=args.precisions,
+        keep_float=args.keep_float,
     )
     return JobSpec(
         model=args.model,
@@ -212,6 +213,14 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=("fp32",),
         help="precisions to search with the structure, e.g. fp32,int8 (int8: W8A8 quantised after pruning, priced "
         "in int8; int8-pow2: power-of-two scales); needs a device with an int8 price (host-cpu, mobile-cpu, fpga)",
+    )
+    space.add_argument(
+        "--keep-float",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with quantised precisions: a quantised trial may keep up to N of its most sensitive blocks in fp32 "
+        "(per-block precision, each block priced in the dtype that runs it)",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--trials", type=int, default=100)

@@ -26,6 +26,7 @@ __all__ = [
     "activation_qparams",
     "pow2_by_error",
     "weight_scales",
+    "zero_point_for",
 ]
 
 WEIGHT_RANGE = (-127, 127)
@@ -101,8 +102,8 @@ def activation_qparams(low: float, high: float, sample: torch.Tensor, power_of_t
     low, high = min(low, 0.0), max(high, 0.0)
     scale = max(high - low, 1e-12) / (ACTIVATION_RANGE[1] - ACTIVATION_RANGE[0])
     if power_of_two:
-        scale = pow2_by_error(scale, lambda s: _activation_rounding(sample, s, _zero_point(low, s)))
-    return scale, _zero_point(low, scale)
+        scale = pow2_by_error(scale, lambda s: _activation_rounding(sample, s, zero_point_for(low, s)))
+    return scale, zero_point_for(low, scale)
 
 
 def pow2_by_error(scale: float, residual) -> float:
@@ -117,7 +118,8 @@ def _pow2(scale: torch.Tensor, rounding) -> torch.Tensor:
     return torch.exp2(rounding(torch.log2(scale)))
 
 
-def _zero_point(low: float, scale: float) -> int:
+def zero_point_for(low: float, scale: float) -> int:
+    """The uint8 zero point of a grid of `scale` whose lowest value is `low` (<= 0)."""
     return int(min(max(round(-low / scale), ACTIVATION_RANGE[0]), ACTIVATION_RANGE[1]))
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from pruning.model import PrunedViT
 from pruning.quantisation._attention import AttentionProducts, operand_scale
 from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activation_qparams, weight_scales
+from pruning.quantisation._pow2_search import SEARCH_IMAGES, network_pow2
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
 from pruning.quantisation.precisions import PRECISIONS
 
@@ -94,6 +95,7 @@ def quantise(
     reconstruct: bool = False,
     attention: bool = False,
     float_blocks: Iterable[int] = (),
+    network_scales: bool = False,
 ) -> PrunedViT:
     """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
 
@@ -105,13 +107,21 @@ def quantise(
     (`pruning.quantisation._reconstruct`). With `attention`, the attention products are quantised too,
     as a fully integer device computes them (`pruning.quantisation._attention`), their ranges taken in
     the float model. The blocks at the indices `float_blocks` stay float (a mixed-precision model: each
-    block in the precision it runs in; the classifier is quantised). Records what it did in `quantisation`.
+    block in the precision it runs in; the classifier is quantised). With `network_scales` (power-of-two
+    precisions), the activation scales are then chosen for the whole network, each moved by a factor of
+    two where that brings the output closer to the float model's (`pruning.quantisation._pow2_search`).
+    Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if pruned.quantisation is not None:
         raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
     power_of_two = PRECISIONS[precision]
+    if network_scales and (reconstruct or not power_of_two):
+        raise QuantisationError(
+            "the network-wide scale search moves power-of-two scales of a model quantised without reconstruction:"
+            " use int8-pow2 without reconstruct"
+        )
     model = copy.deepcopy(pruned).eval()
     batches = list(batches)
     float_blocks = sorted(set(float_blocks))
@@ -144,11 +154,33 @@ def quantise(
                 scale.fill_(operand_scale(absmax, sample, power_of_two))
         described["attention_products"] = ATTENTION_PRODUCTS
         described["float"] = "patch embedding, LayerNorm, softmax, GELU, residual adds"
+    if network_scales:
+        searched = _search_batches(batches)
+        with torch.no_grad():
+            reference = torch.cat([pruned.eval()(batch) for batch in searched])
+        lows = {name: min(ranges[name][0], 0.0) for name in layers}
+        moved = network_pow2(model, reference, searched, lows)
+        images = sum(len(batch) for batch in searched)
+        described["scales"] = (
+            f"powers of two, chosen for the whole network: {moved} activation scales moved by a factor of two from "
+            f"their own best, where that brought the output closer to the float model's (KL on {images} images)"
+        )
     if float_blocks:
         described["float_blocks"] = float_blocks
         described["float"] += f"; blocks {', '.join(map(str, float_blocks))} whole"
     model.quantisation = described
     return model
+
+
+def _search_batches(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The first `SEARCH_IMAGES` calibration images, in their batches."""
+    chosen, images = [], 0
+    for batch in batches:
+        if images >= SEARCH_IMAGES:
+            break
+        chosen.append(batch[: SEARCH_IMAGES - images])
+        images += len(chosen[-1])
+    return chosen
 
 
 ATTENTION_PRODUCTS = (

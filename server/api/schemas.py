@@ -179,6 +179,9 @@ class ModelOut(BaseModel):
     precision: str = Field(
         default=FLOAT, description="fp32, or the quantisation (int8, int8-pow2) its weights and scales are stored at"
     )
+    float_blocks: list[int] = Field(
+        default=[], description="blocks a quantised model keeps in fp32 (per-block precision)"
+    )
     val_top1: float | None = Field(description="validation top-1 (%) on val_images (held out from the search)")
     calib_accuracy: float | None = Field(
         description="calibration top-1 (%) on calib_images: the search chose among models on them, so not a "
@@ -202,13 +205,14 @@ class ModelOut(BaseModel):
     def of(cls, model: PrunedModel) -> ModelOut:
         fields = {name: getattr(model, name) for name in cls.model_fields if hasattr(PrunedModel, name)}
         val = model.metrics.get("val") if isinstance(model.metrics.get("val"), dict) else {}
-        precision = model.metrics.get("precision", FLOAT)
+        precision, float_blocks = model.metrics.get("precision", FLOAT), model.metrics.get("float_blocks", [])
         return cls(
             **fields,
             **_image_sets(model.job.spec, [model]),
             precision=precision,
+            float_blocks=float_blocks,
             val_agreement=val.get("agreement"),
-            summary=summarise(model.config, precision),
+            summary=summarise(model.config, precision, float_blocks),
         )
 
 
@@ -236,6 +240,7 @@ class TrialOut(BaseModel):
     pareto: bool = Field(description="on the Pareto front of the job's trials so far (within budget, evaluated)")
     params: dict[str, Any]
     precision: str = Field(default=FLOAT, description="fp32, or the quantisation the trial was scored and priced at")
+    float_blocks: list[int] = Field(default=[], description="blocks the quantised trial kept in fp32")
     summary: str | None = Field(description="the pruned structure in a few words")
 
     @classmethod
@@ -251,7 +256,8 @@ class TrialOut(BaseModel):
             pareto=record.pareto,
             params=record.params,
             precision=record.precision,
-            summary=summarise(record.config, record.precision) if record.config else None,
+            float_blocks=list(record.float_blocks),
+            summary=summarise(record.config, record.precision, record.float_blocks) if record.config else None,
         )
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from pruning.quantisation.precisions import FLOAT
+from pruning.quantisation.precisions import FLOAT, precision_label
 from pruning.tokens import TOKEN_OPS
 
 __all__ = ["summarise"]
 
 
-def summarise(config: dict[str, Any], precision: str = FLOAT) -> str:
-    """The structure, and the precision when it is not fp32."""
+def summarise(config: dict[str, Any], precision: str = FLOAT, float_blocks: Sequence[int] = ()) -> str:
+    """The structure, and the precision when it is not fp32 (with the blocks a quantised model keeps float)."""
     blocks = config.get("blocks", [])
     tokens = []
     for index, block in enumerate(blocks):
@@ -29,5 +30,5 @@ def summarise(config: dict[str, Any], precision: str = FLOAT) -> str:
     if config.get("package_token"):
         parts.append("package token")
     if precision != FLOAT:
-        parts.append(precision)
+        parts.append(precision_label(precision, float_blocks))
     return "; ".join(parts)

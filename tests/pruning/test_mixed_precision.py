@@ -69,9 +69,10 @@ def test_the_float_blocks_keep_their_float_layers_and_the_others_are_quantised(p
     assert mixed.quantisation["layers"] == len(quantised_layers(whole.model)) - 2 * 4
     # A float block moves the output towards the float model's.
     reference = predict(pruned, images)
-    assert classification_metrics(predict(mixed, images), None, reference).kl < classification_metrics(
-        predict(whole, images), None, reference
-    ).kl
+    assert (
+        classification_metrics(predict(mixed, images), None, reference).kl
+        < classification_metrics(predict(whole, images), None, reference).kl
+    )
 
 
 def test_float_blocks_that_do_not_exist_or_are_all_of_them_are_refused(pruned, images):
@@ -137,3 +138,30 @@ def test_a_mixed_model_is_priced_block_by_block_in_the_dtype_that_runs_each(tmp_
     assert mixed.ms == pytest.approx(int8.ms + gap)
     assert int8.ms < mixed.ms < fp32.ms
     assert mixed.block_ms[0] == fp32.block_ms[0] and mixed.block_ms[1] == int8.block_ms[1]
+
+
+def test_network_wide_power_of_two_scales_bring_the_output_closer_and_stay_powers_of_two(pruned, images):
+    batches = calibration(images)
+    local = quantise(pruned, batches, "int8-pow2", attention=True)
+    network = quantise(pruned, batches, "int8-pow2", attention=True, network_scales=True)
+    assert "chosen for the whole network" in network.quantisation["scales"]
+    with torch.no_grad():
+        reference = torch.cat([pruned(batch) for batch in batches])
+
+        def kl(model):
+            return classification_metrics(torch.cat([model(b) for b in batches]), None, reference).kl
+
+        assert kl(network) < kl(local)  # each move was kept only where it lowered this KL (and some moved)
+    scales = [layer.input_scale for layer in quantised_layers(network.model).values()]
+    scales += [getattr(b.attn.products, n) for b in network.blocks for n in ("query_scale", "key_scale")]
+    for scale in scales:
+        assert float(torch.log2(scale)) == round(float(torch.log2(scale)))
+    moved = [
+        float(a.input_scale) / float(b.input_scale)
+        for a, b in zip(quantised_layers(network.model).values(), quantised_layers(local.model).values(), strict=True)
+    ]
+    assert set(moved) <= {0.5, 1.0, 2.0}
+    with pytest.raises(QuantisationError, match="use int8-pow2 without reconstruct"):
+        quantise(pruned, batches, "int8", network_scales=True)
+    with pytest.raises(QuantisationError, match="use int8-pow2 without reconstruct"):
+        quantise(pruned, batches, "int8-pow2", reconstruct=True, network_scales=True)

@@ -168,7 +168,16 @@ def test_a_quantised_trial_scores_the_quantised_pruned_model_from_the_cached_qua
     torch.testing.assert_close(result.logits, expected, rtol=1e-5, atol=1e-5)
     # the float trial of the same config is another model
     assert not torch.allclose(evaluator.evaluate(config).logits, result.logits, atol=1e-4)
-    assert set(p for p, _ in evaluator._states) == {"fp32", precision}
+    assert set(p for (p, _blocks), _ in evaluator._states) == {"fp32", precision}
+    # Blocks kept float, before the first change (from a prefix of their own) and after it.
+    for float_blocks in ((0,), (3,)):
+        mixed = evaluator.evaluate(config, precision=precision, float_blocks=float_blocks)
+        pruned = prune_model(model, config, name=MODEL, importance=importance)
+        expected_model = quantise(pruned, batches, precision, float_blocks=float_blocks)
+        with torch.inference_mode():
+            expected = torch.cat([expected_model(x) for x in evaluator.inputs])
+        torch.testing.assert_close(mixed.logits, expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(mixed.logits, result.logits, atol=1e-4)
 
 
 def test_a_quantised_trial_needs_calibration_batches(setup):
