@@ -12,7 +12,8 @@ board's 16-bit fixed-point design (`latency_models.devices.analytic`).
 
     python bench/joint_search.py --data $VITPRUNE_DATA_DIR --targets fpga:zcu102:1:0.5,mobile-cpu:1:0.5 --trials 40
 
-Writes `<out>/joint_search.{json,md}`; studies and bundles go to `--work`.
+Writes `<out>/joint_search.{json,md}`; studies and bundles go to `--work`. `--searches "pruning + int8"`
+re-runs one kind of search and keeps the other rows of the file there.
 """
 
 from __future__ import annotations
@@ -41,15 +42,27 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--work", type=Path, default=Path("runs/joint_search"))
+    parser.add_argument(
+        "--searches", default=",".join(SEARCHES), help="re-run only these; the other rows are kept from --out's file"
+    )
     args = parser.parse_args()
     if args.data is None:
         parser.error("give --data or set VITPRUNE_DATA_DIR")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
+    chosen = args.searches.split(",")
+    if unknown := set(chosen) - set(SEARCHES):
+        parser.error(f"--searches: unknown {sorted(unknown)}; choose from {', '.join(SEARCHES)}")
+    saved = args.out / "joint_search.json"
+    kept = json.loads(saved.read_text())["rows"] if saved.exists() and len(chosen) < len(SEARCHES) else []
     rows = []
     for target in args.targets.split(","):
         device, batch, ratio = target.rsplit(":", 2)
         for name, precisions in SEARCHES.items():
+            if name not in chosen:
+                rows += [r for r in kept if (r["device"], r["batch"], r["ratio"], r["search"]) == (
+                    device, int(batch), float(ratio), name)]  # fmt: skip
+                continue
             rows.append(run(args, device, int(batch), float(ratio), name, precisions))
             print(json.dumps(rows[-1]))
             summary = {"model": MODEL, "trials": args.trials, "calib_images": args.calib_images, "rows": rows}

@@ -112,10 +112,10 @@ class Registry:
         """The device name that prices `precision` on `device` (`DeviceBackend.priced_as`); None: no price."""
         return self.backend(device).priced_as(precision)
 
-    def integer_attention(self, device: str, precision: str) -> bool:
-        """Whether `device` multiplies a `precision` model's attention products in int8
-        (`DeviceBackend.integer_attention`)."""
-        return self.backend(device).integer_attention(precision)
+    def fully_integer(self, device: str, precision: str) -> int | None:
+        """How `device` computes a `precision` model: None, or fully in integer with its residual stream's
+        channels scaled up to 2^k apart (`DeviceBackend.fully_integer`)."""
+        return self.backend(device).fully_integer(precision)
 
     def predictor(self, device: str, spec: ModelSpec, batches: list[int], progress: bool = True) -> LatencyPredictor:
         predictor = LatencyPredictor(self.table(device, spec, batches, progress))

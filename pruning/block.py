@@ -19,7 +19,7 @@ from torch import nn
 from pruning.config import BlockConfig, ScoreKind
 from pruning.tokens import TokenState, attention_mask
 
-__all__ = ["attention_half", "attention_heads", "block_forward", "mlp_half", "mlp_hidden"]
+__all__ = ["attention_half", "attention_heads", "block_forward", "mlp_half", "mlp_hidden", "on_stream_grid"]
 
 
 def attention_heads(
@@ -80,6 +80,7 @@ def attention_half(
     """The residual attention branch, then this block's token reduction (if any)."""
     op = cfg.tokens
     want = score if op.needs == "scores" else op.needs
+    state = on_stream_grid(block, "stream_in", state)
     heads_out, extra = attention_heads(block.attn, block.norm1(state.x), attention_mask(state), want)
     state = replace(state, x=state.x + block.ls1(block.attn.proj(heads_out)))
     return op.apply(state, extra, package_token)
@@ -87,7 +88,15 @@ def attention_half(
 
 def mlp_half(block: nn.Module, state: TokenState) -> TokenState:
     """The residual MLP branch."""
+    state = on_stream_grid(block, "stream_mid", state)
     return replace(state, x=state.x + block.ls2(block.mlp.fc2(mlp_hidden(block.mlp, block.norm2(state.x)))))
+
+
+def on_stream_grid(module: nn.Module, name: str, state: TokenState) -> TokenState:
+    """The residual stream put on `module`'s grid `name` where a model quantised for a fully integer
+    device has one (`pruning.quantisation._stream`), else as it is."""
+    grid = getattr(module, name, None)
+    return state if grid is None else replace(state, x=grid(state.x))
 
 
 def block_forward(

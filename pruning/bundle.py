@@ -292,7 +292,14 @@ def load_bundle(path: str | Path) -> PrunedViT:
 
 def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
     """Give the weightless model the quantised layers whose scales the weights file holds."""
-    from pruning.quantisation import PRECISIONS, QuantisationError, attach_products, kept_float, wrap_linears
+    from pruning.quantisation import (
+        PRECISIONS,
+        QuantisationError,
+        attach_products,
+        attach_stream_grids,
+        kept_float,
+        wrap_linears,
+    )
 
     if not isinstance(quantisation, dict) or quantisation.get("precision") not in PRECISIONS:
         raise BundleError(
@@ -308,6 +315,8 @@ def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
     wrap_linears(pruned.model, keep_float)
     if quantisation.get("attention_products"):
         attach_products(pruned.model, keep_float)
+    if quantisation.get("stream"):
+        attach_stream_grids(pruned, keep_float)
     pruned.quantisation = quantisation
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pruning.data import ImageSet
 
-__all__ = ["EvalResult", "classification_metrics", "evaluate", "predict"]
+__all__ = ["EvalResult", "classification_metrics", "evaluate", "per_image_kl", "predict"]
 
 
 @dataclass
@@ -104,14 +104,19 @@ def classification_metrics(
         reference = reference_logits.to(logits.device)
         agrees = logits.argmax(dim=1) == reference.argmax(dim=1)
         result.agreement, result.agreement_se = _percent(agrees), _standard_error(agrees, 100.0)
-        # float64 log-softmax: exact zero for identical logits and no cancellation for near-equal ones.
-        log_p = F.log_softmax(reference.to(torch.float64), dim=1)
-        log_q = F.log_softmax(logits.to(torch.float64), dim=1)
-        terms = log_p.exp() * (log_p - log_q)
-        # Classes the reference gives probability 0 contribute 0 (the limit), not 0 * inf = nan.
-        per_image = torch.where(torch.isneginf(log_p), torch.zeros_like(terms), terms).sum(dim=1)
+        per_image = per_image_kl(logits, reference)
         result.kl, result.kl_se = float(per_image.mean().item()), _standard_error(per_image)
     return result
+
+
+def per_image_kl(logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) || softmax(logits)) of each image, in nats (float64)."""
+    # float64 log-softmax: exact zero for identical logits and no cancellation for near-equal ones.
+    log_p = F.log_softmax(reference_logits.to(logits.device, torch.float64), dim=1)
+    log_q = F.log_softmax(logits.to(torch.float64), dim=1)
+    terms = log_p.exp() * (log_p - log_q)
+    # Classes the reference gives probability 0 contribute 0 (the limit), not 0 * inf = nan.
+    return torch.where(torch.isneginf(log_p), torch.zeros_like(terms), terms).sum(dim=1)
 
 
 def evaluate(

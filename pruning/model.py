@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from pruning.block import block_forward
+from pruning.block import block_forward, on_stream_grid
 from pruning.config import PruneConfig
 from pruning.families import Family, family_of
 from pruning.importance import (
@@ -72,7 +72,7 @@ class PrunedViT(nn.Module):
         return state
 
     def head(self, state: TokenState) -> torch.Tensor:
-        return self.family.head(self.model, state)
+        return self.family.head(self.model, on_stream_grid(self.model, "stream_out", state))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         state = self.run_blocks(self.embed(images))

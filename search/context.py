@@ -9,7 +9,7 @@ price and prune identically.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -84,9 +84,10 @@ class JobContext:
     """The safety margin the search keeps: `budget_ms` is the job's budget / (1 + margin)."""
     compute: str = "auto"
     """This process's compute device, for a job that leaves it to the worker (`compute: auto`)."""
-    integer_attention: frozenset[str] = frozenset()
-    """The quantised precisions whose attention products the job's device multiplies in int8
-    (`DeviceBackend.integer_attention`): trials and Pareto models of those are quantised so too."""
+    fully_integer: dict[str, int | None] = field(default_factory=dict)
+    """The quantised precisions the job's device computes fully in integer -> how far apart it scales its
+    residual stream's channels (`DeviceBackend.fully_integer`; None: the stream stays float, a study from
+    before the stream was quantised): trials and Pareto models of those are quantised so too."""
     _evaluator: TrialEvaluator | None = None
 
     @property
@@ -119,7 +120,7 @@ class JobContext:
                 device=self.compute_device,
                 dtype=self.job.score_dtype,
                 quantisation=quantisation_batches(self.calib) if self.job.space.quantised else None,
-                integer_attention=self.integer_attention,
+                fully_integer=self.fully_integer,
             )
         return self._evaluator
 
@@ -162,7 +163,7 @@ class JobContext:
         margin = budget_margin(job, predictor, spec)
         return cls(
             job, dense, spec, space, predictor, budget_ms, dense_ms, calib, importance, predictors, cache_dir, margin,
-            integer_attention=integer_attention(job, registry),
+            fully_integer=fully_integer(job, registry),
         )  # fmt: skip
 
     def save_to(self, study: optuna.Study) -> None:
@@ -171,7 +172,7 @@ class JobContext:
         study.set_user_attr("budget_ms", self.budget_ms)
         study.set_user_attr("budget_margin", self.margin)
         study.set_user_attr("dense_ms", self.dense_ms)
-        study.set_user_attr("integer_attention", sorted(self.integer_attention))
+        study.set_user_attr("fully_integer", self.fully_integer)
         study.set_user_attr("table", self.predictor.table.model_dump(mode="json", by_alias=True))
         if self.predictors:
             tables = {p: t.table.model_dump(mode="json", by_alias=True) for p, t in self.predictors.items()}
@@ -221,7 +222,8 @@ class JobContext:
             predictors or None,
             cache_dir,
             margin=attrs.get("budget_margin", 0.0),
-            integer_attention=frozenset(attrs.get("integer_attention", ())),
+            # A study from before the residual stream was quantised keeps computing it float.
+            fully_integer=attrs.get("fully_integer", dict.fromkeys(attrs.get("integer_attention", ()))),
         )
 
 
@@ -319,11 +321,12 @@ def fit_batches(images: ImageSet) -> list[torch.Tensor]:
     return [x for x, _ in _spread(images, FIT_IMAGES).batches(32)]
 
 
-def integer_attention(job: JobSpec, registry: Registry) -> frozenset[str]:
-    """The job's quantised precisions whose attention products its device multiplies in int8."""
+def fully_integer(job: JobSpec, registry: Registry) -> dict[str, int | None]:
+    """The job's quantised precisions its device computes fully in integer -> its stream's channel shifts."""
     if job.table:
-        return frozenset()
-    return frozenset(p for p in job.space.precisions if registry.integer_attention(job.device, p))
+        return {}
+    shifts = {p: registry.fully_integer(job.device, p) for p in job.space.precisions}
+    return {p: k for p, k in shifts.items() if k is not None}
 
 
 def quantisation_batches(images: ImageSet) -> list[torch.Tensor]:

@@ -88,8 +88,8 @@ class TrialEvaluator:
         dtype: float32, or bfloat16 / float16 to score under autocast.
         quantisation: calibration batches that set a quantised trial's input ranges (needed for quantised
             precisions only).
-        integer_attention: the precisions whose attention products the device multiplies in int8
-            (`DeviceBackend.integer_attention`): quantised so too.
+        fully_integer: the precisions the device computes fully in integer -> its stream's channel shifts
+            (`DeviceBackend.fully_integer`): quantised so too.
     """
 
     def __init__(
@@ -105,7 +105,7 @@ class TrialEvaluator:
         device: torch.device | None = None,
         dtype: str = "float32",
         quantisation: Sequence[torch.Tensor] | None = None,
-        integer_attention: frozenset[str] = frozenset(),
+        fully_integer: dict[str, int | None] | None = None,
     ) -> None:
         self.dense = dense.eval()
         self.spec = spec
@@ -118,7 +118,7 @@ class TrialEvaluator:
         self.inputs = [x.to(self.device) for x, _ in shuffled.batches(batch_size)]
         self.labels = shuffled.labels
         self.quantisation = [x.to(self.device) for x in quantisation or []]
-        self.integer_attention = integer_attention
+        self.fully_integer = fully_integer or {}
         self.reference = prune_model(dense, PruneConfig.dense(spec), name=spec.name).to(self.device)
         # (precision, blocks kept float) -> the dense model at it
         self._references = {(FLOAT, ()): self.reference}
@@ -189,16 +189,18 @@ class TrialEvaluator:
         the quantisation batches (`pruning.quantisation.block_sensitivity`, measured once per precision)."""
         if precision not in self._sensitivity:
             self._no_batches(precision)
-            attention = precision in self.integer_attention
             with scoring(self.device, self.dtype):
-                sensitivity = block_sensitivity(self.reference, self.quantisation, precision, attention=attention)
+                sensitivity = block_sensitivity(self.reference, self.quantisation, precision, **self._recipe(precision))
             self._sensitivity[precision] = sensitivity
         return most_sensitive_blocks(self._sensitivity[precision], count)
 
     def _quantise(self, model: PrunedViT, precision: str, float_blocks: tuple[int, ...] = ()) -> PrunedViT:
         self._no_batches(precision)
-        attention = precision in self.integer_attention
-        return quantise(model, self.quantisation, precision, attention=attention, float_blocks=float_blocks)
+        return quantise(model, self.quantisation, precision, float_blocks=float_blocks, **self._recipe(precision))
+
+    def _recipe(self, precision: str) -> dict:
+        """How the device computes `precision`: `quantise`'s `attention` and `stream`."""
+        return {"attention": precision in self.fully_integer, "stream": self.fully_integer.get(precision)}
 
     def _no_batches(self, precision: str) -> None:
         if not self.quantisation:

@@ -169,7 +169,8 @@ def materialise(
             recover=recover,
             precision=precision,
             quantisation_batches=quant_batches if precision != FLOAT else None,  # those its trial was quantised on
-            integer_attention=precision in context.integer_attention,
+            integer_attention=precision in context.fully_integer,
+            stream_shifts=context.fully_integer.get(precision),
             float_blocks=float_blocks,
             reference=dense.logits,
             out=path,

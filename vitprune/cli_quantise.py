@@ -8,8 +8,9 @@ simulation (top-1 agreement, largest logit difference); with `--measure` the flo
 files are timed here. With `--device` (a device with an int8 price: `host-cpu`, `mobile-cpu`,
 `mobile-cpu:<soc>@<cores>`, `fpga:zcu102`) the model is priced on it as a float model and as an int8 one
 (each in the dtype that runs it there), from the token counts it keeps on the validation images, and
-where that device multiplies the attention products in int8 (a phone's int8, an FPGA) the model is
-quantised to compute them so too.
+where that device computes the model fully in integer (a phone's int8, an FPGA) it is quantised to
+compute so too: the attention products in int8 and the residual stream on uint8 grids
+(`DeviceBackend.fully_integer`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "the calibration images, layer by layer (about a minute per DeiT-Tiny on 2 cores)",
     )  # fmt: skip
     parser.add_argument(
+        "--network-scales", action="store_true", help="with int8-pow2: move each activation scale by a factor of two "
+        "where that brings the output closer to the float model's (RAPQ's whole-network choice; minutes)",
+    )  # fmt: skip
+    parser.add_argument(
         "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="use this many of --calib (spread)"
     )
     mixed = parser.add_mutually_exclusive_group()
@@ -62,7 +67,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device",
         help="a device to price the model on as float and as int8, e.g. mobile-cpu or fpga:zcu102; "
-        "where it multiplies the attention products in int8 (phones, FPGAs), they are quantised so too",
+        "where it computes fully in integer (phones, FPGAs), the model is quantised so too",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=cmd_quantise)
@@ -85,13 +90,14 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         raise ValueError(f"--calibration-images must be >= 1, got {args.calibration_images}")
     if shared_images(args.calib, args.val):
         raise ValueError(f"--calib ({args.calib}) and --val ({args.val}) share images: validation must be held out")
-    attention = False  # without a device: as onnxruntime runs the exported file, attention products in float
+    stream = None  # without a device: as onnxruntime runs the exported file, products and residual adds float
     if args.device:
         from latency_models.registry import Registry
 
         registry = Registry()
         _priced_as(args.device, args.precision, registry)  # a device that cannot price it is refused before any work
-        attention = registry.integer_attention(args.device, args.precision)
+        stream = registry.fully_integer(args.device, args.precision)
+    attention = stream is not None
     model = load_bundle(args.bundle)
     if model.quantisation is not None:
         raise ValueError(
@@ -117,7 +123,7 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         from pruning.quantisation import block_sensitivity, most_sensitive_blocks
 
         sensitivity = block_sensitivity(
-            model, calibration, args.precision, reconstruct=args.reconstruct, attention=attention
+            model, calibration, args.precision, reconstruct=args.reconstruct, attention=attention, stream=stream
         )
         float_blocks = most_sensitive_blocks(sensitivity, args.keep_float)
         checks["block_sensitivity"] = {"kl_gain": sensitivity, "images": len(calib), "chosen": float_blocks}
@@ -147,7 +153,9 @@ def cmd_quantise(args: argparse.Namespace) -> int:
         calibration=calibration,
         precision=args.precision,
         reconstruct=args.reconstruct,
+        network_scales=args.network_scales,
         integer_attention=attention,
+        stream_shifts=stream,
         float_blocks=float_blocks,
         val=val,
         reference=reference,

@@ -24,7 +24,7 @@ from latency_models.schema import LatencyTable
 from pruning.quantisation.precisions import FLOAT, PRECISIONS
 from pruning.spec import ModelSpec
 
-__all__ = ["BASIS", "DEFAULTS", "AnalyticDevice", "AnalyticKind", "runs_in"]
+__all__ = ["BASIS", "DEFAULTS", "STREAM_SHIFTS", "AnalyticDevice", "AnalyticKind", "runs_in", "stream_shifts"]
 
 DTYPE_MARK = "+"
 """Between a phone's name and the dtype it runs (`+int8`)."""
@@ -38,6 +38,15 @@ DEFAULTS = {"mobile-cpu": "mobile-cpu:snapdragon-8-gen-2", "fpga": "fpga:zcu102"
 """A bare analytic model name names its default preset."""
 
 BASIS = "specifications only (analytic model, not fitted to timings)"
+
+
+STREAM_SHIFTS = {MobileCpuParams: 0, FpgaParams: 3}
+"""How far a fully integer device scales its residual stream's channels apart (`DeviceBackend.fully_integer`):
+a phone's int8 runtime has one scale per tensor; the FPGA up to 2^3, FQ-ViT's Power-of-Two Factor."""
+
+
+def stream_shifts(params: MobileCpuParams | FpgaParams) -> int:
+    return STREAM_SHIFTS[type(params)]
 
 
 def runs_in(params: MobileCpuParams | FpgaParams, precision: str) -> str | None:
@@ -87,10 +96,11 @@ class AnalyticDevice:
         base = self.name.partition(DTYPE_MARK)[0]
         return base if dtype == PRESETS[base.partition("@")[0]].dtype else base + DTYPE_MARK + dtype
 
-    def integer_attention(self, precision: str) -> bool:
-        """A phone's int8 model prices the attention products as int8 matmuls (XNNPACK's and TFLite's full
-        int8); an FPGA computes everything on its integer array."""
-        return precision in PRECISIONS and self.priced_as(precision) is not None
+    def fully_integer(self, precision: str) -> int | None:
+        """A phone's int8 model is full int8 (XNNPACK's and TFLite's: int8 attention matmuls, quantised
+        residual adds, one scale per tensor); an FPGA computes everything on its integer units, its stream
+        scaled per channel as FQ-ViT's Power-of-Two Factor does."""
+        return stream_shifts(self.params) if precision in PRECISIONS and self.priced_as(precision) else None
 
 
 class AnalyticKind:

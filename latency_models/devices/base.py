@@ -88,10 +88,13 @@ class DeviceBackend(Protocol):
         `pruning.quantisation.PRECISIONS`) on this device; None where it has no price for it."""
         ...
 
-    def integer_attention(self, precision: str) -> bool:
-        """Whether a quantised model of `precision` multiplies its attention products (QK^T, PV) in int8 on
-        this device, as its int8 price assumes, so that its accuracy must be simulated so
-        (`pruning.quantisation.quantise(attention=True)`); False for float precisions."""
+    def fully_integer(self, precision: str) -> int | None:
+        """How this device computes a quantised model of `precision`, as its int8 price assumes, so that its
+        accuracy is simulated so (`pruning.quantisation.quantise(attention=..., stream=...)`): None where
+        the attention products and the residual stream stay float (onnxruntime's int8 recipe, and every
+        float precision); an int k for a device that computes the model fully in integer: the attention
+        products in int8 and the residual stream on uint8 grids whose channels scale by up to 2^k (0: one
+        scale per tensor)."""
         ...
 
 

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from latency_models.analytic import PRESETS, analytic_table
-from latency_models.devices.analytic import DEFAULTS, runs_in
+from latency_models.devices.analytic import DEFAULTS, runs_in, stream_shifts
 from latency_models.devices.base import DeviceProfile, DeviceSettings, UnknownDeviceError
 from latency_models.devices.imported import NAME, ImportedKind
 from latency_models.fitting import FittedRecord, TimingRow, fit_device, split_base
@@ -94,9 +94,11 @@ class FittedDevice:
             return None
         return self.name if runs_in(record.params(), precision) == record.dtype else None
 
-    def integer_attention(self, precision: str) -> bool:
-        """As its base preset prices the model (a phone's or an FPGA's int8: the attention products in int8)."""
-        return precision in PRECISIONS and self.priced_as(precision) is not None
+    def fully_integer(self, precision: str) -> int | None:
+        """As its base preset computes the model (a phone's or an FPGA's int8: fully integer)."""
+        if precision not in PRECISIONS or self.priced_as(precision) is None:
+            return None
+        return stream_shifts(self.record().params())
 
     def details(self) -> dict[str, Any]:
         record = self.record()

@@ -93,8 +93,8 @@ class HostInt8:
     def priced_as(self, precision: str) -> str | None:
         return NAME if precision in PRECISIONS else None
 
-    def integer_attention(self, precision: str) -> bool:
-        return False  # the exported QDQ file: onnxruntime multiplies the attention products in float
+    def fully_integer(self, precision: str) -> int | None:
+        return None  # the exported QDQ file: onnxruntime keeps the attention products and residual adds float
 
     def details(self) -> dict[str, Any]:
         record = self._record()

@@ -45,8 +45,8 @@ class ImportedDevice:
     def priced_as(self, precision: str) -> str | None:
         return float_only(self.name, precision)
 
-    def integer_attention(self, precision: str) -> bool:
-        return False
+    def fully_integer(self, precision: str) -> int | None:
+        return None
 
     def details(self) -> dict[str, Any]:
         table = LatencyTable.load(self.path)

@@ -133,8 +133,8 @@ class MeasuredDevice:
     def priced_as(self, precision: str) -> str | None:
         return float_only(self.name, precision)
 
-    def integer_attention(self, precision: str) -> bool:
-        return False  # quantised models on this CPU run as onnxruntime runs them (`host_int8`)
+    def fully_integer(self, precision: str) -> int | None:
+        return None  # quantised models on this CPU run as onnxruntime runs them (`host_int8`)
 
     def details(self) -> dict[str, Any]:
         return {}

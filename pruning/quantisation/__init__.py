@@ -15,6 +15,7 @@ _EXPORTS = {
     "QuantisedLinear": "pruning.quantisation._linear",
     "QuantisationError": "pruning.quantisation._quantise",
     "attach_products": "pruning.quantisation._quantise",
+    "attach_stream_grids": "pruning.quantisation._quantise",
     "block_sensitivity": "pruning.quantisation._sensitivity",
     "kept_float": "pruning.quantisation._quantise",
     "most_sensitive_blocks": "pruning.quantisation._sensitivity",
@@ -28,6 +29,7 @@ __all__ = [
     "QuantisationError",
     "QuantisedLinear",
     "attach_products",
+    "attach_stream_grids",
     "block_sensitivity",
     "kept_float",
     "most_sensitive_blocks",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from pruning.quantisation._quantise import (
         QuantisationError,
         attach_products,
+        attach_stream_grids,
         kept_float,
         quantise,
         quantised_layers,

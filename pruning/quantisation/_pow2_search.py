@@ -5,8 +5,9 @@ rounds that input's own values with the smaller squared error. But a scale's rou
 clipping error reach the output through every layer after it, and what matters is the output: a
 coarser grid on one input may cost nothing downstream while a finer one elsewhere saves much. So,
 starting from the layer-by-layer choice, each scale in turn, in forward order, tries the power of two
-below and above its own and keeps whichever brings the model's logits closest to the float model's
-(KL divergence, on calibration images), with every scale before it already settled. The scales are
+below and above its own and moves where that brings the model's logits closer to the float model's
+(KL divergence on calibration images, by more than two standard errors of the per-image change, so
+that chance does not move it), with every scale before it already settled. The scales are
 the activation grids a power-of-two device shifts by: every quantised layer's input and, where the
 attention products are quantised, the scaled query, keys and values. Per-channel weight scales keep
 their own squared-error choice (hundreds per layer; each moves the output far less than an input's).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pruning.metrics import classification_metrics
+from pruning.metrics import per_image_kl
 from pruning.model import PrunedViT
 from pruning.quantisation._attention import AttentionProducts
 from pruning.quantisation._linear import QuantisedLinear, zero_point_for
@@ -31,8 +32,11 @@ from pruning.quantisation._linear import QuantisedLinear, zero_point_for
 __all__ = ["SEARCH_IMAGES", "network_pow2"]
 
 SEARCH_IMAGES = 128
-"""Calibration images whose logits judge each try: KL on 128 images tells a power of two from the
-next, and each try costs a forward pass over them."""
+"""Calibration images whose logits judge each try; each try costs a forward pass over them."""
+MARGIN = 2.0
+"""A move is kept only where it lowers the KL by this many standard errors of the per-image change:
+with a hundred scales to try, a move that lowers the KL on these images by chance alone would be kept
+a few times, and such a move makes the model worse on others."""
 
 
 def network_pow2(
@@ -50,14 +54,17 @@ def network_pow2(
     moved = 0
     with torch.no_grad():
         states = [model.embed(batch) for batch in batches]
+        current = _kl(model, states, 0, reference)
         for index, block in enumerate(blocks):
             for site in _sites(block, names, lows):
-                moved += _settle(site, lambda i=index, s=states: _kl(model, s, i, reference))
+                current, changed = _settle(site, lambda i=index, s=states: _kl(model, s, i, reference), current)
+                moved += changed
             states = [model.run_blocks(state, start=index, stop=index + 1) for state in states]
         inside = {id(m) for block in blocks for m in block.modules()}
         rest = [m for m in model.model.modules() if id(m) not in inside]
         for site in _sites_of(rest, names, lows):
-            moved += _settle(site, lambda s=states: _kl(model, s, len(blocks), reference))
+            current, changed = _settle(site, lambda s=states: _kl(model, s, len(blocks), reference), current)
+            moved += changed
     return moved
 
 
@@ -97,20 +104,22 @@ def _input_site(layer: QuantisedLinear, low: float) -> _Site:
     return _Site(lambda: float(layer.input_scale), put, layer)
 
 
-def _settle(site: _Site, kl) -> int:
-    """Keep whichever of the site's scale, half of it and twice it gives the lowest `kl()`; 1 if it moved."""
+def _settle(site: _Site, kl: Callable[[], torch.Tensor], current: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Move the site's scale (whose per-image `kl()` is `current`) to half or twice it where that lowers the
+    mean KL by more than `MARGIN` standard errors of the per-image change (the better move if both do);
+    (the per-image KL kept, 1 if the scale moved)."""
     scale = site.get()
-    best, best_kl = scale, kl()
+    best, best_kl = scale, current
     for candidate in (scale / 2, scale * 2):
         site.put(candidate)
         tried = kl()
-        if tried < best_kl:
+        gain = best_kl - tried
+        if gain.mean() > MARGIN * gain.std() / len(gain) ** 0.5:
             best, best_kl = candidate, tried
     site.put(best)
-    return int(best != scale)
+    return best_kl, int(best != scale)
 
 
-def _kl(model: PrunedViT, states: list, start: int, reference: torch.Tensor) -> float:
-    """KL of the model's logits, run from block `start` on the cached `states`, to `reference`."""
-    logits = torch.cat([model.head(model.run_blocks(state, start=start)) for state in states])
-    return classification_metrics(logits, None, reference).kl
+def _kl(model: PrunedViT, states: list, start: int, reference: torch.Tensor) -> torch.Tensor:
+    """Per-image KL of the model's logits, run from block `start` on the cached `states`, to `reference`."""
+    return per_image_kl(torch.cat([model.head(model.run_blocks(state, start=start)) for state in states]), reference)

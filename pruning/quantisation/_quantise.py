@@ -19,11 +19,20 @@ from torch import nn
 from pruning.model import PrunedViT
 from pruning.quantisation._attention import AttentionProducts, operand_scale
 from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activation_qparams, weight_scales
-from pruning.quantisation._pow2_search import SEARCH_IMAGES, network_pow2
+from pruning.quantisation._pow2_search import MARGIN, SEARCH_IMAGES, network_pow2
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
+from pruning.quantisation._stream import StreamGrid, StreamObserver, stream_qparams, stream_slots
 from pruning.quantisation.precisions import PRECISIONS
 
-__all__ = ["QuantisationError", "attach_products", "kept_float", "quantise", "quantised_layers", "wrap_linears"]
+__all__ = [
+    "QuantisationError",
+    "attach_products",
+    "attach_stream_grids",
+    "kept_float",
+    "quantise",
+    "quantised_layers",
+    "wrap_linears",
+]
 
 NO_IMAGES = "quantisation needs calibration images to set the activation ranges"
 
@@ -96,6 +105,7 @@ def quantise(
     attention: bool = False,
     float_blocks: Iterable[int] = (),
     network_scales: bool = False,
+    stream: int | None = None,
 ) -> PrunedViT:
     """A quantised copy of `pruned` (which is left as it is), its input ranges calibrated on `batches`.
 
@@ -110,6 +120,8 @@ def quantise(
     block in the precision it runs in; the classifier is quantised). With `network_scales` (power-of-two
     precisions), the activation scales are then chosen for the whole network, each moved by a factor of
     two where that brings the output closer to the float model's (`pruning.quantisation._pow2_search`).
+    With `stream` (a fully integer device), the residual stream is put on uint8 grids too, each channel's
+    scale a shared one times up to 2^`stream` (`pruning.quantisation._stream`; 0: one scale per tensor).
     Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
@@ -117,6 +129,8 @@ def quantise(
     if pruned.quantisation is not None:
         raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
     power_of_two = PRECISIONS[precision]
+    if stream is not None and not attention:
+        raise QuantisationError("the residual stream is quantised for a fully integer device: also quantise attention")
     if network_scales and (reconstruct or not power_of_two):
         raise QuantisationError(
             "the network-wide scale search moves power-of-two scales of a model quantised without reconstruction:"
@@ -127,17 +141,21 @@ def quantise(
     float_blocks = sorted(set(float_blocks))
     keep_float = kept_float(model, float_blocks)
     layers = wrap_linears(model.model, keep_float)
+    observers = _observe_stream(model, keep_float) if stream is not None else []
     if reconstruct:
         if not batches:
             raise QuantisationError(NO_IMAGES)
         for layer in layers.values():
             layer.simulate = False
-        operands = _calibrate(model, {}, batches, True, keep_float)[1] if attention else {}  # in the float model
+        # Ranges in the float model; the stream's grids are in place before the layers are fitted.
+        operands = _calibrate(model, {}, batches, True, keep_float)[1] if attention or observers else {}
+        _place_stream(observers, stream, power_of_two)
         rebuilt = reconstruct_layers(model, layers, batches, power_of_two)
         images = sum(len(batch) for batch in batches)
         described = _describe(precision, layers, images=images, reconstructed=len(rebuilt))
     else:
         ranges, operands, images = _calibrate(model, layers, batches, attention, keep_float)
+        _place_stream(observers, stream, power_of_two)
         for name, layer in layers.items():
             low, high, sample = ranges[name]
             scale, zero_point = activation_qparams(low, high, sample, power_of_two)
@@ -163,13 +181,51 @@ def quantise(
         images = sum(len(batch) for batch in searched)
         described["scales"] = (
             f"powers of two, chosen for the whole network: {moved} activation scales moved by a factor of two from "
-            f"their own best, where that brought the output closer to the float model's (KL on {images} images)"
+            f"their own best, where that brought the output closer to the float model's (KL on {images} images, by "
+            f"more than {MARGIN:g} standard errors)"
         )
+    if stream is not None:
+        described["stream"] = STREAM.format(shifts=stream, images=images)
+        described["float"] = "patch embedding; the arithmetic inside LayerNorm, softmax and GELU, between 8-bit grids"
     if float_blocks:
         described["float_blocks"] = float_blocks
         described["float"] += f"; blocks {', '.join(map(str, float_blocks))} whole"
     model.quantisation = described
     return model
+
+
+STREAM = (
+    "uint8 residual stream at each block's input and middle and before the final LayerNorm: per channel a shared "
+    "scale times 2^0..2^{shifts} and a zero point, min-max over {images} calibration images"
+)
+
+
+def attach_stream_grids(pruned: PrunedViT, keep_float: Iterable[nn.Module] = ()) -> list[StreamGrid]:
+    """Give `pruned` the stream grids whose scales a quantised bundle holds (but in the blocks kept float)."""
+    grids = []
+    for module, name, channels in stream_slots(pruned, list(keep_float)):
+        grids.append(StreamGrid(channels))
+        setattr(module, name, grids[-1])
+    return grids
+
+
+def _observe_stream(pruned: PrunedViT, keep_float: list[nn.Module]) -> list[tuple[nn.Module, str, StreamObserver]]:
+    """Observers where the stream grids will be, recording what the calibration pass sends through."""
+    observers = []
+    for module, name, _ in stream_slots(pruned, keep_float):
+        observers.append((module, name, StreamObserver()))
+        setattr(module, name, observers[-1][2])
+    return observers
+
+
+def _place_stream(observers: list[tuple[nn.Module, str, StreamObserver]], shifts: int, power_of_two: bool) -> None:
+    """Replace each observer by a grid covering what it saw."""
+    for module, name, observer in observers:
+        grid = StreamGrid(len(observer.low))
+        scale, zero_point = stream_qparams(observer.low, observer.high, shifts, power_of_two)
+        grid.scale.copy_(scale)
+        grid.zero_point.copy_(zero_point)
+        setattr(module, name, grid)
 
 
 def _search_batches(batches: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -35,13 +35,14 @@ def block_sensitivity(
     *,
     reconstruct: bool = False,
     attention: bool = False,
+    stream: int | None = None,
 ) -> list[float]:
     """sensitivity(b) of every block of `pruned` at `precision` (see the module docstring), calibrated and
     measured on `batches`."""
     batches = list(batches)
     if not batches:
         raise QuantisationError("block sensitivity needs calibration images")
-    quantised = quantise(pruned, batches, precision, reconstruct=reconstruct, attention=attention)
+    quantised = quantise(pruned, batches, precision, reconstruct=reconstruct, attention=attention, stream=stream)
     with torch.no_grad():
         reference = torch.cat([pruned.eval()(batch) for batch in batches])
 

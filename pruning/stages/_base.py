@@ -79,9 +79,15 @@ class StageInputs:
     reconstruct: bool = False
     """Fit each quantised layer's weight codes and bias to its float output on those batches
     (`pruning.quantisation.quantise`); slower, and it pays only where rounding error dominates."""
+    network_scales: bool = False
+    """With a power-of-two precision, choose the activation scales for the whole network
+    (`pruning.quantisation.quantise`)."""
     integer_attention: bool = False
     """Quantise the attention products too, as a device that multiplies them in int8 computes
-    (`DeviceBackend.integer_attention`)."""
+    (`DeviceBackend.fully_integer`)."""
+    stream_shifts: int | None = None
+    """With `integer_attention`, the residual stream on uint8 grids too, its channels' scales up to
+    2^`stream_shifts` apart (`DeviceBackend.fully_integer`); None: the stream stays float."""
     float_blocks: Sequence[int] = ()
     """Blocks kept float in the quantised model (per-block precision; `pruning.quantisation.quantise`)."""
 

@@ -32,7 +32,9 @@ class Quantise(Stage):
             batches,
             inputs.precision,
             reconstruct=inputs.reconstruct,
+            network_scales=inputs.network_scales,
             attention=inputs.integer_attention,
+            stream=inputs.stream_shifts,
             float_blocks=inputs.float_blocks,
         )
         return quantised, replace(record, quantisation=quantised.quantisation)

@@ -145,12 +145,18 @@ def test_each_device_names_the_table_that_prices_each_precision(registry, spec):
     assert LatencyPredictor(int8).predict(dense, spec, 1).ms < LatencyPredictor(int16).predict(dense, spec, 1).ms
 
 
-def test_a_phone_and_an_fpga_multiply_the_attention_products_of_a_quantised_model_in_int8(registry):
-    # As their int8 prices assume; onnxruntime on this CPU runs the exported file's products in float.
-    for device in ("mobile-cpu", "mobile-cpu:snapdragon-855@one", "fpga", "fpga:zcu102+int16"):
-        assert registry.integer_attention(device, "int8") and registry.integer_attention(device, "int8-pow2")
-        assert not registry.integer_attention(device, "fp32")
-    assert not registry.integer_attention("host-cpu", "int8") and not registry.integer_attention("cuda", "int8")
+def test_a_phone_and_an_fpga_compute_a_quantised_model_fully_in_integer(registry):
+    # As their int8 prices assume: a phone's full-int8 runtime scales its residual stream per tensor, the FPGA
+    # per channel (FQ-ViT's factors up to 2^3); onnxruntime on this CPU keeps products and adds float.
+    for device, shifts in (
+        ("mobile-cpu", 0),
+        ("mobile-cpu:snapdragon-855@one", 0),
+        ("fpga", 3),
+        ("fpga:zcu102+int16", 3),
+    ):
+        assert registry.fully_integer(device, "int8") == registry.fully_integer(device, "int8-pow2") == shifts
+        assert registry.fully_integer(device, "fp32") is None
+    assert registry.fully_integer("host-cpu", "int8") is None and registry.fully_integer("cuda", "int8") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
@@ -182,8 +188,8 @@ def test_a_new_device_kind_is_one_class_and_one_registration(spec, tmp_path, mon
         def priced_as(self, precision: str) -> str | None:
             return self.name if precision == "fp32" else None
 
-        def integer_attention(self, precision: str) -> bool:
-            return False
+        def fully_integer(self, precision: str) -> int | None:
+            return None
 
     class Boards:  # a DeviceKind
         def __init__(self, settings) -> None:

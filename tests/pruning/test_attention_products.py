@@ -10,36 +10,18 @@ import torch
 
 from pruning.block import attention_heads
 from pruning.bundle import CONFIG_FILE, load_bundle, save_bundle
-from pruning.config import PruneConfig
 from pruning.export import export_onnx
 from pruning.metrics import classification_metrics, predict
-from pruning.model import describe, prune_model
 from pruning.onnx_session import onnx_logits, onnx_session
 from pruning.quantisation import quantise
 from pruning.quantisation._attention import OPERAND_RANGE, PROBS_SCALE, AttentionProducts
-from tests.search.tiny import KWARGS, random_images, tiny_model
-from tests.search.tiny import MODEL as NAME
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(24)
-
-
-@pytest.fixture(scope="module")
-def pruned():
-    dense = tiny_model()
-    config = PruneConfig.uniform(describe(dense, NAME), keep_ratio=0.7, at=(1, 2), head_ratio=0.67)
-    return prune_model(dense, config)
+from tests.pruning.tiny_quantised import calibration
+from tests.search.tiny import KWARGS
 
 
 @pytest.fixture(scope="module", params=["int8", "int8-pow2"])
 def quantised(request, pruned, images):
     return quantise(pruned, calibration(images), request.param, attention=True)
-
-
-def calibration(images):
-    return [batch for batch, _ in images.subset(range(12)).batches(6)]
 
 
 def _attentions(model):

@@ -15,7 +15,7 @@ from pruning.bundle import CONFIG_FILE, BundleError, load_bundle, save_bundle
 from pruning.config import PruneConfig
 from pruning.export import export_onnx
 from pruning.metrics import classification_metrics, predict
-from pruning.model import describe, prune_model
+from pruning.model import describe
 from pruning.onnx_session import onnx_logits, onnx_session
 from pruning.quantisation import (
     QuantisationError,
@@ -25,24 +25,8 @@ from pruning.quantisation import (
     quantise,
     quantised_layers,
 )
-from tests.search.tiny import KWARGS, random_images, tiny_model
-from tests.search.tiny import MODEL as NAME
-
-
-@pytest.fixture(scope="module")
-def images():
-    return random_images(24)
-
-
-@pytest.fixture(scope="module")
-def pruned():
-    dense = tiny_model()
-    config = PruneConfig.uniform(describe(dense, NAME), keep_ratio=0.7, at=(1, 2), head_ratio=0.67)
-    return prune_model(dense, config)
-
-
-def calibration(images):
-    return [batch for batch, _ in images.subset(range(12)).batches(6)]
+from tests.pruning.tiny_quantised import calibration
+from tests.search.tiny import KWARGS, MODEL, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +66,10 @@ def test_float_blocks_that_do_not_exist_or_are_all_of_them_are_refused(pruned, i
         quantise(pruned, calibration(images), "int8", float_blocks=range(4))
 
 
-def test_a_blocks_sensitivity_is_what_keeping_it_float_gains(pruned, images):
+@pytest.mark.parametrize("stream", [None, 3])
+def test_a_blocks_sensitivity_is_what_keeping_it_float_gains(pruned, images, stream):
     batches = calibration(images)
-    sensitivity = block_sensitivity(pruned, batches, "int8", attention=True)
+    sensitivity = block_sensitivity(pruned, batches, "int8", attention=True, stream=stream)
     assert len(sensitivity) == len(pruned.blocks)
     reference = torch.cat([pruned(batch) for batch in batches])
 
@@ -92,9 +77,9 @@ def test_a_blocks_sensitivity_is_what_keeping_it_float_gains(pruned, images):
         with torch.no_grad():
             return classification_metrics(torch.cat([model(batch) for batch in batches]), None, reference).kl
 
-    whole = kl(quantise(pruned, batches, "int8", attention=True))
+    whole = kl(quantise(pruned, batches, "int8", attention=True, stream=stream))
     for index in (0, 3):  # the swap equals quantising with that block float (scales come from the float model)
-        alone = kl(quantise(pruned, batches, "int8", attention=True, float_blocks=[index]))
+        alone = kl(quantise(pruned, batches, "int8", attention=True, stream=stream, float_blocks=[index]))
         assert sensitivity[index] == pytest.approx(whole - alone, rel=1e-6, abs=1e-9)
     chosen = most_sensitive_blocks(sensitivity, 2)
     assert len(chosen) == 2 and chosen == sorted(chosen)
@@ -122,7 +107,7 @@ def test_the_bundle_and_the_onnx_file_keep_the_float_blocks_float(mixed, images,
 def test_a_mixed_model_is_priced_block_by_block_in_the_dtype_that_runs_each(tmp_path):
     registry = Registry(tmp_path)
     dense = tiny_model()
-    spec = describe(dense, NAME)
+    spec = describe(dense, MODEL)
     config = PruneConfig.uniform(spec, keep_ratio=0.7, at=(1, 2), head_ratio=0.67)
     float_, quantised = (
         registry.predictor(registry.priced_as("mobile-cpu", precision), spec, [1], progress=False)

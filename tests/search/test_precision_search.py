@@ -54,7 +54,7 @@ def test_each_trial_is_priced_in_the_dtype_of_its_precision(searched):
     dense = [t for t in trials if t.user_attrs["config_key"].startswith(PruneConfig.dense(spec).key())]
     assert len({t.user_attrs["config_key"] for t in dense}) == 2  # the same config at two precisions: two trials
     joining = JobContext.from_study(study)  # a joining worker prices int8 alike, and quantises it alike
-    assert joining.predictors.keys() == {"int8"} and joining.integer_attention == {"int8"}
+    assert joining.predictors.keys() == {"int8"} and joining.fully_integer == {"int8": 3}
 
 
 def test_quantised_pareto_models_are_quantised_bundles_priced_as_int8(searched):

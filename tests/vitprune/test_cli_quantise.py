@@ -78,8 +78,8 @@ def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders
         "fp32": "mobile-cpu:snapdragon-8-gen-2@cluster",
         "int8": "mobile-cpu:snapdragon-8-gen-2@cluster+int8",
     }
-    # the phone multiplies the attention products in int8: the bundle is quantised to compute them so
-    assert "attention_products" in metrics["quantisation"]
+    # the phone runs the model fully in int8: attention products in int8, residual stream one scale per tensor
+    assert "attention_products" in metrics["quantisation"] and "2^0..2^0" in metrics["quantisation"]["stream"]
 
 
 def test_bad_input_is_refused_in_one_line(capsys, folders, class_map):
@@ -132,3 +132,12 @@ def test_the_most_sensitive_blocks_are_kept_float_and_priced_as_float(capsys, fo
         run(capsys, *command(folders, class_map, folders / "never", "--float-blocks", "first"))
     assert "give block indices separated by commas" in capsys.readouterr().err
     assert not (folders / "never").exists()
+
+
+def test_network_scales_choose_power_of_two_scales_for_the_whole_model(capsys, folders, class_map):
+    out = folders / "network"
+    extra = ("--precision", "int8-pow2", "--network-scales", "--calibration-images", "8")
+    assert run(capsys, *command(folders, class_map, out, *extra))[0] == 0
+    assert "chosen for the whole network" in load_bundle(out).quantisation["scales"]
+    code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--network-scales"))
+    assert code == 2 and "use int8-pow2 without reconstruct" in err and "Traceback" not in err

@@ -1,0 +1,71 @@
+"""The residual stream on uint8 grids (`quantise(stream=k)`), as a fully integer device stores it: one scale
+per tensor (k=0) or per channel a shared scale times up to 2^k (FQ-ViT's Power-of-Two Factor)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pruning.bundle import CONFIG_FILE, load_bundle, save_bundle
+from pruning.export import export_onnx
+from pruning.metrics import classification_metrics, predict
+from pruning.onnx_session import onnx_logits, onnx_session
+from pruning.quantisation import QuantisationError, quantise
+from pruning.quantisation._stream import StreamGrid, stream_qparams
+from tests.pruning.tiny_quantised import calibration
+from tests.search.tiny import KWARGS
+
+
+def test_an_outlier_channel_gets_its_own_power_of_two_and_the_others_keep_a_fine_grid():
+    low = torch.tensor([-1.0, -0.5, -40.0, 0.0])
+    high = torch.tensor([1.0, 2.0, 60.0, 3.0])
+    scale, zero_point = stream_qparams(low, high, shifts=3, power_of_two=False)
+    assert scale[2] == pytest.approx(100.0 / 255)  # the widest channel: exactly its range
+    assert torch.allclose(scale[[0, 1, 3]], scale[2] / 8)  # the others: the finest factor
+    assert torch.equal(zero_point, torch.round(-low / scale).clamp(0, 255))
+    per_tensor, _ = stream_qparams(low, high, shifts=0, power_of_two=False)
+    assert torch.all(per_tensor == per_tensor[2])
+    pow2, _ = stream_qparams(low, high, shifts=3, power_of_two=True)
+    assert torch.equal(torch.log2(pow2), torch.round(torch.log2(pow2))) and pow2[2] >= 100.0 / 255
+    grid = StreamGrid(4)
+    grid.scale.copy_(scale)
+    grid.zero_point.copy_(zero_point)
+    x = torch.stack([torch.linspace(lo, hi, 50) for lo, hi in zip(low, high, strict=True)], dim=1)
+    on_grid = grid(x)
+    assert torch.equal(grid(on_grid), on_grid)  # already on the grid
+    assert ((on_grid - x).abs() <= scale / 2 + 1e-6).all()  # the calibrated range is never clipped
+
+
+@pytest.mark.parametrize("shifts", [0, 3])
+def test_the_stream_is_on_its_grids_in_every_quantised_block_and_the_bundle_and_onnx_file_keep_them(
+    pruned, images, shifts, tmp_path
+):
+    quantised = quantise(pruned, calibration(images), "int8", attention=True, stream=shifts, float_blocks=[1])
+    assert f"2^0..2^{shifts}" in quantised.quantisation["stream"]
+    for index, block in enumerate(quantised.blocks):
+        grids = [getattr(block, name, None) for name in ("stream_in", "stream_mid")]
+        assert all(g is None for g in grids) if index == 1 else all(isinstance(g, StreamGrid) for g in grids)
+        for grid in grids if index != 1 else ():
+            ratios = torch.log2(grid.scale / grid.scale.min())
+            assert torch.allclose(ratios, torch.round(ratios), atol=1e-5) and ratios.max() <= shifts + 1e-5
+    assert isinstance(quantised.model.stream_out, StreamGrid)
+    reference = predict(pruned, images)
+    without = quantise(pruned, calibration(images), "int8", attention=True, float_blocks=[1])
+    assert not torch.equal(predict(quantised, images), predict(without, images))  # the stream grids act
+    assert classification_metrics(predict(quantised, images), None, reference).agreement >= 50.0
+
+    path = save_bundle(quantised, tmp_path / "int8", model_kwargs=KWARGS)
+    assert "stream" in json.loads((path / CONFIG_FILE).read_text())["quantisation"]
+    loaded = load_bundle(path)
+    assert torch.equal(predict(loaded, images), predict(quantised, images))
+    onnx_path = tmp_path / "int8.onnx"
+    export_onnx(quantised, onnx_path)
+    runtime = onnx_logits(onnx_session(onnx_path, threads=1), images)
+    assert classification_metrics(runtime, None, predict(quantised, images)).agreement == 100.0
+
+
+def test_a_quantised_stream_needs_quantised_attention_products_too(pruned, images):
+    with pytest.raises(QuantisationError, match="also quantise attention"):
+        quantise(pruned, calibration(images), "int8", stream=0)
