@@ -45,7 +45,7 @@ JOB_NUMBERS = (
     "cheap_first",
     "seed",
 )
-SPACE_NUMBERS = ("keep_min", "group", "merge_group", "merge_max")
+SPACE_NUMBERS = ("keep_min", "group", "merge_group", "merge_max", "keep_float")
 FINE_TUNE_NUMBERS = {"fine_tune_models": "models", "fine_tune_steps": "steps"}
 """Form field -> its FineTuneJob field."""
 

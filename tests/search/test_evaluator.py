@@ -178,6 +178,14 @@ def test_a_quantised_trial_scores_the_quantised_pruned_model_from_the_cached_qua
             expected = torch.cat([expected_model(x) for x in evaluator.inputs])
         torch.testing.assert_close(mixed.logits, expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(mixed.logits, result.logits, atol=1e-4)
+    # A fully integer device: products and residual stream quantised too, the prefix cached so as well.
+    integer = TrialEvaluator(model, spec, images, importance, batch_size=16, quantisation=batches,
+                             fully_integer={precision: 3})  # fmt: skip
+    pruned = prune_model(model, config, name=MODEL, importance=importance)
+    expected_model = quantise(pruned, batches, precision, attention=True, stream=3)
+    with torch.inference_mode():
+        expected = torch.cat([expected_model(x) for x in integer.inputs])
+    torch.testing.assert_close(integer.evaluate(config, precision=precision).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_quantised_trial_needs_calibration_batches(setup):

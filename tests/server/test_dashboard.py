@@ -353,6 +353,7 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     tab.check("#f-mlp")
     tab.fill("#f-group", "2")
     tab.select_option("#f-precisions", "fp32,int8")
+    tab.fill("#f-keep_float", "1")
     tab.click("#submit")
     error = tab.locator("[data-field='budget'] .field-error")
     error.wait_for()
@@ -390,7 +391,7 @@ def test_submit_form_shows_errors_by_field_and_queues_a_valid_job(page: Page, se
     assert job["spec"]["fine_tune"]["models"] == 1 and job["spec"]["fine_tune"]["steps"] == 2
     assert job["spec"]["train"] == str(root / "calib")
     assert job["spec"]["space"]["token_blocks"] == [1, 2] and job["spec"]["model_kwargs"] == KWARGS
-    assert job["spec"]["space"]["precisions"] == ["fp32", "int8"]
+    assert job["spec"]["space"]["precisions"] == ["fp32", "int8"] and job["spec"]["space"]["keep_float"] == 1
     tab.wait_for_selector("#job-status .badge")
 
 

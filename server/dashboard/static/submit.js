@@ -139,6 +139,7 @@
         merge_max: onGrid("merge_max", number("merge_max"), RULES.merge_step, 24),
         merge_group: number("merge_group"),
         precisions: value("precisions").split(","),
+        keep_float: number("keep_float"),
       },
     };
     // JSON.stringify drops the undefined (defaulted) fields.
