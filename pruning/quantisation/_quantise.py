@@ -178,10 +178,10 @@ def quantise(
             reference = torch.cat([pruned.eval()(batch) for batch in searched])
         lows = {name: min(ranges[name][0], 0.0) for name in layers}
         moved = network_pow2(model, reference, searched, lows)
-        images = sum(len(batch) for batch in searched)
+        judged = sum(len(batch) for batch in searched)
         described["scales"] = (
             f"powers of two, chosen for the whole network: {moved} activation scales moved by a factor of two from "
-            f"their own best, where that brought the output closer to the float model's (KL on {images} images, by "
+            f"their own best, where that brought the output closer to the float model's (KL on {judged} images, by "
             f"more than {MARGIN:g} standard errors)"
         )
     if stream is not None:

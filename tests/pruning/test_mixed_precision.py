@@ -125,16 +125,19 @@ def test_a_mixed_model_is_priced_block_by_block_in_the_dtype_that_runs_each(tmp_
     assert mixed.block_ms[0] == fp32.block_ms[0] and mixed.block_ms[1] == int8.block_ms[1]
 
 
-def test_network_wide_power_of_two_scales_bring_the_output_closer_and_stay_powers_of_two(pruned, images):
+def test_network_wide_power_of_two_scales_bring_the_output_closer_and_stay_powers_of_two(pruned, images, monkeypatch):
     batches = calibration(images)
-    local = quantise(pruned, batches, "int8-pow2", attention=True)
-    network = quantise(pruned, batches, "int8-pow2", attention=True, network_scales=True)
-    assert "chosen for the whole network" in network.quantisation["scales"]
+    monkeypatch.setattr("pruning.quantisation._quantise.SEARCH_IMAGES", 9)  # judged on fewer than calibrated on
+    network = quantise(pruned, batches, "int8-pow2", attention=True, stream=3, network_scales=True)
+    local = quantise(pruned, batches, "int8-pow2", attention=True, stream=3)
+    assert "(KL on 9 images" in network.quantisation["scales"]
+    assert "over 12 calibration images" in network.quantisation["stream"]
+    searched = [batches[0], batches[1][:3]]
     with torch.no_grad():
-        reference = torch.cat([pruned(batch) for batch in batches])
+        reference = torch.cat([pruned(batch) for batch in searched])
 
         def kl(model):
-            return classification_metrics(torch.cat([model(b) for b in batches]), None, reference).kl
+            return classification_metrics(torch.cat([model(b) for b in searched]), None, reference).kl
 
         assert kl(network) < kl(local)  # each move was kept only where it lowered this KL (and some moved)
     scales = [layer.input_scale for layer in quantised_layers(network.model).values()]
