@@ -18,14 +18,13 @@ Writes `integer_attention.{json,md}` under `--out`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from quantisation import PRECISIONS, paired_loss, prepare
+from quantisation import PRECISIONS, fidelity, fidelity_cells, halves_parser, prepare, write_results
 
 from latency_models.analytic import FpgaParams, MobileCpuParams
 from latency_models.devices.analytic import STREAM_SHIFTS
@@ -44,14 +43,7 @@ RECIPES = {
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--calibration-images", type=int, default=256, help="spread over the calibration half")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="the split of the sample into calibration and report")
-    args = parser.parse_args()
+    args = halves_parser(__doc__, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     _, report, batches, models = prepare(args)
     rows = []
@@ -62,18 +54,8 @@ def main() -> int:
                 for recipe, (attention, stream) in RECIPES.items():
                     quantised = quantise(model, batches, precision, attention=attention, stream=stream)
                     logits = predict(quantised, report)
-                    fidelity = classification_metrics(logits, report.labels, float_logits)
-                    row = {
-                        "model": name,
-                        "precision": precision,
-                        "recipe": recipe,
-                        "top1": fidelity.top1,
-                        "loss": paired_loss(logits, float_logits, report),
-                        "agreement": fidelity.agreement,
-                        "agreement_se": fidelity.agreement_se,
-                        "kl": fidelity.kl,
-                        "kl_se": fidelity.kl_se,
-                    }
+                    row = {"model": name, "precision": precision, "recipe": recipe}
+                    row |= fidelity(logits, float_logits, report)
                     if attention:
                         path = Path(folder) / f"{name}-{precision}-{stream}.onnx"
                         export_onnx(quantised, path)
@@ -81,18 +63,7 @@ def main() -> int:
                         row["onnx_vs_simulation"] = classification_metrics(runtime, None, logits).agreement
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
-    summary = {
-        "model": args.model,
-        "calibration_images": sum(len(batch) for batch in batches),
-        "report_images": len(report),
-        "seed": args.seed,
-        "threads": args.threads,
-        "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "integer_attention.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "integer_attention.md").write_text(_markdown(summary))
-    print(_markdown(summary))
+    write_results(args, "integer_attention", batches, report, rows, _markdown)
     return 0
 
 
@@ -107,13 +78,8 @@ def _markdown(summary: dict) -> str:
         "|---|---|---|--:|--:|--:|--:|--:|",
     ]
     for row in summary["rows"]:
-        loss = row["loss"]
         onnx = f"{row['onnx_vs_simulation']:.1f}%" if "onnx_vs_simulation" in row else ""
-        lines.append(
-            f"| {row['model']} | {row['precision']} | {row['recipe']} | {row['top1']:.1f} | "
-            f"{loss['points'] + 0.0:+.1f} ± {loss['se']:.1f} | {row['agreement']:.1f} ± {row['agreement_se']:.1f} | "
-            f"{row['kl']:.4f} ± {row['kl_se']:.4f} | {onnx} |"
-        )
+        lines.append(f"| {row['model']} | {row['precision']} | {row['recipe']} | {fidelity_cells(row)} | {onnx} |")
     return "\n".join(lines) + "\n"
 
 

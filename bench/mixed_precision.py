@@ -16,17 +16,15 @@ Writes `mixed_precision.{json,md}` under `--out`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
-from quantisation import paired_loss, prepare
+from quantisation import fidelity, fidelity_cells, halves_parser, prepare, write_results
 
 from latency_models.mixed import MixedPrecisionPredictor
 from latency_models.registry import Registry
-from pruning.metrics import classification_metrics, predict
+from pruning.metrics import predict
 from pruning.quantisation import block_sensitivity, most_sensitive_blocks, quantise
 
 DEVICES = {"mobile-cpu": "int8", "fpga:zcu102": "int8-pow2"}
@@ -34,14 +32,8 @@ DEVICES = {"mobile-cpu": "int8", "fpga:zcu102": "int8-pow2"}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--calibration-images", type=int, default=256, help="spread over the calibration half")
+    parser = halves_parser(__doc__, threads=2)
     parser.add_argument("--max-float", type=int, default=3, help="keep up to this many blocks float")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="the split of the sample into calibration and report")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _, report, batches, models = prepare(args)
@@ -57,35 +49,12 @@ def main() -> int:
                 float_blocks = most_sensitive_blocks(sensitivity, keep)
                 quantised = quantise(model, batches, precision, float_blocks=float_blocks, **recipe)
                 logits = predict(quantised, report)
-                fidelity = classification_metrics(logits, report.labels, float_logits)
-                row = {
-                    "model": name,
-                    "device": device,
-                    "precision": precision,
-                    "float_blocks": float_blocks,
-                    "top1": fidelity.top1,
-                    "loss": paired_loss(logits, float_logits, report),
-                    "agreement": fidelity.agreement,
-                    "agreement_se": fidelity.agreement_se,
-                    "kl": fidelity.kl,
-                    "kl_se": fidelity.kl_se,
-                    "latency": _price(registry, device, model, precision, float_blocks),
-                    "sensitivity": sensitivity,
-                }
+                row = {"model": name, "device": device, "precision": precision, "float_blocks": float_blocks}
+                row |= fidelity(logits, float_logits, report)
+                row |= {"latency": _price(registry, device, model, precision, float_blocks), "sensitivity": sensitivity}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    summary = {
-        "model": args.model,
-        "calibration_images": sum(len(batch) for batch in batches),
-        "report_images": len(report),
-        "seed": args.seed,
-        "threads": args.threads,
-        "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "mixed_precision.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "mixed_precision.md").write_text(_markdown(summary))
-    print(_markdown(summary))
+    write_results(args, "mixed_precision", batches, report, rows, _markdown)
     return 0
 
 
@@ -112,12 +81,10 @@ def _markdown(summary: dict) -> str:
         "|---|---|---|---|--:|--:|--:|--:|--:|",
     ]
     for row in summary["rows"]:
-        loss, latency = row["loss"], row["latency"]
         blocks = ", ".join(map(str, row["float_blocks"])) or "none"
         lines.append(
-            f"| {row['model']} | {row['device']} | {row['precision']} | {blocks} | {row['top1']:.1f} | "
-            f"{loss['points'] + 0.0:+.1f} ± {loss['se']:.1f} | {row['agreement']:.1f} ± {row['agreement_se']:.1f} | "
-            f"{row['kl']:.4f} ± {row['kl_se']:.4f} | {latency['of_fp32']:.2f}x |"
+            f"| {row['model']} | {row['device']} | {row['precision']} | {blocks} | {fidelity_cells(row)} | "
+            f"{row['latency']['of_fp32']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
 

@@ -15,18 +15,16 @@ Writes `network_scales.{json,md}` under `--out`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
-from quantisation import paired_loss, prepare
+from quantisation import fidelity, fidelity_cells, halves_parser, prepare, write_results
 
 from latency_models.analytic import FpgaParams
 from latency_models.devices.analytic import STREAM_SHIFTS
-from pruning.metrics import classification_metrics, predict
+from pruning.metrics import predict
 from pruning.quantisation import quantise
 
 CHOICES = {"layer by layer": False, "whole network": True}
@@ -34,14 +32,7 @@ RECIPES = {"onnxruntime": None, "fully integer (FPGA)": STREAM_SHIFTS[FpgaParams
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--calibration-images", type=int, default=256, help="spread over the calibration half")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="the split of the sample into calibration and report")
-    args = parser.parse_args()
+    args = halves_parser(__doc__, threads=2).parse_args()
     torch.set_num_threads(args.threads)
     _, report, batches, models = prepare(args)
     rows = []
@@ -53,35 +44,12 @@ def main() -> int:
                 at = {"attention": stream is not None, "stream": stream, "network_scales": network}
                 quantised = quantise(model, batches, "int8-pow2", **at)
                 seconds = time.perf_counter() - start
-                logits = predict(quantised, report)
-                fidelity = classification_metrics(logits, report.labels, float_logits)
-                row = {
-                    "model": name,
-                    "recipe": recipe,
-                    "scales": choice,
-                    "top1": fidelity.top1,
-                    "loss": paired_loss(logits, float_logits, report),
-                    "agreement": fidelity.agreement,
-                    "agreement_se": fidelity.agreement_se,
-                    "kl": fidelity.kl,
-                    "kl_se": fidelity.kl_se,
-                    "seconds": seconds,
-                    "described": quantised.quantisation["scales"],
-                }
+                row = {"model": name, "recipe": recipe, "scales": choice}
+                row |= fidelity(predict(quantised, report), float_logits, report)
+                row |= {"seconds": seconds, "described": quantised.quantisation["scales"]}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    summary = {
-        "model": args.model,
-        "calibration_images": sum(len(batch) for batch in batches),
-        "report_images": len(report),
-        "seed": args.seed,
-        "threads": args.threads,
-        "rows": rows,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "network_scales.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "network_scales.md").write_text(_markdown(summary))
-    print(_markdown(summary))
+    write_results(args, "network_scales", batches, report, rows, _markdown)
     return 0
 
 
@@ -97,12 +65,8 @@ def _markdown(summary: dict) -> str:
         "|---|---|---|--:|--:|--:|--:|--:|",
     ]
     for row in summary["rows"]:
-        loss = row["loss"]
-        lines.append(
-            f"| {row['model']} | {row['recipe']} | {row['scales']} | {row['top1']:.1f} | "
-            f"{loss['points'] + 0.0:+.1f} ± {loss['se']:.1f} | {row['agreement']:.1f} ± {row['agreement_se']:.1f} | "
-            f"{row['kl']:.4f} ± {row['kl_se']:.4f} | {row['seconds']:.0f} |"
-        )
+        cells = f"{row['model']} | {row['recipe']} | {row['scales']} | {fidelity_cells(row)} | {row['seconds']:.0f}"
+        lines.append(f"| {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -44,20 +44,11 @@ PRECISIONS = ("int8", "int8-pow2")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--calibration-images", type=int, default=256, help="spread over the calibration half")
+    parser = halves_parser(__doc__, threads=1)
     parser.add_argument("--batch", type=int, default=32, help="the larger latency batch (batch 1 is always timed)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="the split of the sample into calibration and report halves"
-    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dense, report, batches, models = prepare(args)
-    count = sum(len(batch) for batch in batches)
     reference = predict(dense, report)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -88,20 +79,62 @@ def main() -> int:
                     }
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr)
+    write_results(args, "quantisation", batches, report, rows, _markdown, batches=sorted({1, args.batch}))
+    return 0
+
+
+def halves_parser(doc: str, threads: int) -> argparse.ArgumentParser:
+    """The arguments of every benchmark that calibrates on one half of the sample and reports on the other."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--model", default="deit_tiny_patch16_224")
+    parser.add_argument("--calibration-images", type=int, default=256, help="spread over the calibration half")
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the split of the sample into calibration and report halves"
+    )
+    return parser
+
+
+def fidelity(logits: torch.Tensor, float_logits: torch.Tensor, report: ImageSet) -> dict:
+    """Top-1, the points lost (paired SE), and agreement and KL (with SEs) against the model's fp32 version."""
+    metrics = classification_metrics(logits, report.labels, float_logits)
+    return {
+        "top1": metrics.top1,
+        "loss": paired_loss(logits, float_logits, report),
+        "agreement": metrics.agreement,
+        "agreement_se": metrics.agreement_se,
+        "kl": metrics.kl,
+        "kl_se": metrics.kl_se,
+    }
+
+
+def fidelity_cells(row: dict) -> str:
+    """`fidelity`'s figures as Markdown table cells: top-1 | points lost | agreement | KL."""
+    loss = row["loss"]
+    return (
+        f"{row['top1']:.1f} | {loss['points'] + 0.0:+.1f} ± {loss['se']:.1f} | "
+        f"{row['agreement']:.1f} ± {row['agreement_se']:.1f} | {row['kl']:.4f} ± {row['kl_se']:.4f}"
+    )
+
+
+def write_results(args, name: str, batches, report: ImageSet, rows: list[dict], markdown, **extra) -> None:
+    """`<name>.json` and `<name>.md` under `--out` (what was measured, on which images, and the rows); prints the
+    Markdown."""
     summary = {
         "model": args.model,
-        "calibration_images": count,
+        "calibration_images": sum(len(batch) for batch in batches),
         "report_images": len(report),
-        "threads": args.threads,
         "seed": args.seed,
-        "batches": sorted({1, args.batch}),
+        "threads": args.threads,
+        **extra,
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quantisation.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "quantisation.md").write_text(_markdown(summary))
-    print(_markdown(summary))
-    return 0
+    (args.out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    (args.out / f"{name}.md").write_text(markdown(summary))
+    print(markdown(summary))
 
 
 def prepare(args: argparse.Namespace) -> tuple[torch.nn.Module, ImageSet, list[torch.Tensor], dict[str, PrunedViT]]:

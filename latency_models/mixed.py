@@ -27,15 +27,6 @@ class MixedPrecisionPredictor:
         self.float = float_
         self.float_blocks = tuple(sorted(set(float_blocks)))
 
-    @property
-    def table(self):
-        """The quantised table, which prices all but the float blocks."""
-        return self.quantised.table
-
-    @property
-    def device(self) -> str:
-        return self.quantised.device
-
     def predict(
         self, config: PruneConfig, spec: ModelSpec, batch: int = 1, kept_tokens: Sequence[float] | None = None
     ) -> Prediction:

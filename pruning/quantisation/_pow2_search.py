@@ -56,7 +56,7 @@ def network_pow2(
         states = [model.embed(batch) for batch in batches]
         current = _kl(model, states, 0, reference)
         for index, block in enumerate(blocks):
-            for site in _sites(block, names, lows):
+            for site in _sites_of(list(block.modules()), names, lows):
                 current, changed = _settle(site, lambda i=index, s=states: _kl(model, s, i, reference), current)
                 moved += changed
             states = [model.run_blocks(state, start=index, stop=index + 1) for state in states]
@@ -75,10 +75,6 @@ class _Site:
     get: Callable[[], float]
     put: Callable[[float], object]
     layer: QuantisedLinear | None = None
-
-
-def _sites(block: nn.Module, names: dict[int, str], lows: dict[str, float]) -> list[_Site]:
-    return _sites_of(list(block.modules()), names, lows)
 
 
 def _sites_of(modules: list[nn.Module], names: dict[int, str], lows: dict[str, float]) -> list[_Site]:
