@@ -299,6 +299,7 @@ def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
         attach_stream_grids,
         kept_float,
         wrap_linears,
+        wrap_patch_embedding,
     )
 
     if not isinstance(quantisation, dict) or quantisation.get("precision") not in PRECISIONS:
@@ -312,7 +313,10 @@ def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
         keep_float = kept_float(pruned, float_blocks)
     except QuantisationError as error:
         raise BundleError(f"{CONFIG_FILE}: quantisation.float_blocks: {error}") from None
-    wrap_linears(pruned.model, keep_float)
+    weight_bits = PRECISIONS[quantisation["precision"]].weight_bits
+    wrap_linears(pruned.model, keep_float, weight_bits)
+    if quantisation.get("patch_embedding"):
+        wrap_patch_embedding(pruned.model, weight_bits)
     if quantisation.get("attention_products"):
         attach_products(pruned.model, keep_float)
     if quantisation.get("stream"):

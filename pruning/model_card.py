@@ -169,7 +169,7 @@ class _Card:
                 f"**Precision: {quantisation['precision']}** ({quantisation['layers']} layers; weights"
                 f" {quantisation['weights']}; inputs {quantisation['activations']}; scales {quantisation['scales']}"
                 f"). Kept in float: {quantisation['float']}. Every figure below is of the quantised model,"
-                " computed as an int8 device computes it.",
+                " computed as an integer device computes it.",
             ]
         headline = self._headline()
         if headline:

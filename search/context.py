@@ -284,14 +284,14 @@ def precision_devices(job: JobSpec, registry: Registry) -> dict[str, str]:
     if job.table:
         if quantised:
             raise JobInputError(
-                f"a table file prices float models; to search {', '.join(quantised)} too, name a device with an "
-                f"int8 price ({INT8_PRICED}) instead of a table"
+                f"a table file prices float models; to search {', '.join(quantised)} too, name a device with a "
+                f"quantised price ({INT8_PRICED}) instead of a table"
             )
         return {FLOAT: str(job.table)}
     names = {p: registry.priced_as(job.device, p) for p in (FLOAT, *quantised)}
     if missing := [p for p, name in names.items() if name is None]:
         raise JobInputError(
-            f"{job.device} has no latency model for {', '.join(missing)} models (devices with an int8 price: "
+            f"{job.device} has no latency model for {', '.join(missing)} models (devices with a quantised price: "
             f"{INT8_PRICED}): search fp32 on {job.device}, or name such a device"
         )
     return names

@@ -92,9 +92,9 @@ class SearchSpace(_Strict):
     round_to: int = Field(default=8, ge=1, description="MLP widths are multiples of this")
     precisions: tuple[Literal[SEARCH_PRECISIONS], ...] = Field(
         default=(FLOAT,),
-        description="precisions to choose from, searched with the structure: fp32 (the float model), int8 (W8A8) "
-        "and int8-pow2 (W8A8 with power-of-two scales), both quantised after pruning on calibration images; each "
-        "is priced in the dtype that runs it on the device (docs/quantisation.md)",
+        description="precisions to choose from, searched with the structure: fp32 (the float model), int8 (W8A8), "
+        "int8-pow2 (W8A8 with power-of-two scales) and w4a8 (4-bit weights), each quantised after pruning on "
+        "calibration images and priced in the dtype that runs it on the device (docs/quantisation.md)",
     )
     keep_float: int = Field(
         default=0,
@@ -178,7 +178,7 @@ class SearchSpace(_Strict):
             )
         if self.keep_float and not self.quantised:
             raise ValueError(
-                "keep_float keeps blocks float inside a quantised model: list int8 or int8-pow2 in precisions"
+                "keep_float keeps blocks float inside a quantised model: list int8, int8-pow2 or w4a8 in precisions"
             )
         if any(op.axis.per == "block" for op in self.ops) and not self.token_blocks:
             raise ValueError(f"tokens={self.tokens} needs token_blocks, the blocks that reduce tokens by score")

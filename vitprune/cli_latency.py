@@ -150,7 +150,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = describe(dense, args.model)
     if args.table:
         predictor = LatencyPredictor(LatencyTable.load(args.table))
-        if args.precision != FLOAT and predictor.table.device.dtype != "int8":
+        if args.precision != FLOAT and predictor.table.device.dtype != PRECISIONS[args.precision].dtype:
             raise ValueError(
                 f"--table {args.table} prices {predictor.table.device.dtype} models, not --precision {args.precision}"
             )
@@ -246,7 +246,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--timings", type=Path, required=True, help="CSV: model, ms [, image_size, batch, cores, dtype]")
     fit.add_argument(
-        "--dtype", choices=["float32", "int8", "int16"], help="fit the rows of this dtype (default: the file's)"
+        "--dtype", choices=["float32", "int8", "int16", "w4a8"], help="fit the rows of this dtype (default: the file's)"
     )
     fit.add_argument("--json", action="store_true", help="print the fit as JSON")
     fit.set_defaults(run=cmd_devices_fit)

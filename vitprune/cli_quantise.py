@@ -30,13 +30,13 @@ CALIBRATION_IMAGES = 256
 def add_commands(commands: argparse._SubParsersAction) -> None:
     from pruning.quantisation.precisions import PRECISIONS
 
-    parser = commands.add_parser("quantise", help="quantise a bundle to int8 (W8A8) and check it with onnxruntime")
+    parser = commands.add_parser("quantise", help="quantise a bundle (W8A8, W4A8) and check it with onnxruntime")
     parser.add_argument("bundle", type=Path, help="the float bundle (directory or .zip)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="int8: any scales; "
-                        "int8-pow2: power-of-two scales (shifts instead of multiplies)")  # fmt: skip
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="int8", help="; ".join(
+        f"{name}: {precision.words}" for name, precision in PRECISIONS.items()))  # fmt: skip
     parser.add_argument("--calib", type=Path, required=True, help="calibration images (ImageFolder), apart from --val")
     parser.add_argument(
-        "--reconstruct", action="store_true", help="fit each layer's int8 codes and bias to its float output on "
+        "--reconstruct", action="store_true", help="fit each layer's weight codes and bias to its float output on "
         "the calibration images, layer by layer (about a minute per DeiT-Tiny on 2 cores)",
     )  # fmt: skip
     parser.add_argument(
@@ -184,7 +184,7 @@ def cmd_quantise(args: argparse.Namespace) -> int:
 
 def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) -> dict[str, Any]:
     """onnxruntime against the PyTorch simulation on every validation image, and (with --measure) the float
-    and int8 files timed at --latency-batch."""
+    and quantised files timed at --latency-batch."""
     from pruning.export import export_onnx
     from pruning.metrics import classification_metrics
     from pruning.onnx_session import onnx_logits, onnx_session, time_onnx
@@ -192,8 +192,8 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
     checks: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        export_onnx(quantised, work / "int8.onnx")
-        runtime = onnx_logits(onnx_session(work / "int8.onnx", args.threads), val)
+        export_onnx(quantised, work / "quantised.onnx")
+        runtime = onnx_logits(onnx_session(work / "quantised.onnx", args.threads), val)
         agreement = classification_metrics(runtime, None, logits)
         checks["onnx_check"] = {
             "runtime": "onnxruntime (CPU)",
@@ -206,13 +206,13 @@ def _onnx_checks(float_model, quantised, logits, val, args: argparse.Namespace) 
             batch = next(val.batches(args.latency_batch))[0]
             if len(batch) < args.latency_batch:
                 batch = batch.repeat(-(-args.latency_batch // len(batch)), 1, 1, 1)[: args.latency_batch]
-            timed = {name: time_onnx(work / f"{name}.onnx", batch, args.threads) for name in ("fp32", "int8")}
+            timed = {name: time_onnx(work / f"{name}.onnx", batch, args.threads) for name in ("fp32", "quantised")}
             checks["onnxruntime_ms"] = {
                 "fp32": timed["fp32"].ms,
-                "int8": timed["int8"].ms,
-                "speedup": timed["fp32"].ms / timed["int8"].ms,
+                "quantised": timed["quantised"].ms,
+                "speedup": timed["fp32"].ms / timed["quantised"].ms,
                 "batch": args.latency_batch,
-                "threads": timed["int8"].threads,
+                "threads": timed["quantised"].threads,
             }
     return checks
 
@@ -225,12 +225,14 @@ def _priced_as(device: str, precision: str, registry=None) -> dict[str, str]:
     from pruning.quantisation.precisions import FLOAT
 
     if DTYPE_MARK in device:
-        raise ValueError(f"--device {device}: name the device without a dtype; the model is priced as float and int8")
+        raise ValueError(
+            f"--device {device}: name the device without a dtype; the model is priced as float and quantised"
+        )
     registry = registry or Registry()
     names = {p: registry.priced_as(device, p) for p in (FLOAT, precision)}
     if None in names.values():
         raise ValueError(
-            f"--device {device} has no int8 price (devices with one: {INT8_PRICED}); "
+            f"--device {device} has no {precision} price (devices with one: {INT8_PRICED}); "
             "time the quantised model here with --measure instead"
         )
     return names
@@ -250,12 +252,13 @@ def _device_prices(model, counts, args: argparse.Namespace) -> dict[str, Any]:
         registry.predictor(names[p], model.spec, [batch], progress=False) for p in (FLOAT, args.precision)
     )
     float_blocks = model.quantisation.get("float_blocks", [])
-    predictors = {"fp32": float_, "int8": MixedPrecisionPredictor(quantised, float_, float_blocks)}
+    predictors = {"fp32": float_, "quantised": MixedPrecisionPredictor(quantised, float_, float_blocks)}
     ms = {key: p.predict(model.config, model.spec, batch, kept_tokens=widths).ms for key, p in predictors.items()}
-    priced_as = {"fp32": names["fp32"], "int8": names[args.precision]}
+    priced_as = {"fp32": names["fp32"], "quantised": names[args.precision]}
     if float_blocks:
-        priced_as["int8"] += f" (blocks {', '.join(map(str, float_blocks))}: {names['fp32']})"
-    return {"device": args.device, "priced_as": priced_as, "batch": batch, **ms, "speedup": ms["fp32"] / ms["int8"]}
+        priced_as["quantised"] += f" (blocks {', '.join(map(str, float_blocks))}: {names['fp32']})"
+    speedup = ms["fp32"] / ms["quantised"]
+    return {"device": args.device, "priced_as": priced_as, "batch": batch, **ms, "speedup": speedup}
 
 
 def _block_list(text: str) -> tuple[int, ...]:
@@ -281,12 +284,13 @@ def _in_words(summary: dict[str, Any]) -> str:
         )
     if "onnxruntime_ms" in summary:
         ms = summary["onnxruntime_ms"]
-        timed = f"fp32 {ms['fp32']:.2f} ms, int8 {ms['int8']:.2f} ms ({ms['speedup']:.2f}x)"
+        timed = f"fp32 {ms['fp32']:.2f} ms, {summary['precision']} {ms['quantised']:.2f} ms ({ms['speedup']:.2f}x)"
         lines.append(f"onnxruntime at batch {ms['batch']}: {timed}")
     if "device_ms" in summary:
         price = summary["device_ms"]
         lines.append(
             f"predicted on {price['device']} at batch {price['batch']}: fp32 {price['fp32']:.2f} ms"
-            f" ({price['priced_as']['fp32']}), int8 {price['int8']:.2f} ms ({price['speedup']:.2f}x)"
+            f" ({price['priced_as']['fp32']}), {summary['precision']} {price['quantised']:.2f} ms"
+            f" ({price['speedup']:.2f}x)"
         )
     return "\n".join(lines)

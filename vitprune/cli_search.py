@@ -212,7 +212,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         type=strings,
         default=("fp32",),
         help="precisions to search with the structure, e.g. fp32,int8 (int8: W8A8 quantised after pruning, priced "
-        "in int8; int8-pow2: power-of-two scales); needs a device with an int8 price (host-cpu, mobile-cpu, fpga)",
+        "in int8; int8-pow2: power-of-two scales; w4a8: 4-bit weights); needs a device with a price in that dtype "
+        "(host-cpu, mobile-cpu, fpga)",
     )
     space.add_argument(
         "--keep-float",

@@ -1,7 +1,8 @@
 """Analytic latency of a ViT accelerator on an FPGA: a tiled GEMM array plus nonlinear units.
 
 The accelerator runs the ops of each table entry one after the other (no fusion between ops,
-a conservative choice), in fixed point of `bits` bits (weights and activations):
+a conservative choice), in fixed point of `bits` bits (activations; weights too, unless `weight_bits` says
+fewer, W4A8):
 
 - Linear layers and the patch-embedding conv are GEMMs with M = batch x tokens rows (the images of
   a batch share each weight tile). An output-stationary array of `pe_rows` x `pe_cols` MACs
@@ -45,8 +46,9 @@ __all__ = ["DTYPES", "Fpga", "FpgaParams"]
 
 ACCUMULATOR = 4  # bias and logits are kept as 32-bit integers
 
-DTYPES = {"int8": 8, "int16": 16}
-"""The fixed-point words a board's design can be built for (`FpgaParams.with_dtype`)."""
+DTYPES = {"int8": (8, 8), "int16": (16, 16), "w4a8": (8, 4)}
+"""The fixed-point words a board's design can be built for (`FpgaParams.with_dtype`): dtype -> (activation bits,
+weight bits)."""
 
 
 class FpgaParams(_Frozen):
@@ -57,7 +59,10 @@ class FpgaParams(_Frozen):
     hardware: str = Field(min_length=1)
     """The board and device, in words."""
     bits: Literal[8, 16]
-    """Fixed-point width of weights and activations."""
+    """Fixed-point width of activations, and of weights unless `weight_bits` is set."""
+    weight_bits: Literal[4] | None = None
+    """4: weights of 4 bits with 8-bit activations (W4A8). The array packs as many MACs per DSP as at 8 bits
+    (two weights sharing one activation), so only the weights' DDR traffic and buffers halve."""
     clock_mhz: PositiveFloat
     """Accelerator clock, MHz."""
     pe_rows: int = Field(gt=0)
@@ -105,21 +110,27 @@ class FpgaParams(_Frozen):
 
     @property
     def dtype(self) -> str:
-        return f"int{self.bits}"
+        return "w4a8" if self.weight_bits == 4 else f"int{self.bits}"
+
+    @property
+    def weight_bytes(self) -> float:
+        """Bytes of one weight in DDR and the weight buffers."""
+        return (self.weight_bits or self.bits) / 8
 
     def with_dtype(self, dtype: str) -> FpgaParams:
-        """The same design built for `dtype` words ("int8" or "int16") from the same DSP slices: the GEMM
-        array keeps its DSPs and rows, so its columns follow the MACs a DSP packs at that width (twice as
-        many at int8 as at int16); the buffers and DDR move words of the new size. The name is kept (a
-        table records its dtype)."""
+        """The same design built for `dtype` words ("int8", "int16" or "w4a8") from the same DSP slices: the
+        GEMM array keeps its DSPs and rows, so its columns follow the MACs a DSP packs at that width (twice as
+        many at int8 as at int16; at W4A8 as at int8); the buffers and DDR move words of the new size. The
+        name is kept (a table records its dtype)."""
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} for {self.name}: use {' or '.join(DTYPES)}")
-        bits = DTYPES[dtype]
-        if bits == self.bits:
+            raise ValueError(f"dtype {dtype!r} for {self.name}: use {', '.join(DTYPES)}")
+        if dtype == self.dtype:
             return self
+        bits, weight_bits = DTYPES[dtype]
         pe_cols = self.pe_cols * _macs_per_dsp(bits) // self.macs_per_dsp
         hardware = f"{self.hardware}; built for {dtype} words instead: a {self.pe_rows} x {pe_cols} GEMM array"
-        return type(self).model_validate(self.model_dump() | {"bits": bits, "pe_cols": pe_cols, "hardware": hardware})
+        changes = {"bits": bits, "weight_bits": weight_bits if weight_bits != bits else None}
+        return type(self).model_validate(self.model_dump() | changes | {"pe_cols": pe_cols, "hardware": hardware})
 
     @property
     def dsps_required(self) -> int:
@@ -150,7 +161,9 @@ class FpgaParams(_Frozen):
 
 
 def _macs_per_dsp(bits: int) -> int:
-    """A DSP48E2 packs two 8-bit multiplies that share an operand (Xilinx WP486); one at 16 bits."""
+    """A DSP48E2 packs two 8-bit multiplies that share an operand (Xilinx WP486); one at 16 bits. Two 4-bit
+    weights times one 8-bit activation pack the same two (27 x 18 bits leave no room for a third with its
+    guard bits); four need 4-bit activations too (Xilinx WP521)."""
     return 2 if bits == 8 else 1
 
 
@@ -170,7 +183,7 @@ class Fpga:
 
     def device(self) -> dict:
         """The fields of a table's device record that this model sets."""
-        return {"runtime": "analytic fpga model v1", "threads": None, "dtype": f"int{self.params.bits}"}
+        return {"runtime": "analytic fpga model v1", "threads": None, "dtype": self.params.dtype}
 
     def cost(self, key: dict) -> float:
         """Milliseconds of the work behind table entry `key` (a dict as `profiling.plan` makes)."""
@@ -213,7 +226,7 @@ class Fpga:
     def _linear(self, rows: int, k: int, n: int, input_in_ddr: bool = False) -> Op:
         params, a = self.params, self.params.element_bytes
         in_bytes, out_bytes = rows * k * a, rows * n * a
-        weights = k * n * a + n * ACCUMULATOR
+        weights = k * n * params.weight_bytes + n * ACCUMULATOR
         chunks = max(1, math.ceil(in_bytes / params.activation_buffer_bytes))
         ddr = weights * chunks + (in_bytes if input_in_ddr else self.spill(in_bytes)) + self.spill(out_bytes)
         return self.matmul_cycles(1, rows, k, n), ddr

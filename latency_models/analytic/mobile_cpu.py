@@ -34,6 +34,8 @@ memory (biases int32); the GEMMs and the attention matmuls multiply int8 and req
 results; LayerNorm, softmax and GELU run in float between a dequantise and a quantise
 (`quantize_flops_per_element` each way); residual adds are quantised adds. Token ops compute their
 scores, similarities and weights in fp32 as the pruning code does, and move int8 token vectors.
+`w4a8` is the same with 4-bit weights (XNNPACK's qc4w: unpacked to int8 inside the GEMM micro-kernel, so
+the GEMMs run at the int8 rate; the unpacking is not priced), whose bytes halve.
 
 Threads: an op of F units of work uses t = min(threads, max(1, F / grain)) threads, fractionally (a
 thread pool only pays off above some work per thread), placed on the performance cores fastest first,
@@ -70,7 +72,7 @@ INT32 = 4
 
 CORE_WORDS = ("one", "cluster", "all")
 """Named core configurations; an int (a thread count) is the fourth kind."""
-DTYPES = ("float32", "int8")
+DTYPES = ("float32", "int8", "w4a8")
 
 WIDENING_MACS_PER_128_BIT = 16 / 3
 """int8 multiply-accumulates per cycle of a 128-bit pipe without SDOT: SMULL + SMLAL2 give 16 products
@@ -143,7 +145,7 @@ class MobileCpuParams(_Frozen):
     """False where the SoC runs one cluster at a time (Apple A10: the big or the little pair)."""
     cores: CoreConfig
     """The core configuration the runtime's threads run on (the preset's default; see `on_cores`)."""
-    dtype: Literal["float32", "int8"] = "float32"
+    dtype: Literal["float32", "int8", "w4a8"] = "float32"
     dram: str = Field(min_length=1)
     """Memory type and bus, e.g. "LPDDR4X-4266, 4 x 16-bit"."""
     dram_bandwidth_gbs: PositiveFloat
@@ -246,10 +248,10 @@ class MobileCpuParams(_Frozen):
         return self.model_copy(update={"cores": cores, "name": f"{self.base}@{cores}"})
 
     def with_dtype(self, dtype: str) -> MobileCpuParams:
-        """The same SoC and cores running `dtype` ("float32" or "int8"); the name is kept (a table
+        """The same SoC and cores running `dtype` ("float32", "int8" or "w4a8"); the name is kept (a table
         records its dtype)."""
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} for {self.base}: use {' or '.join(DTYPES)}")
+            raise ValueError(f"dtype {dtype!r} for {self.base}: use {', '.join(DTYPES)}")
         return self.model_copy(update={"dtype": dtype})
 
     def describe_cores(self) -> str:
@@ -281,7 +283,7 @@ def _peak(params: MobileCpuParams, cluster: Cluster, kind: str) -> float:
     """Work per second of one core on `kind` at its peak (no efficiency)."""
     if kind == "scalar":
         return cluster.clock_ghz * 1e9 * params.scalar_ops_per_cycle
-    if kind in ("gemm", "attention") and params.dtype == "int8":
+    if kind in ("gemm", "attention") and params.dtype != "float32":
         return cluster.clock_ghz * 1e9 * 2 * cluster.int8_macs_per_cycle
     return cluster.clock_ghz * 1e9 * cluster.fp32_flops_per_cycle
 
@@ -326,9 +328,11 @@ class MobileCpu:
 
     def __init__(self, params: MobileCpuParams) -> None:
         self.params = params
-        self.int8 = params.dtype == "int8"
+        self.int8 = params.dtype != "float32"
         self.act = INT8 if self.int8 else FP32
         """Bytes of an activation or weight value."""
+        self.weight = INT8 / 2 if params.dtype == "w4a8" else self.act
+        """Bytes of a Linear layer's weight."""
         self.q = params.quantize_flops_per_element if self.int8 else 0.0
         """FLOPs per element to quantise or dequantise (0 in fp32)."""
         self._cores = params.thread_cores()
@@ -414,7 +418,8 @@ class MobileCpu:
         """A Linear layer as a GEMM; in int8 with an int32 bias and its outputs requantised."""
         gemm = ("gemm", 2.0 * rows * k * n)
         if self.int8:
-            return [gemm, ("elementwise", self.q * rows * n)], INT8 * (rows * k + k * n + rows * n) + INT32 * n
+            moved = INT8 * (rows * k + rows * n) + self.weight * k * n + INT32 * n
+            return [gemm, ("elementwise", self.q * rows * n)], moved
         return [gemm], FP32 * (rows * k + k * n + n + rows * n)
 
     # -- the parts ----------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ ZCU102 = FpgaParams(
         "AMD DS925, Zynq UltraScale+ MPSoC Data Sheet: DC and AC Switching Characteristics) = 19.2 GB/s.",
         "Spec - Xilinx WP486, Deep Learning with INT8 Optimization on Xilinx Devices: a DSP48E2 computes two INT8 "
         "multiply-accumulates that share one operand per cycle (2 MACs per DSP at 8 bits, 1 at 16 bits).",
+        "Design - W4A8 (+w4a8): two 4-bit weights times one shared 8-bit activation in one DSP48E2 (27 x 18-bit "
+        "multiplier, the weights 23 bits apart), again 2 MACs per DSP; four 4-bit MACs per DSP need 4-bit "
+        "activations too (Xilinx WP521, Convolutional Neural Network with INT4 Optimization; Sommer et al., "
+        "DSP-Packing, arXiv:2203.11028). So W4A8 halves the weights' bytes, not the array's cycles.",
         "Design choices from published ZCU102 ViT accelerators - Dong et al., HeatViT: Hardware-Efficient Adaptive "
         "Token Pruning for Vision Transformers, HPCA 2023 (arXiv:2211.08110): 8-bit fixed point, polynomial "
         "approximations of the nonlinear functions, token selection on the device reusing the backbone hardware.",

@@ -2,10 +2,10 @@
 (e.g. `fpga:zcu102`); a bare model name (`fpga`) stands for its default preset. A phone preset also
 runs on a named core configuration, `mobile-cpu:<soc>@<cores>` with cores one | cluster | all | a
 thread count (`MobileCpuParams.on_cores`); without `@` it is the preset's default configuration.
-A name ending in `+<dtype>` prices the model computed in that dtype: a phone's `+int8` (a model
-quantised to int8, `MobileCpuParams.with_dtype`), e.g. `mobile-cpu+int8` or
-`mobile-cpu:snapdragon-855@all+int8`, without it float32; a board's `+int16` or `+int8` (the same DSPs
-built for those words, `FpgaParams.with_dtype`), without it the preset's own (int8 for `fpga:zcu102`).
+A name ending in `+<dtype>` prices the model computed in that dtype: a phone's `+int8` or `+w4a8` (a
+model quantised to W8A8 or W4A8, `MobileCpuParams.with_dtype`), e.g. `mobile-cpu+int8` or
+`mobile-cpu:snapdragon-855@all+int8`, without it float32; a board's `+int16`, `+int8` or `+w4a8` (the same
+DSPs built for those words, `FpgaParams.with_dtype`), without it the preset's own (int8 for `fpga:zcu102`).
 A search prices each precision it tries in its dtype (`AnalyticDevice.priced_as`).
 Their tables are computed, for any ViT shape, and kept in memory for the registry's lifetime.
 
@@ -29,8 +29,6 @@ __all__ = ["BASIS", "DEFAULTS", "STREAM_SHIFTS", "AnalyticDevice", "AnalyticKind
 DTYPE_MARK = "+"
 """Between a phone's name and the dtype it runs (`+int8`)."""
 
-QUANTISED_DTYPE = "int8"
-"""What every device computes a quantised model's layers in."""
 FLOAT_DTYPES = {MobileCpuParams: "float32", FpgaParams: "int16"}
 """What a device runs a float model in: an FPGA has no float units; 16-bit fixed point stands in."""
 
@@ -53,7 +51,7 @@ def runs_in(params: MobileCpuParams | FpgaParams, precision: str) -> str | None:
     """The dtype a device of `params` computes a model of `precision` in (None: an unknown precision)."""
     if precision == FLOAT:
         return FLOAT_DTYPES[type(params)]
-    return QUANTISED_DTYPE if precision in PRECISIONS else None
+    return PRECISIONS[precision].dtype if precision in PRECISIONS else None
 
 
 class AnalyticDevice:
@@ -70,9 +68,9 @@ class AnalyticDevice:
         description = f"analytic {model} model, {self.params.hardware}"
         if isinstance(self.params, MobileCpuParams) and "@" not in self.name:
             description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>"
-            description += "; +int8 for int8)" if DTYPE_MARK not in self.name else ")"
+            description += "; +int8 or +w4a8 for int8)" if DTYPE_MARK not in self.name else ")"
         elif isinstance(self.params, FpgaParams) and DTYPE_MARK not in self.name:
-            description += f" ({self.params.dtype}; +int16 or +int8 for a design built for those words)"
+            description += f" ({self.params.dtype}; +int16, +int8 or +w4a8 for a design built for those words)"
         return DeviceProfile(self.name, "analytic", description, True, "any ViT", BASIS)
 
     def ready(self, spec: ModelSpec, batches: list[int]) -> bool:
@@ -88,8 +86,8 @@ class AnalyticDevice:
         return {"parameters": self.params.model_dump(mode="json")}
 
     def priced_as(self, precision: str) -> str | None:
-        """The same preset and cores in the dtype that runs `precision`: int8 for a quantised model; for a
-        float one, a phone's float32, an FPGA board's 16-bit fixed point (its float stand-in)."""
+        """The same preset and cores in the dtype that runs `precision`: int8 for a W8A8 model, w4a8 for W4A8;
+        for a float one, a phone's float32, an FPGA board's 16-bit fixed point (its float stand-in)."""
         dtype = runs_in(self.params, precision)
         if dtype is None:
             return None

@@ -118,7 +118,7 @@ class DeviceKind(Protocol):
         ...
 
 
-INT8_PRICED = "host-cpu, mobile-cpu, fpga, their presets and devices fitted to int8 timings"
+INT8_PRICED = "host-cpu, mobile-cpu, fpga, their presets and devices fitted to timings in that dtype"
 """The devices with a price for quantised models, for messages that refuse one without."""
 
 

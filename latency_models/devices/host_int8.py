@@ -28,7 +28,7 @@ import torch
 
 from latency_models.analytic.host import NAME as HOST_BASE
 from latency_models.analytic.host import cpu_info, host_params
-from latency_models.devices.analytic import DTYPE_MARK, QUANTISED_DTYPE
+from latency_models.devices.analytic import DTYPE_MARK
 from latency_models.devices.base import DeviceProfile, DeviceSettings
 from latency_models.devices.fitted import FittedDevice
 from latency_models.fitting import FittedRecord, TimingRow, fit, record_of, resolve_model
@@ -40,6 +40,8 @@ from pruning.spec import ModelSpec
 
 __all__ = ["FIT_MODELS", "NAME", "HostInt8", "HostInt8Kind", "time_int8"]
 
+QUANTISED_DTYPE = "int8"
+"""What onnxruntime runs every quantised model's layers in here."""
 NAME = f"host-cpu{DTYPE_MARK}{QUANTISED_DTYPE}"
 FIT_MODELS = ("deit_tiny_patch16_224", "deit_small_patch16_224", "vit_tiny_patch16_384")
 """The dense models timed for the fit: widths 192 and 384, 197 and 577 tokens. Measured on this host,
@@ -91,6 +93,8 @@ class HostInt8:
         return FittedDevice(NAME, self.path, self._tables).table(spec, batches, progress)
 
     def priced_as(self, precision: str) -> str | None:
+        """Itself for every quantised precision: a W4A8 file holds its 4-bit codes as int8 and runs the same
+        int8 kernels (onnxruntime has no 4-bit-weight, 8-bit-activation kernel), so it takes the same time."""
         return NAME if precision in PRECISIONS else None
 
     def fully_integer(self, precision: str) -> int | None:

@@ -34,7 +34,7 @@ __all__ = ["COLUMNS", "TimingRow", "TimingsError", "parse_cores", "parse_timings
 
 COLUMNS = ("model", "image_size", "batch", "cores", "dtype", "ms")
 REQUIRED = ("model", "ms")
-DTYPES = ("float32", "int8", "int16")
+DTYPES = ("float32", "int8", "int16", "w4a8")
 CORE_WORDS = ("one", "cluster", "all")
 BUILT_IN_DEPTH = 12
 """Depth of every built-in shape: ViT-Ti/S/B (Dosovitskiy et al., ICLR 2021, table 1; Touvron et al.,

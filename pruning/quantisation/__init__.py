@@ -1,5 +1,6 @@
 """Quantisation: int8 weights and activations (W8A8), with any scales or powers of two (RAPQ's
-constraint), simulated in PyTorch exactly as an int8 device computes and exported as ONNX QDQ.
+constraint), or 4-bit weights (W4A8), simulated in PyTorch exactly as an integer device computes and
+exported as ONNX QDQ.
 
 Names are imported on first use, so `pruning.quantisation.precisions` loads no torch.
 """
@@ -12,6 +13,7 @@ from pruning._lazy import lazy_exports
 
 _EXPORTS = {
     "PRECISIONS": "pruning.quantisation.precisions",
+    "QuantisedConv2d": "pruning.quantisation._linear",
     "QuantisedLinear": "pruning.quantisation._linear",
     "QuantisationError": "pruning.quantisation._quantise",
     "attach_products": "pruning.quantisation._quantise",
@@ -22,11 +24,13 @@ _EXPORTS = {
     "quantise": "pruning.quantisation._quantise",
     "quantised_layers": "pruning.quantisation._quantise",
     "wrap_linears": "pruning.quantisation._quantise",
+    "wrap_patch_embedding": "pruning.quantisation._quantise",
 }
 
 __all__ = [
     "PRECISIONS",
     "QuantisationError",
+    "QuantisedConv2d",
     "QuantisedLinear",
     "attach_products",
     "attach_stream_grids",
@@ -36,10 +40,11 @@ __all__ = [
     "quantise",
     "quantised_layers",
     "wrap_linears",
+    "wrap_patch_embedding",
 ]
 
 if TYPE_CHECKING:
-    from pruning.quantisation._linear import QuantisedLinear
+    from pruning.quantisation._linear import QuantisedConv2d, QuantisedLinear
     from pruning.quantisation._quantise import (
         QuantisationError,
         attach_products,
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
         quantise,
         quantised_layers,
         wrap_linears,
+        wrap_patch_embedding,
     )
     from pruning.quantisation._sensitivity import block_sensitivity, most_sensitive_blocks
     from pruning.quantisation.precisions import PRECISIONS

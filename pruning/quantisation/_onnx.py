@@ -1,9 +1,9 @@
 """The quantised model as ONNX QDQ: the float graph with QuantizeLinear/DequantizeLinear around every
 quantised layer, carrying the model's own scales and int8 weight codes.
 
-onnxruntime (and the NPU toolchains that read QDQ) fuse a DequantizeLinear pair around a MatMul or Gemm
-into an integer kernel, so the file runs in int8 where the runtime can, and computes what
-`QuantisedLinear` simulates everywhere.
+onnxruntime (and the NPU toolchains that read QDQ) fuse a DequantizeLinear pair around a MatMul, Gemm or
+Conv (the patch embedding, quantised for a fully integer device) into an integer kernel, so the file runs
+in int8 where the runtime can, and computes what `QuantisedLinear` simulates everywhere.
 
 The torch exporter names the weights of most layers by a number and stores them transposed, so each
 quantised layer is found in the graph by its weight's values (which are its int8 codes times its
@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pruning.model import PrunedViT
-from pruning.quantisation._linear import QuantisedLinear
+from pruning.quantisation._linear import QuantisedConv2d, QuantisedLinear
 from pruning.quantisation._quantise import QuantisationError, quantised_layers
 
 __all__ = ["add_qdq", "float_layers"]
@@ -80,21 +80,24 @@ def _fingerprint(weight: np.ndarray) -> tuple:
 
 
 def _quantised_input(node, initializers, layers):
-    """(input index of the weight, whether it is stored transposed, (name, layer)) of a MatMul/Gemm node
+    """(input index of the weight, whether it is stored transposed, (name, layer)) of a MatMul/Gemm/Conv node
     computing a quantised layer; None for any other node."""
-    if node.op_type not in ("MatMul", "Gemm"):
+    if node.op_type not in ("MatMul", "Gemm", "Conv"):
         return None
     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
     init = initializers.get(node.input[1]) if len(node.input) > 1 else None
     values = numpy_helper.to_array(init) if init is not None else None
-    if values is None or values.ndim != 2:
+    if values is None or values.ndim != (4 if node.op_type == "Conv" else 2):
         return None
+    if node.op_type == "Conv":  # stored as torch stores it, (out, in, height, width)
+        layer = layers.get(_fingerprint(values))
+        return None if layer is None else (1, False, layer)
     weight = values if trans_b else values.T  # torch's (out, in)
     layer = layers.get(_fingerprint(np.ascontiguousarray(weight)))
     return None if layer is None else (1, not trans_b, layer)
 
 
-def _activation_qdq(node, prefix: str, layer: QuantisedLinear, graph) -> list:
+def _activation_qdq(node, prefix: str, layer: QuantisedLinear | QuantisedConv2d, graph) -> list:
     """Quantize then dequantize the node's activation input with the layer's input scale (uint8)."""
     source = node.input[0]
     scale = numpy_helper.from_array(np.array(layer.input_scale.item(), dtype=np.float32), f"{prefix}/input_scale")
@@ -110,7 +113,7 @@ def _activation_qdq(node, prefix: str, layer: QuantisedLinear, graph) -> list:
     ]
 
 
-def _weight_dq(node, index: int, prefix: str, layer: QuantisedLinear, transposed: bool, graph):
+def _weight_dq(node, index: int, prefix: str, layer: QuantisedLinear | QuantisedConv2d, transposed: bool, graph):
     """The weight as int8 codes and a per-channel DequantizeLinear (channel axis 1 when stored (in, out))."""
     codes = layer.weight_codes().numpy()
     codes = codes.T.copy() if transposed else codes

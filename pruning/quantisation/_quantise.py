@@ -1,4 +1,4 @@
-"""Post-training quantisation of a pruned ViT: every Linear to W8A8, calibrated on real images.
+"""Post-training quantisation of a pruned ViT: every Linear to W8A8 (or W4A8), calibrated on real images.
 
 What is quantised: every `nn.Linear` (attention qkv and projection, MLP fc1 and fc2, the classifier),
 the layers that hold nearly all of a ViT's multiply-accumulates. What stays float, as onnxruntime's
@@ -18,7 +18,7 @@ from torch import nn
 
 from pruning.model import PrunedViT
 from pruning.quantisation._attention import AttentionProducts, operand_scale
-from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedLinear, activation_qparams, weight_scales
+from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedConv2d, QuantisedLinear, activation_qparams
 from pruning.quantisation._pow2_search import MARGIN, SEARCH_IMAGES, network_pow2
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
 from pruning.quantisation._stream import StreamGrid, StreamObserver, stream_qparams, stream_slots
@@ -32,6 +32,7 @@ __all__ = [
     "quantise",
     "quantised_layers",
     "wrap_linears",
+    "wrap_patch_embedding",
 ]
 
 NO_IMAGES = "quantisation needs calibration images to set the activation ranges"
@@ -41,17 +42,32 @@ class QuantisationError(ValueError):
     """A precision that does not exist, or a model that cannot be quantised as asked."""
 
 
-def wrap_linears(model: nn.Module, keep_float: Iterable[nn.Module] = ()) -> dict[str, QuantisedLinear]:
+def wrap_linears(
+    model: nn.Module, keep_float: Iterable[nn.Module] = (), weight_bits: int = 8
+) -> dict[str, QuantisedLinear]:
     """Replace every plain `nn.Linear` in `model`, except those inside `keep_float` (blocks kept in float),
-    by a QuantisedLinear sharing its parameters; name -> layer."""
+    by a QuantisedLinear of `weight_bits`-bit weights sharing its parameters; name -> layer."""
     skipped = _inside(keep_float)
-    layers: dict[str, QuantisedLinear] = {}
+    layers: dict[str, QuantisedLinear | QuantisedConv2d] = {}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and id(child) not in skipped:
-                layer = QuantisedLinear.wrap(child)
+                layer = QuantisedLinear.wrap(child, weight_bits)
                 setattr(module, child_name, layer)
                 layers[f"{name}.{child_name}" if name else child_name] = layer
+    return layers
+
+
+def wrap_patch_embedding(model: nn.Module, weight_bits: int = 8) -> dict[str, QuantisedConv2d]:
+    """Replace the convolutions of `model`'s patch embedding by QuantisedConv2d layers sharing their
+    parameters; name -> layer. A fully integer device multiplies them in integers too."""
+    layers: dict[str, QuantisedConv2d] = {}
+    for name, module in list(model.patch_embed.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Conv2d:
+                layer = QuantisedConv2d.wrap(child, weight_bits)
+                setattr(module, child_name, layer)
+                layers[".".join(part for part in ("patch_embed", name, child_name) if part)] = layer
     return layers
 
 
@@ -91,9 +107,10 @@ def kept_float(pruned: PrunedViT, float_blocks: Iterable[int]) -> list[nn.Module
     return [blocks[index] for index in chosen]
 
 
-def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear]:
-    """name -> QuantisedLinear of a quantised model."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, QuantisedLinear)}
+def quantised_layers(model: nn.Module) -> dict[str, QuantisedLinear | QuantisedConv2d]:
+    """name -> quantised layer (a QuantisedLinear, or the patch embedding's QuantisedConv2d) of a quantised
+    model, in forward order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantisedLinear | QuantisedConv2d)}
 
 
 def quantise(
@@ -128,7 +145,7 @@ def quantise(
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if pruned.quantisation is not None:
         raise QuantisationError(f"the model is already quantised ({pruned.quantisation['precision']})")
-    power_of_two = PRECISIONS[precision]
+    power_of_two, weight_bits = PRECISIONS[precision].power_of_two, PRECISIONS[precision].weight_bits
     if stream is not None and not attention:
         raise QuantisationError("the residual stream is quantised for a fully integer device: also quantise attention")
     if network_scales and (reconstruct or not power_of_two):
@@ -140,7 +157,9 @@ def quantise(
     batches = list(batches)
     float_blocks = sorted(set(float_blocks))
     keep_float = kept_float(model, float_blocks)
-    layers = wrap_linears(model.model, keep_float)
+    layers = wrap_linears(model.model, keep_float, weight_bits)
+    if stream is not None:  # a fully integer device: the patch embedding too, first in forward order
+        layers = wrap_patch_embedding(model.model, weight_bits) | layers
     observers = _observe_stream(model, keep_float) if stream is not None else []
     if reconstruct:
         if not batches:
@@ -161,8 +180,7 @@ def quantise(
             scale, zero_point = activation_qparams(low, high, sample, power_of_two)
             layer.input_scale.fill_(scale)
             layer.input_zero_point.fill_(zero_point)
-            layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
-            layer.round_weights()
+            layer.calibrate_weights(power_of_two)
             layer.simulate = True
         described = _describe(precision, layers, images=images)
     if attention:
@@ -186,7 +204,8 @@ def quantise(
         )
     if stream is not None:
         described["stream"] = STREAM.format(shifts=stream, images=images)
-        described["float"] = "patch embedding; the arithmetic inside LayerNorm, softmax and GELU, between 8-bit grids"
+        described["patch_embedding"] = PATCH_EMBEDDING
+        described["float"] = "the arithmetic inside LayerNorm, softmax and GELU, between 8-bit grids"
     if float_blocks:
         described["float_blocks"] = float_blocks
         described["float"] += f"; blocks {', '.join(map(str, float_blocks))} whole"
@@ -194,6 +213,7 @@ def quantise(
     return model
 
 
+PATCH_EMBEDDING = "quantised as the Linear layers are: its input the normalised image on one uint8 grid"
 STREAM = (
     "uint8 residual stream at each block's input and middle and before the final LayerNorm: per channel a shared "
     "scale times 2^0..2^{shifts} and a zero point, min-max over {images} calibration images"
@@ -246,14 +266,16 @@ ATTENTION_PRODUCTS = (
 
 
 def _describe(
-    precision: str, layers: dict[str, QuantisedLinear], images: int, reconstructed: int | None = None
+    precision: str, layers: dict[str, QuantisedLinear | QuantisedConv2d], images: int, reconstructed: int | None = None
 ) -> dict[str, Any]:
     """What config.json and the model card say about a quantised model."""
+    bits = PRECISIONS[precision].weight_bits
     described = {
         "precision": precision,
-        "weights": "int8, one symmetric scale per output channel",
+        "weights": f"int{bits}, one symmetric scale per output channel"
+        + (" covering the share of the largest weight with the smallest squared error" if bits < 8 else ""),
         "activations": f"uint8, one asymmetric scale per layer input, min-max over {images} calibration images",
-        "scales": "powers of two" if PRECISIONS[precision] else "any",
+        "scales": "powers of two" if PRECISIONS[precision].power_of_two else "any",
         "layers": len(layers),
         "float": "patch embedding, LayerNorm, softmax and attention products, GELU, residual adds",
     }
@@ -268,7 +290,7 @@ def _describe(
 
 def _calibrate(
     model: PrunedViT,
-    layers: dict[str, QuantisedLinear],
+    layers: dict[str, QuantisedLinear | QuantisedConv2d],
     batches: Iterable[torch.Tensor],
     attention: bool = False,
     keep_float: Iterable[nn.Module] = (),

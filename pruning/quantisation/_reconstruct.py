@@ -25,7 +25,7 @@ A layer with fewer input rows on the calibration images than `MIN_ROWS_PER_INPUT
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,9 +33,9 @@ from torch import nn
 from pruning.quantisation._linear import (
     ACTIVATION_RANGE,
     SAMPLE_VALUES,
-    WEIGHT_RANGE,
     QuantisedLinear,
     activation_qparams,
+    weight_range,
     weight_scales,
 )
 
@@ -52,7 +52,7 @@ class _Captured(Exception):
 
 def reconstruct(
     model: nn.Module,
-    layers: dict[str, QuantisedLinear],
+    layers: dict[str, nn.Module],
     batches: Sequence[torch.Tensor],
     power_of_two: bool,
 ) -> list[str]:
@@ -67,14 +67,21 @@ def reconstruct(
         scale, zero_point = activation_qparams(float(inputs.min()), float(inputs.max()), sample, power_of_two)
         layer.input_scale.fill_(scale)
         layer.input_zero_point.fill_(zero_point)
-        if layer.in_features and layer.out_features and len(inputs) >= MIN_ROWS_PER_INPUT * layer.in_features:
-            _reconstruct_layer(layer, inputs, lambda w: weight_scales(w, power_of_two))
+        if _fits(layer, inputs):
+            _reconstruct_layer(layer, inputs, power_of_two)
             done.append(name)
         else:
-            layer.weight_scale.copy_(weight_scales(layer.weight, power_of_two))
-            layer.round_weights()
+            layer.calibrate_weights(power_of_two)
         layer.simulate = True
     return done
+
+
+def _fits(layer: nn.Module, inputs: torch.Tensor) -> bool:
+    """Whether `layer` is reconstructed: a Linear layer with enough input rows (a convolution keeps its nearest
+    codes)."""
+    if not isinstance(layer, QuantisedLinear) or not (layer.in_features and layer.out_features):
+        return False
+    return len(inputs) >= MIN_ROWS_PER_INPUT * layer.in_features
 
 
 def _inputs_of(model: nn.Module, layer: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -96,9 +103,7 @@ def _inputs_of(model: nn.Module, layer: nn.Module, batches: Sequence[torch.Tenso
     return torch.cat(rows)
 
 
-def _reconstruct_layer(
-    layer: QuantisedLinear, x: torch.Tensor, scales_of: Callable[[torch.Tensor], torch.Tensor]
-) -> None:
+def _reconstruct_layer(layer: QuantisedLinear, x: torch.Tensor, power_of_two: bool) -> None:
     x = x.double()
     low, high = ACTIVATION_RANGE
     xq = torch.fake_quantize_per_tensor_affine(
@@ -121,8 +126,8 @@ def _reconstruct_layer(
     hessian = xq.T @ xq
     hessian += DAMPING * hessian.diagonal().mean().clamp_min(1e-12) * torch.eye(len(hessian), dtype=hessian.dtype)
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
-    scale = scales_of(fitted.float()).double()
-    codes_low, codes_high = WEIGHT_RANGE
+    scale = weight_scales(fitted.float(), power_of_two, layer.weight_bits).double()
+    codes_low, codes_high = weight_range(layer.weight_bits)
     work = fitted.clone()
     for column in range(work.shape[1]):
         w = work[:, column]

@@ -177,7 +177,8 @@ class ModelOut(BaseModel):
     )
     config: dict[str, Any]
     precision: str = Field(
-        default=FLOAT, description="fp32, or the quantisation (int8, int8-pow2) its weights and scales are stored at"
+        default=FLOAT,
+        description="fp32, or the quantisation (int8, int8-pow2, w4a8) its weights and scales are stored at",
     )
     float_blocks: list[int] = Field(
         default=[], description="blocks a quantised model keeps in fp32 (per-block precision)"

@@ -330,8 +330,23 @@ def test_an_fpga_design_for_16_bit_words_has_the_same_dsps_and_half_the_macs():
     # Twice the cycles on the GEMMs and twice the bytes, so 16-bit costs more, but less than twice (units, overheads).
     ratio = dense_ms(fpga_ms, int16, TINY, 1) / dense_ms(fpga_ms, FPGA, TINY, 1)
     assert 1.2 < ratio < 2.0
-    with pytest.raises(ValueError, match="dtype 'int4' for fpga:zcu102: use int8 or int16"):
+    with pytest.raises(ValueError, match="dtype 'int4' for fpga:zcu102: use int8, int16, w4a8"):
         FPGA.with_dtype("int4")
+
+
+def test_an_fpga_design_for_four_bit_weights_keeps_its_array_and_halves_the_weight_traffic():
+    w4a8 = FPGA.with_dtype("w4a8")
+    assert (w4a8.dtype, w4a8.bits, w4a8.weight_bytes, w4a8.pe_cols) == ("w4a8", 8, 0.5, FPGA.pe_cols)
+    assert w4a8.macs_per_dsp == FPGA.macs_per_dsp and w4a8.with_dtype("int8").weight_bits is None
+    assert FPGA.with_dtype("int16").with_dtype("w4a8").pe_cols == FPGA.pe_cols
+    # A board starved of DDR bandwidth waits on the weights: half their bytes, less time; with bandwidth to
+    # spare the array's cycles are the same.
+    starved = FPGA.model_copy(update={"ddr_bandwidth_gbs": 0.2})
+    key = mlp(TINY, 197, 768, 1)
+    assert fpga_ms(starved.with_dtype("w4a8"), key) < 0.9 * fpga_ms(starved, key)
+    assert dense_ms(fpga_ms, w4a8, TINY, 1) <= dense_ms(fpga_ms, FPGA, TINY, 1)
+    ample = FPGA.model_copy(update={"ddr_bandwidth_gbs": 1e6})
+    assert fpga_ms(ample.with_dtype("w4a8"), key) == pytest.approx(fpga_ms(ample, key))
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))

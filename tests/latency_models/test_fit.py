@@ -261,7 +261,7 @@ def test_a_device_is_fitted_on_the_core_configuration_and_dtype_it_was_timed_on(
     one = PHONE.on_cores("one")
     assert configured(PHONE, "one", None) == one and configured(PHONE, "2", None).threads == 2
     assert configured(PHONE, None, "int8").dtype == "int8" and configured(PHONE, None, None) == PHONE
-    with pytest.raises(ValueError, match="dtype 'float32' for fpga:zcu102: use int8 or int16"):
+    with pytest.raises(ValueError, match="dtype 'float32' for fpga:zcu102: use int8, int16, w4a8"):
         configured(BOARD, None, "float32")
     assert configured(BOARD, None, "int16") == BOARD.with_dtype("int16") and configured(BOARD, None, "int8") == BOARD
     truth = one.model_copy(update={"gemm_efficiency": 0.4})

@@ -116,7 +116,7 @@ def test_cluster_is_one_prime_and_three_big_on_a_1_3_4_design():
 def test_a_bad_core_configuration_says_what_is_valid(bad):
     with pytest.raises(ValueError, match="use one, cluster, all or a thread count from 1 to 8"):
         phone("snapdragon-855").on_cores(bad)
-    with pytest.raises(ValueError, match=r"dtype 'int4'.*float32 or int8"):
+    with pytest.raises(ValueError, match=r"dtype 'int4'.*float32, int8, w4a8"):
         phone("snapdragon-855").with_dtype("int4")
 
 
@@ -213,6 +213,15 @@ def test_int8_moves_a_quarter_of_the_bytes_and_quantises_around_float_ops():
     assert ms(costly, key) > ms(compute.with_dtype("int8"), key)  # (de)quantisation is priced
 
 
+def test_four_bit_weights_halve_the_weight_bytes_at_the_int8_rate():
+    starved = phone("snapdragon-855").model_copy(update={"dram_bandwidth_gbs": 0.05})
+    key = mlp(TINY, 1, 768, 1)  # one token: the weights are nearly all the bytes
+    int8, w4a8 = ms(starved.with_dtype("int8"), key), ms(starved.with_dtype("w4a8"), key)
+    assert 0.45 < w4a8 / int8 < 0.6
+    compute = phone("snapdragon-855").model_copy(update={"dram_bandwidth_gbs": 1e6})
+    assert ms(compute.with_dtype("w4a8"), big_mlp(8)) == pytest.approx(ms(compute.with_dtype("int8"), big_mlp(8)))
+
+
 # -- device names -----------------------------------------------------------------------------------
 
 
@@ -256,8 +265,8 @@ def test_a_dtype_is_part_of_a_phone_name_and_int8_is_priced_faster(registry):
         ("mobile-cpu:apple-a10@3", "use one, cluster, all or a thread count from 1 to 2"),
         ("mobile-cpu@0", "use one, cluster, all"),
         ("fpga:zcu102@one", "no core configurations"),
-        ("fpga+int4", "dtype 'int4' for fpga:zcu102: use int8 or int16"),
-        ("mobile-cpu@one+int4", "dtype 'int4'.*use float32 or int8"),
+        ("fpga+int4", "dtype 'int4' for fpga:zcu102: use int8, int16, w4a8"),
+        ("mobile-cpu@one+int4", "dtype 'int4'.*use float32, int8, w4a8"),
         ("mobile-cpu:nope@one", "presets: .*mobile-cpu:snapdragon-855"),
     ],
 )

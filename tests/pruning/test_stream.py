@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from pruning.bundle import CONFIG_FILE, load_bundle, save_bundle
 from pruning.export import export_onnx
 from pruning.metrics import classification_metrics, predict
 from pruning.onnx_session import onnx_logits, onnx_session
-from pruning.quantisation import QuantisationError, quantise
+from pruning.quantisation import QuantisationError, QuantisedConv2d, quantise, quantised_layers
+from pruning.quantisation._linear import ACTIVATION_RANGE
 from pruning.quantisation._stream import StreamGrid, stream_qparams
 from tests.pruning.tiny_quantised import calibration
 from tests.search.tiny import KWARGS
@@ -69,3 +71,36 @@ def test_the_stream_is_on_its_grids_in_every_quantised_block_and_the_bundle_and_
 def test_a_quantised_stream_needs_quantised_attention_products_too(pruned, images):
     with pytest.raises(QuantisationError, match="also quantise attention"):
         quantise(pruned, calibration(images), "int8", stream=0)
+
+
+def test_a_fully_integer_device_multiplies_the_patch_embedding_in_integers_too(pruned, images, tmp_path):
+    """The patch embedding's output is the int32 convolution of the image's uint8 codes with int8 weight codes,
+    scaled; the float recipe (no stream) leaves it float; the bundle and the ONNX file keep it."""
+    quantised = quantise(pruned, calibration(images), "int8", attention=True, stream=3)
+    layers = quantised_layers(quantised.model)
+    conv = quantised.model.patch_embed.proj
+    assert isinstance(conv, QuantisedConv2d) and next(iter(layers)) == "patch_embed.proj"
+    assert "patch_embedding" in quantised.quantisation
+    assert "patch_embed.proj" not in quantised_layers(quantise(pruned, calibration(images), "int8").model)
+    batch = next(images.batches(4))[0]
+    scale, zero = conv.input_scale.double(), conv.input_zero_point.long()
+    codes = ((torch.round(batch.double() / scale) + zero).clamp(*ACTIVATION_RANGE) - zero).double()
+    # every product and sum of codes is an integer below 2^53: exact in float64
+    accumulated = torch.nn.functional.conv2d(codes, conv.weight_codes().double(), stride=conv.stride)
+    channel = (conv.weight_scale.double(), conv.bias.detach().double())
+    expected = accumulated * scale * channel[0][:, None, None] + channel[1][:, None, None]
+    with torch.no_grad():
+        got = conv(batch).double()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+    path = save_bundle(quantised, tmp_path / "int8", model_kwargs=KWARGS)
+    loaded = load_bundle(path)
+    assert isinstance(loaded.model.patch_embed.proj, QuantisedConv2d)
+    assert torch.equal(predict(loaded, images), predict(quantised, images))
+    onnx_path = tmp_path / "int8.onnx"
+    export_onnx(quantised, onnx_path)
+    graph = onnx.load(str(onnx_path)).graph
+    conv_node = next(node for node in graph.node if node.op_type == "Conv")
+    assert conv_node.input[0].endswith("input_dq") and conv_node.input[1].endswith("weight_dq")
+    runtime = onnx_logits(onnx_session(onnx_path, threads=1), images)
+    assert classification_metrics(runtime, None, predict(quantised, images)).agreement == 100.0

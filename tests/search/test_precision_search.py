@@ -116,3 +116,25 @@ def test_quantised_trials_calibrate_on_a_few_images_spread_over_the_set():
     first, last = batches[0][0], batches[-1][-1]
     normalised = [images.subset(torch.tensor([i])).batches(1) for i in (0, 299)]
     assert [torch.equal(x, next(n)[0][0]) for x, n in zip((first, last), normalised, strict=True)] == [True, True]
+
+
+def test_four_bit_weights_are_searched_and_priced_as_w4a8(tmp_path):
+    space = SearchSpace(tokens="topk", token_blocks=(1, 2), precisions=("int8", "w4a8"))
+    job = tiny_job(tmp_path, device="mobile-cpu", space=space, trials=4, budget_ratio=1.0)
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    run_search(job, url, tmp_path / "out", show_progress=False)
+    study = optuna.load_study(study_name=job.study_name(), storage=url)
+    spec = describe(tiny_model(), MODEL)
+    registry = Registry()
+    names = {p: registry.priced_as(job.device, p) for p in ("int8", "w4a8")}
+    assert names["w4a8"].endswith("+w4a8")
+    trials = [t for t in study.trials if t.user_attrs.get("evaluated")]
+    assert {trial_precision(t) for t in trials} == {"int8", "w4a8"}  # both dense models start the search
+    for trial in trials:
+        predictor = registry.predictor(names[trial_precision(trial)], spec, [1])
+        config = PruneConfig.model_validate(trial.user_attrs["config"])
+        assert trial.values[1] == pytest.approx(predictor.predict(config, spec, 1).ms, rel=1e-4)
+    dense = {trial_precision(t): t.values for t in trials if t.user_attrs["config_key"].startswith(
+        PruneConfig.dense(spec).key())}  # fmt: skip
+    # the same model with 4-bit weights moves fewer bytes on the phone
+    assert dense["w4a8"][1] < dense["int8"][1]

@@ -95,7 +95,7 @@ def test_an_fpga_is_fitted_to_its_timing_report(capsys, tmp_path, profiles):
         ("model,ms\ndeit_tiny_patch16_224,3\n", ["--base", "mobile-cpu:nope"], "unknown base 'mobile-cpu:nope'"),
         ("model,ms\ndeit_tiny_patch16_224,3\n", ["--name", "host-cpu"], "device name 'host-cpu'"),
         ("model,ms\ndeit_tiny_patch16_224,3\n", ["--name", "../up"], "device name '../up'"),
-        ("model,ms\ndeit_tiny_patch16_224,3\n", ["--base", "fpga", "--dtype", "float32"], "use int8 or int16"),
+        ("model,ms\ndeit_tiny_patch16_224,3\n", ["--base", "fpga", "--dtype", "float32"], "use int8, int16, w4a8"),
         (None, [], "No such file"),
     ],
 )

@@ -73,10 +73,10 @@ def test_measure_times_both_files_and_a_phone_prices_both_dtypes(capsys, folders
     assert any(line.startswith("predicted on mobile-cpu@cluster at batch 1: fp32") for line in lines)
     _, metrics = read_bundle_json(out)
     price = metrics["device_ms"]
-    assert price["int8"] < price["fp32"] and price["speedup"] == pytest.approx(price["fp32"] / price["int8"])
+    assert price["quantised"] < price["fp32"] and price["speedup"] == pytest.approx(price["fp32"] / price["quantised"])
     assert price["priced_as"] == {
         "fp32": "mobile-cpu:snapdragon-8-gen-2@cluster",
-        "int8": "mobile-cpu:snapdragon-8-gen-2@cluster+int8",
+        "quantised": "mobile-cpu:snapdragon-8-gen-2@cluster+int8",
     }
     # the phone runs the model fully in int8: attention products in int8, residual stream one scale per tensor
     assert "attention_products" in metrics["quantisation"] and "2^0..2^0" in metrics["quantisation"]["stream"]
@@ -109,6 +109,7 @@ def test_the_device_prices_the_float_and_the_quantised_model_each_in_its_own_dty
 
     assert _priced_as("fpga", "int8-pow2") == {"fp32": "fpga:zcu102+int16", "int8-pow2": "fpga:zcu102"}
     assert _priced_as("mobile-cpu@one", "int8")["int8"] == "mobile-cpu:snapdragon-8-gen-2@one+int8"
+    assert _priced_as("fpga", "w4a8")["w4a8"] == "fpga:zcu102+w4a8"
 
 
 def test_the_most_sensitive_blocks_are_kept_float_and_priced_as_float(capsys, folders, class_map):
@@ -123,9 +124,9 @@ def test_the_most_sensitive_blocks_are_kept_float_and_priced_as_float(capsys, fo
     assert min(gains[i] for i in chosen) >= max(g for i, g in enumerate(gains) if i not in chosen)
     model = load_bundle(out)
     assert model.quantisation["float_blocks"] == chosen
-    assert len(quantised_layers(model.model)) == 10 * 4 + 1
+    assert len(quantised_layers(model.model)) == 10 * 4 + 2  # and the classifier and, on a phone, the patch embedding
     price = summary["device_ms"]
-    assert price["int8"] < price["fp32"] and f"blocks {chosen[0]}, {chosen[1]}" in price["priced_as"]["int8"]
+    assert price["quantised"] < price["fp32"] and f"blocks {chosen[0]}, {chosen[1]}" in price["priced_as"]["quantised"]
     code, _, err = run(capsys, *command(folders, class_map, folders / "never", "--float-blocks", "0,12"))
     assert code == 2 and "float blocks [12] do not exist" in err and "Traceback" not in err
     with pytest.raises(SystemExit):  # argparse refuses it with its usage line
