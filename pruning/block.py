@@ -48,6 +48,8 @@ def attention_heads(
         if products is not None:
             q, k, v = products.operands(q, k, v)
         logits = q @ k.transpose(-2, -1)
+        if products is not None:
+            logits = products.logits(logits)
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
         probs = logits.softmax(dim=-1)
@@ -70,8 +72,9 @@ def attention_heads(
 
 
 def mlp_hidden(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The MLP's hidden activations, the input of `mlp.fc2`."""
-    return mlp.norm(mlp.act(mlp.fc1(x)))
+    """The MLP's hidden activations, the input of `mlp.fc2` (GELU's input on its grid where a model quantised
+    for a fully integer device has one)."""
+    return mlp.norm(mlp.act(on_grid(mlp, "gelu_in", mlp.fc1(x))))
 
 
 def attention_half(
@@ -97,6 +100,12 @@ def on_stream_grid(module: nn.Module, name: str, state: TokenState) -> TokenStat
     device has one (`pruning.quantisation._stream`), else as it is."""
     grid = getattr(module, name, None)
     return state if grid is None else replace(state, x=grid(state.x))
+
+
+def on_grid(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """`x` on `module`'s grid `name` where it has one, else as it is."""
+    grid = getattr(module, name, None)
+    return x if grid is None else grid(x)
 
 
 def block_forward(

@@ -320,7 +320,7 @@ def _quantised_skeleton(pruned: PrunedViT, quantisation: Any) -> None:
     if quantisation.get("attention_products"):
         attach_products(pruned.model, keep_float)
     if quantisation.get("stream"):
-        attach_stream_grids(pruned, keep_float)
+        attach_stream_grids(pruned, keep_float, nonlinear_inputs=bool(quantisation.get("nonlinear_inputs")))
     pruned.quantisation = quantisation
 
 

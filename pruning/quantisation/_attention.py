@@ -5,7 +5,9 @@ attention products in int8 too, where onnxruntime's CPU recipe keeps them float.
 the scaled query, the keys and the values are int8, symmetric, one scale each per layer, calibrated
 on real images (min-max; with power-of-two scales, the power of two with the smaller squared error);
 the softmax output is uint8 with the fixed scale 1/256 (TFLite's, a power of two: a probability of 1
-is stored as 255/256). `AttentionProducts` holds those scales; the block's forward
+is stored as 255/256); the logits, the softmax's input, one uint8 grid per tensor (`logits_in`, a
+`StreamGrid` of one channel, where the device stores them in 8 bits: `pruning.quantisation._stream`).
+`AttentionProducts` holds those scales; the block's forward
 (`pruning.block.attention_heads`) quantises the four operands through it, with operations that the
 ONNX file computes the same way.
 """
@@ -42,6 +44,11 @@ class AttentionProducts(nn.Module):
             _on_grid(x, s, OPERAND_RANGE)
             for x, s in ((q, self.query_scale), (k, self.key_scale), (v, self.value_scale))
         )
+
+    def logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The attention logits on their grid, where the layer has one (`logits_in`)."""
+        grid = getattr(self, "logits_in", None)
+        return logits if grid is None else grid(logits)
 
     def probs(self, probs: torch.Tensor) -> torch.Tensor:
         """Softmax output on its uint8 grid."""

@@ -4,7 +4,9 @@ What is quantised: every `nn.Linear` (attention qkv and projection, MLP fc1 and 
 the layers that hold nearly all of a ViT's multiply-accumulates. What stays float, as onnxruntime's
 int8 CPU recipe runs a ViT: the patch embedding, LayerNorm, softmax and the attention products, GELU
 and the residual adds. For a device that multiplies the attention products in int8 too (a phone
-running the model fully in int8, an FPGA), `attention=True` quantises them as it does.
+running the model fully in int8, an FPGA), `attention=True` quantises them as it does; for one that
+computes everything in integer, `stream` quantises the rest of what it stores (the residual stream,
+GELU's and softmax's inputs, the patch embedding).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from pruning.quantisation._attention import AttentionProducts, operand_scale
 from pruning.quantisation._linear import SAMPLE_VALUES, QuantisedConv2d, QuantisedLinear, activation_qparams
 from pruning.quantisation._pow2_search import MARGIN, SEARCH_IMAGES, network_pow2
 from pruning.quantisation._reconstruct import reconstruct as reconstruct_layers
-from pruning.quantisation._stream import StreamGrid, StreamObserver, stream_qparams, stream_slots
+from pruning.quantisation._stream import (
+    StreamGrid,
+    StreamObserver,
+    gelu_slots,
+    stream_qparams,
+    stream_slots,
+    tensor_qparams,
+)
 from pruning.quantisation.precisions import PRECISIONS
 
 __all__ = [
@@ -138,8 +147,9 @@ def quantise(
     precisions), the activation scales are then chosen for the whole network, each moved by a factor of
     two where that brings the output closer to the float model's (`pruning.quantisation._pow2_search`).
     With `stream` (a fully integer device), the residual stream is put on uint8 grids too, each channel's
-    scale a shared one times up to 2^`stream` (`pruning.quantisation._stream`; 0: one scale per tensor).
-    Records what it did in `quantisation`.
+    scale a shared one times up to 2^`stream` (`pruning.quantisation._stream`; 0: one scale per tensor),
+    GELU's and softmax's inputs on one uint8 grid per tensor, and the patch embedding is quantised as the
+    Linear layers are. Records what it did in `quantisation`.
     """
     if precision not in PRECISIONS:
         raise QuantisationError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -186,8 +196,11 @@ def quantise(
     if attention:
         for name, products in attach_products(model.model, keep_float).items():
             scales = (products.query_scale, products.key_scale, products.value_scale)
-            for scale, (absmax, sample) in zip(scales, operands[name], strict=True):
+            for scale, (absmax, sample) in zip(scales, operands[name][:3], strict=True):
                 scale.fill_(operand_scale(absmax, sample, power_of_two))
+            if stream is not None:  # the softmax reads the logits in 8 bits too
+                low, high = operands[name][3]
+                products.logits_in = _grid(*tensor_qparams(low, high, power_of_two))
         described["attention_products"] = ATTENTION_PRODUCTS
         described["float"] = "patch embedding, LayerNorm, softmax, GELU, residual adds"
     if network_scales:
@@ -205,6 +218,7 @@ def quantise(
     if stream is not None:
         described["stream"] = STREAM.format(shifts=stream, images=images)
         described["patch_embedding"] = PATCH_EMBEDDING
+        described["nonlinear_inputs"] = NONLINEAR_INPUTS.format(images=images)
         described["float"] = "the arithmetic inside LayerNorm, softmax and GELU, between 8-bit grids"
     if float_blocks:
         described["float_blocks"] = float_blocks
@@ -214,38 +228,58 @@ def quantise(
 
 
 PATCH_EMBEDDING = "quantised as the Linear layers are: its input the normalised image on one uint8 grid"
+NONLINEAR_INPUTS = (
+    "uint8, one scale and zero point per tensor: GELU's input (fc1's output) and softmax's (the attention logits), "
+    "min-max over {images} calibration images"
+)
 STREAM = (
     "uint8 residual stream at each block's input and middle and before the final LayerNorm: per channel a shared "
     "scale times 2^0..2^{shifts} and a zero point, min-max over {images} calibration images"
 )
 
 
-def attach_stream_grids(pruned: PrunedViT, keep_float: Iterable[nn.Module] = ()) -> list[StreamGrid]:
-    """Give `pruned` the stream grids whose scales a quantised bundle holds (but in the blocks kept float)."""
+def attach_stream_grids(
+    pruned: PrunedViT, keep_float: Iterable[nn.Module] = (), nonlinear_inputs: bool = False
+) -> list[StreamGrid]:
+    """Give `pruned` the stream grids whose scales a quantised bundle holds (but in the blocks kept float), and
+    with `nonlinear_inputs` the grids of GELU's and softmax's inputs (after `attach_products`)."""
+    keep_float = list(keep_float)
+    slots = stream_slots(pruned, keep_float) + (gelu_slots(pruned, keep_float) if nonlinear_inputs else [])
     grids = []
-    for module, name, channels in stream_slots(pruned, list(keep_float)):
+    for module, name, channels in slots:
         grids.append(StreamGrid(channels))
         setattr(module, name, grids[-1])
+    if nonlinear_inputs:
+        for products in (getattr(m, "products", None) for m in pruned.model.modules()):
+            if products is not None:
+                products.logits_in = StreamGrid(1)
+                grids.append(products.logits_in)
     return grids
 
 
 def _observe_stream(pruned: PrunedViT, keep_float: list[nn.Module]) -> list[tuple[nn.Module, str, StreamObserver]]:
-    """Observers where the stream grids will be, recording what the calibration pass sends through."""
+    """Observers where the stream grids and GELU's input grids will be, recording what the calibration pass
+    sends through."""
     observers = []
-    for module, name, _ in stream_slots(pruned, keep_float):
-        observers.append((module, name, StreamObserver()))
+    for module, name, channels in stream_slots(pruned, keep_float) + gelu_slots(pruned, keep_float):
+        observers.append((module, name, StreamObserver(per_tensor=channels == 1)))
         setattr(module, name, observers[-1][2])
     return observers
 
 
 def _place_stream(observers: list[tuple[nn.Module, str, StreamObserver]], shifts: int, power_of_two: bool) -> None:
-    """Replace each observer by a grid covering what it saw."""
+    """Replace each observer by a grid covering what it saw (one for the whole tensor where it observed so)."""
     for module, name, observer in observers:
-        grid = StreamGrid(len(observer.low))
-        scale, zero_point = stream_qparams(observer.low, observer.high, shifts, power_of_two)
-        grid.scale.copy_(scale)
-        grid.zero_point.copy_(zero_point)
-        setattr(module, name, grid)
+        low, high = observer.low, observer.high
+        qparams = tensor_qparams(low, high, power_of_two) if observer.per_tensor else None
+        setattr(module, name, _grid(*(qparams or stream_qparams(low, high, shifts, power_of_two))))
+
+
+def _grid(scale: torch.Tensor, zero_point: torch.Tensor) -> StreamGrid:
+    grid = StreamGrid(len(scale))
+    grid.scale.copy_(scale)
+    grid.zero_point.copy_(zero_point)
+    return grid
 
 
 def _search_batches(batches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -297,7 +331,7 @@ def _calibrate(
 ) -> tuple[dict[str, tuple[float, float, torch.Tensor]], dict[str, list[tuple[float, torch.Tensor]]], int]:
     """One pass over `batches` in the float model: (name -> (min, max, sample of values) of each of `layers`'
     inputs; with `attention`, attention layer name -> [(largest magnitude, sample of values)] of its scaled
-    query, keys and values; how many images)."""
+    query, keys and values, then (min, max) of its logits; how many images)."""
     seen: dict[str, list] = {name: [float("inf"), float("-inf"), []] for name in layers}
     operands: dict[str, list] = {}
     generator, operand_generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
@@ -317,11 +351,13 @@ def _calibrate(
             B, N, _ = inputs[0].shape
             q, k, v = output.reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             q, k = module.q_norm(q) * module.scale, module.k_norm(k)
-            entry = operands.setdefault(name, [[0.0, []] for _ in range(3)])
-            for slot, x in zip(entry, (q, k, v), strict=True):
+            entry = operands.setdefault(name, [[0.0, []] for _ in range(3)] + [[float("inf"), float("-inf")]])
+            for slot, x in zip(entry[:3], (q, k, v), strict=True):
                 flat = x.detach().float().reshape(-1).cpu()
                 slot[0] = max(slot[0], float(flat.abs().max()))
                 slot[1].append(flat[torch.randint(flat.numel(), (SAMPLE_VALUES,), generator=operand_generator)])
+            logits = q.detach() @ k.detach().transpose(-2, -1)
+            entry[3] = [min(entry[3][0], float(logits.min())), max(entry[3][1], float(logits.max()))]
 
         return hook
 
@@ -343,4 +379,8 @@ def _calibrate(
     if images == 0:
         raise QuantisationError(NO_IMAGES)
     ranges = {name: (low, high, torch.cat(sample)) for name, (low, high, sample) in seen.items()}
-    return ranges, {name: [(m, torch.cat(sample)) for m, sample in entry] for name, entry in operands.items()}, images
+    operands = {
+        name: [(m, torch.cat(sample)) for m, sample in entry[:3]] + [tuple(torch.tensor([x]) for x in entry[3])]
+        for name, entry in operands.items()
+    }
+    return ranges, operands, images

@@ -13,6 +13,11 @@ The grids sit where the stream is read: at each block's input and between its tw
 LayerNorms and residual adds read), and before the final LayerNorm. Each channel's range is its
 min-max over the calibration images in the float model; the zero point is per channel (an offset
 LayerNorm's integer mean absorbs).
+
+The same device stores the inputs of its nonlinear units in 8 bits too: GELU reads fc1's output, and
+softmax the attention logits, each requantised to one uint8 grid per tensor (a phone's int8 GELU and
+softmax are lookup tables over those 256 codes; the FPGA's units read 8-bit words). `GELU_SLOT` is
+the MLP's grid; the logits' grid belongs to the layer's `AttentionProducts`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,17 @@ from torch import nn
 
 from pruning.model import PrunedViT
 
-__all__ = ["SLOTS", "STREAM_RANGE", "StreamGrid", "StreamObserver", "stream_qparams", "stream_slots"]
+__all__ = [
+    "GELU_SLOT",
+    "SLOTS",
+    "STREAM_RANGE",
+    "StreamGrid",
+    "StreamObserver",
+    "gelu_slots",
+    "stream_qparams",
+    "stream_slots",
+    "tensor_qparams",
+]
 
 STREAM_RANGE = (0, 255)
 """uint8 codes of the stream."""
@@ -47,10 +62,12 @@ class StreamGrid(nn.Module):
 
 
 class StreamObserver(nn.Module):
-    """Stands where a `StreamGrid` will: records each channel's min and max of what passes, changes nothing."""
+    """Stands where a `StreamGrid` will: records each channel's min and max of what passes, changes nothing.
+    `per_tensor`: the grid there will have one scale for the whole tensor."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_tensor: bool = False) -> None:
         super().__init__()
+        self.per_tensor = per_tensor
         self.low: torch.Tensor | None = None
         self.high: torch.Tensor | None = None
 
@@ -81,6 +98,11 @@ def stream_qparams(
     return scale.float(), zero_point.float()
 
 
+def tensor_qparams(low: torch.Tensor, high: torch.Tensor, power_of_two: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero point) of one uint8 grid for the whole tensor whose channels ranged over [low, high]."""
+    return stream_qparams(low.amin()[None], high.amax()[None], 0, power_of_two)
+
+
 SLOTS = ("stream_in", "stream_mid")
 """Where a block's stream grids sit (`pruning.block.on_stream_grid`); the model's own is `stream_out`."""
 
@@ -90,3 +112,13 @@ def stream_slots(pruned: PrunedViT, keep_float: list[nn.Module]) -> list[tuple[n
     blocks, skipped = pruned.blocks, {id(block) for block in keep_float}
     slots = [(b, name, b.norm1.normalized_shape[0]) for b in blocks if id(b) not in skipped for name in SLOTS]
     return [*slots, (pruned.model, "stream_out", blocks[-1].norm1.normalized_shape[0])]
+
+
+GELU_SLOT = "gelu_in"
+"""Where an MLP's grid of GELU's input sits (`pruning.block.mlp_hidden`)."""
+
+
+def gelu_slots(pruned: PrunedViT, keep_float: list[nn.Module]) -> list[tuple[nn.Module, str, int]]:
+    """(MLP, `GELU_SLOT`, 1) of every block with hidden channels left but those kept float: one grid per tensor."""
+    skipped = {id(block) for block in keep_float}
+    return [(b.mlp, GELU_SLOT, 1) for b in pruned.blocks if id(b) not in skipped and b.mlp.fc1.out_features > 0]

@@ -128,10 +128,11 @@ def test_a_mixed_model_is_priced_block_by_block_in_the_dtype_that_runs_each(tmp_
 def test_network_wide_power_of_two_scales_bring_the_output_closer_and_stay_powers_of_two(pruned, images, monkeypatch):
     batches = calibration(images)
     monkeypatch.setattr("pruning.quantisation._quantise.SEARCH_IMAGES", 9)  # judged on fewer than calibrated on
-    network = quantise(pruned, batches, "int8-pow2", attention=True, stream=3, network_scales=True)
-    local = quantise(pruned, batches, "int8-pow2", attention=True, stream=3)
+    network = quantise(pruned, batches, "int8-pow2", attention=True, network_scales=True)
+    local = quantise(pruned, batches, "int8-pow2", attention=True)
     assert "(KL on 9 images" in network.quantisation["scales"]
-    assert "over 12 calibration images" in network.quantisation["stream"]
+    integer = quantise(pruned, batches, "int8-pow2", attention=True, stream=3, network_scales=True)
+    assert "over 12 calibration images" in integer.quantisation["stream"]
     searched = [batches[0], batches[1][:3]]
     with torch.no_grad():
         reference = torch.cat([pruned(batch) for batch in searched])

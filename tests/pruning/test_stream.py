@@ -53,6 +53,18 @@ def test_the_stream_is_on_its_grids_in_every_quantised_block_and_the_bundle_and_
             ratios = torch.log2(grid.scale / grid.scale.min())
             assert torch.allclose(ratios, torch.round(ratios), atol=1e-5) and ratios.max() <= shifts + 1e-5
     assert isinstance(quantised.model.stream_out, StreamGrid)
+    # the nonlinear units read their inputs in 8 bits too: one grid per tensor, none in the float block
+    for index, block in enumerate(quantised.blocks):
+        inputs = [
+            getattr(block.mlp, "gelu_in", None),
+            getattr(getattr(block.attn, "products", None), "logits_in", None),
+        ]
+        assert (
+            inputs == [None, None]
+            if index == 1
+            else all(isinstance(g, StreamGrid) and len(g.scale) == 1 for g in inputs)
+        )
+    assert "GELU's input" in quantised.quantisation["nonlinear_inputs"]
     reference = predict(pruned, images)
     without = quantise(pruned, calibration(images), "int8", attention=True, float_blocks=[1])
     assert not torch.equal(predict(quantised, images), predict(without, images))  # the stream grids act
