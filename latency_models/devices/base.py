@@ -93,8 +93,8 @@ class DeviceBackend(Protocol):
         accuracy is simulated so (`pruning.quantisation.quantise(attention=..., stream=...)`): None where
         the attention products and the residual stream stay float (onnxruntime's int8 recipe, and every
         float precision); an int k for a device that computes the model fully in integer: the attention
-        products in int8 and the residual stream on uint8 grids whose channels scale by up to 2^k (0: one
-        scale per tensor)."""
+        products and the patch embedding in int8, GELU's and softmax's inputs on uint8 grids, and the
+        residual stream on uint8 grids whose channels scale by up to 2^k (0: one scale per tensor)."""
         ...
 
 

@@ -57,7 +57,7 @@ def wrap_linears(
     """Replace every plain `nn.Linear` in `model`, except those inside `keep_float` (blocks kept in float),
     by a QuantisedLinear of `weight_bits`-bit weights sharing its parameters; name -> layer."""
     skipped = _inside(keep_float)
-    layers: dict[str, QuantisedLinear | QuantisedConv2d] = {}
+    layers: dict[str, QuantisedLinear] = {}
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.Linear and id(child) not in skipped:
