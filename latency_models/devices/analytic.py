@@ -68,7 +68,7 @@ class AnalyticDevice:
         description = f"analytic {model} model, {self.params.hardware}"
         if isinstance(self.params, MobileCpuParams) and "@" not in self.name:
             description += f" (default @{self.params.cores}; also @one, @cluster, @all or @<threads>"
-            description += "; +int8 or +w4a8 for int8)" if DTYPE_MARK not in self.name else ")"
+            description += "; +int8 for int8, +w4a8 for 4-bit weights)" if DTYPE_MARK not in self.name else ")"
         elif isinstance(self.params, FpgaParams) and DTYPE_MARK not in self.name:
             description += f" ({self.params.dtype}; +int16, +int8 or +w4a8 for a design built for those words)"
         return DeviceProfile(self.name, "analytic", description, True, "any ViT", BASIS)
