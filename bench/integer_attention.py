@@ -5,7 +5,8 @@ Models: dense DeiT-Tiny and the same pruned to top-k 0.7 (package token, blocks 
 `int8` and `int8-pow2`, each quantised four ways (`RECIPES`): as onnxruntime runs it; with the attention
 products in int8 but the residual stream float (what each part costs); as a phone's full-int8 runtime
 computes it (products int8, the stream one scale per tensor); as the FPGA does (products int8, the stream
-per channel up to 2^3, FQ-ViT's Power-of-Two Factor). Calibrated on `--calibration-images` spread over
+per channel up to 2^3, FQ-ViT's Power-of-Two Factor); both with the patch embedding and GELU's and
+softmax's inputs in 8 bits too. Calibrated on `--calibration-images` spread over
 one half of the 1,000 sample images (a seeded shuffle), and measured on the other half, which nothing
 was tried on: top-1 and the points lost to its own fp32 model (paired SE), top-1 agreement and KL with
 its own fp32 model; for the integer recipes, the exported file run by onnxruntime against the
