@@ -98,8 +98,7 @@ def mlp_half(block: nn.Module, state: TokenState) -> TokenState:
 def on_stream_grid(module: nn.Module, name: str, state: TokenState) -> TokenState:
     """The residual stream put on `module`'s grid `name` where a model quantised for a fully integer
     device has one (`pruning.quantisation._stream`), else as it is."""
-    grid = getattr(module, name, None)
-    return state if grid is None else replace(state, x=grid(state.x))
+    return replace(state, x=on_grid(module, name, state.x))
 
 
 def on_grid(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:

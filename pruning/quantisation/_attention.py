@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pruning.block import on_grid
 from pruning.quantisation._linear import pow2_by_error
 
 __all__ = ["OPERAND_RANGE", "PROBS_RANGE", "PROBS_SCALE", "AttentionProducts", "operand_scale"]
@@ -47,8 +48,7 @@ class AttentionProducts(nn.Module):
 
     def logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The attention logits on their grid, where the layer has one (`logits_in`)."""
-        grid = getattr(self, "logits_in", None)
-        return logits if grid is None else grid(logits)
+        return on_grid(self, "logits_in", logits)
 
     def probs(self, probs: torch.Tensor) -> torch.Tensor:
         """Softmax output on its uint8 grid."""

@@ -84,6 +84,9 @@ class _IntegerWeights:
         self.weight_scale.copy_(weight_scales(self.weight.flatten(1), power_of_two, self.weight_bits))
         self.round_weights()
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, W{self.weight_bits}A8"
+
 
 class QuantisedLinear(_IntegerWeights, nn.Linear):
     """`nn.Linear` with an int8 weight grid and a uint8 input grid (see the module docstring)."""
@@ -105,9 +108,6 @@ class QuantisedLinear(_IntegerWeights, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self._input(x), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, W{self.weight_bits}A8"
 
 
 class QuantisedConv2d(_IntegerWeights, nn.Conv2d):
@@ -135,9 +135,6 @@ class QuantisedConv2d(_IntegerWeights, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self._input(x), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, W{self.weight_bits}A8"
 
 
 def weight_range(bits: int) -> tuple[int, int]:

@@ -56,27 +56,27 @@ def wrap_linears(
 ) -> dict[str, QuantisedLinear]:
     """Replace every plain `nn.Linear` in `model`, except those inside `keep_float` (blocks kept in float),
     by a QuantisedLinear of `weight_bits`-bit weights sharing its parameters; name -> layer."""
-    skipped = _inside(keep_float)
-    layers: dict[str, QuantisedLinear] = {}
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.Linear and id(child) not in skipped:
-                layer = QuantisedLinear.wrap(child, weight_bits)
-                setattr(module, child_name, layer)
-                layers[f"{name}.{child_name}" if name else child_name] = layer
-    return layers
+    return _wrap(model, nn.Linear, QuantisedLinear, weight_bits, _inside(keep_float))
 
 
 def wrap_patch_embedding(model: nn.Module, weight_bits: int = 8) -> dict[str, QuantisedConv2d]:
     """Replace the convolutions of `model`'s patch embedding by QuantisedConv2d layers sharing their
     parameters; name -> layer. A fully integer device multiplies them in integers too."""
-    layers: dict[str, QuantisedConv2d] = {}
-    for name, module in list(model.patch_embed.named_modules()):
+    return _wrap(model.patch_embed, nn.Conv2d, QuantisedConv2d, weight_bits, prefix="patch_embed")
+
+
+def _wrap(
+    root: nn.Module, base: type, kind: type, weight_bits: int, skipped: set[int] = frozenset(), prefix: str = ""
+) -> dict:
+    """Replace every plain `base` layer inside `root` (but those in `skipped`) by a `kind` sharing its
+    parameters; name (under `prefix`) -> layer."""
+    layers = {}
+    for name, module in list(root.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.Conv2d:
-                layer = QuantisedConv2d.wrap(child, weight_bits)
+            if type(child) is base and id(child) not in skipped:
+                layer = kind.wrap(child, weight_bits)
                 setattr(module, child_name, layer)
-                layers[".".join(part for part in ("patch_embed", name, child_name) if part)] = layer
+                layers[".".join(part for part in (prefix, name, child_name) if part)] = layer
     return layers
 
 
