@@ -119,12 +119,12 @@ def fidelity_cells(row: dict) -> str:
     )
 
 
-def write_results(args, name: str, batches, report: ImageSet, rows: list[dict], markdown, **extra) -> None:
+def write_results(args, name: str, calibration, report: ImageSet, rows: list[dict], markdown, **extra) -> None:
     """`<name>.json` and `<name>.md` under `--out` (what was measured, on which images, and the rows); prints the
     Markdown."""
     summary = {
         "model": args.model,
-        "calibration_images": sum(len(batch) for batch in batches),
+        "calibration_images": sum(len(batch) for batch in calibration),
         "report_images": len(report),
         "seed": args.seed,
         "threads": args.threads,
