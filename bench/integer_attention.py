@@ -10,7 +10,8 @@ softmax's inputs in 8 bits too. Calibrated on `--calibration-images` spread over
 one half of the 1,000 sample images (a seeded shuffle), and measured on the other half, which nothing
 was tried on: top-1 and the points lost to its own fp32 model (paired SE), top-1 agreement and KL with
 its own fp32 model; for the integer recipes, the exported file run by onnxruntime against the
-simulation.
+simulation, and beside it the float floor (the simulation in float64 against itself in float32,
+`bench/quantisation.py`).
 
 Writes `integer_attention.{json,md}` under `--out`.
 
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from quantisation import PRECISIONS, fidelity, fidelity_cells, halves_parser, prepare, write_results
+from quantisation import PRECISIONS, fidelity, fidelity_cells, float64_logits, halves_parser, prepare, write_results
 
 from latency_models.analytic import FpgaParams, MobileCpuParams
 from latency_models.devices.analytic import STREAM_SHIFTS
@@ -62,6 +63,8 @@ def main() -> int:
                         export_onnx(quantised, path)
                         runtime = onnx_logits(onnx_session(path, args.threads), report)
                         row["onnx_vs_simulation"] = classification_metrics(runtime, None, logits).agreement
+                        wide = float64_logits(quantised, report)
+                        row["float_floor"] = classification_metrics(wide, None, logits).agreement
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
     write_results(args, "integer_attention", batches, report, rows, _markdown)
@@ -75,12 +78,15 @@ def _markdown(summary: dict) -> str:
         "",
         "Loss and fidelity against each model's own fp32 version on the report half; ± is one standard error.",
         "",
-        "| model | precision | computed as | top-1 | points lost | agreement | KL | onnxruntime vs simulation |",
-        "|---|---|---|--:|--:|--:|--:|--:|",
+        "| model | precision | computed as | top-1 | points lost | agreement | KL | onnxruntime vs simulation"
+        " | float floor |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for row in summary["rows"]:
-        onnx = f"{row['onnx_vs_simulation']:.1f}%" if "onnx_vs_simulation" in row else ""
-        lines.append(f"| {row['model']} | {row['precision']} | {row['recipe']} | {fidelity_cells(row)} | {onnx} |")
+        onnx, floor = (f"{row[key]:.1f}%" if key in row else "" for key in ("onnx_vs_simulation", "float_floor"))
+        lines.append(
+            f"| {row['model']} | {row['precision']} | {row['recipe']} | {fidelity_cells(row)} | {onnx} | {floor} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -73,7 +73,7 @@ def main() -> int:
                         "loss": paired_loss(simulated, float_logits, report),
                         "onnxruntime": _row(name, precision, runtime, report, reference)["val"],
                         "onnx_vs_simulation": _agreement(runtime, simulated),
-                        "float_floor": _agreement(_float64(quantised, report), simulated),
+                        "float_floor": _agreement(float64_logits(quantised, report), simulated),
                         "latency_ms": latency,
                         "speedup": {b: float_latency[b] / latency[b] for b in latency},
                     }
@@ -178,7 +178,7 @@ def _agreement(logits: torch.Tensor, simulated: torch.Tensor) -> dict:
     }
 
 
-def _float64(quantised, report: ImageSet) -> torch.Tensor:
+def float64_logits(quantised, report: ImageSet) -> torch.Tensor:
     """The simulation computed in float64: the same codes and scales, other float rounding."""
     wide = copy.deepcopy(quantised).double()
     with torch.no_grad():
