@@ -52,6 +52,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=FineTuneConfig().steps)
     parser.add_argument("--batch-size", type=int, default=FineTuneConfig().batch_size)
     parser.add_argument("--lr", type=float, default=FineTuneConfig().lr)
+    parser.add_argument("--feature-weight", type=float, default=FineTuneConfig().feature_weight)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0, help="the split of the sample into training and report halves")
     args = parser.parse_args()
@@ -65,7 +66,9 @@ def main() -> int:
     train_half, report_half = images.split(0.5, seed=args.seed)
     reference = predict(dense, report_half)
     dense_metrics = classification_metrics(reference, report_half.labels, reference)
-    recipe = FineTuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    recipe = FineTuneConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, feature_weight=args.feature_weight, seed=args.seed
+    )
     rows = []
     targets = args.targets.split(",")
     runs = [(t, args.train_images) for t in targets]
@@ -155,7 +158,8 @@ def _markdown(summary: dict) -> str:
         "",
         f"Figures on {summary['rows'][0]['report_images'] if summary['rows'] else 0} sample images never trained on "
         f"(seed {summary['seed']}); dense top-1 {dense['top1']:.1f}% (SE {dense['top1_se']:.1f}). Recipe: "
-        f"{summary['recipe']['steps']} steps of {summary['recipe']['batch_size']}, lr {summary['recipe']['lr']}.",
+        f"{summary['recipe']['steps']} steps of {summary['recipe']['batch_size']}, lr {summary['recipe']['lr']}, "
+        f"feature weight {summary['recipe'].get('feature_weight', 0.0)}.",
         "",
         "| target | model | train images | top-1 before -> after (SE) | loss vs dense after"
         " | agreement before -> after | KL before -> after | steps (best) | minutes |",
