@@ -13,7 +13,9 @@ The 1,000 sample images are split by a seeded shuffle: training takes one half (
 it, a share held out inside it for early stopping), and every figure is measured on the other half,
 which nothing here tunes on. Per model: top-1, top-1 agreement and KL with the dense model, each
 with its standard error, before and after training; steps and wall time. With `--curve`, the first
-target is trained again on fewer images. Writes `finetune_recovery.{json,md}` under `--out`.
+target is trained again on fewer images; with three sizes or more, a least-squares line through its
+agreement and KL against log2 of the count says what a doubling of the images gives and, extrapolated,
+about how many images 95% agreement would take with this recipe. Writes `finetune_recovery.{json,md}` under `--out`.
 
     python bench/finetune_recovery.py --data $VITPRUNE_DATA_DIR --out bench/results [--curve 125,250]
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -173,7 +177,40 @@ def _markdown(summary: dict) -> str:
             f" | {dense['top1'] - a['top1']:+.1f} | {b['agreement']:.1f} -> {a['agreement']:.1f}"
             f" | {b['kl']:.3f} -> {a['kl']:.3f} | {row['steps']} ({row['best_step']}) | {row['seconds'] / 60:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _curve_lines(summary)) + "\n"
+
+
+def _curve_lines(summary: dict, target_agreement: float = 95.0) -> list[str]:
+    """A least-squares line through the first target's agreement and KL against log2(training images).
+
+    An extrapolation, and said to be one: it tells a user roughly how many images the recipe wants,
+    not a figure measured here.
+    """
+    first = summary["rows"][0]["target"] if summary["rows"] else None
+    points = sorted(
+        (math.log2(row["train_images"]), row["after"]["agreement"], row["after"]["kl"])
+        for row in summary["rows"]
+        if row["target"] == first
+    )
+    if len({x for x, _, _ in points}) < 3:
+        return []
+    xs = [x for x, _, _ in points]
+    agreement_slope, agreement_at = statistics.linear_regression(xs, [a for _, a, _ in points])
+    kl_slope, _ = statistics.linear_regression(xs, [k for _, _, k in points])
+    lines = [
+        "",
+        f"Curve ({first}, {len(points)} training-set sizes): per doubling of the training images, agreement "
+        f"{agreement_slope:+.2f} points, KL {kl_slope:+.4f} (least squares against log2 of the count).",
+    ]
+    if agreement_slope > 0:
+        needed = 2 ** ((target_agreement - agreement_at) / agreement_slope)
+        lines.append(
+            f"Extrapolated along that line, {target_agreement:.0f}% agreement would take about {needed:,.0f} images "
+            "with this recipe: a trend of few points, not a measurement."
+        )
+    else:
+        lines.append("Agreement does not rise with the training images over this range: no extrapolation.")
+    return lines
 
 
 if __name__ == "__main__":
