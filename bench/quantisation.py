@@ -35,7 +35,7 @@ from pruning.data import ImageSet, load_image_folder
 from pruning.export import export_onnx
 from pruning.image_sets import eval_data_config
 from pruning.loading import create_model
-from pruning.metrics import classification_metrics, predict
+from pruning.metrics import classification_metrics, paired_top1_loss, predict
 from pruning.model import PrunedViT
 from pruning.onnx_session import onnx_logits, onnx_session, time_onnx
 from pruning.quantisation import quantise
@@ -163,10 +163,9 @@ def _row(name: str, precision: str, logits: torch.Tensor, report: ImageSet, refe
 
 
 def paired_loss(logits: torch.Tensor, float_logits: torch.Tensor, report: ImageSet) -> dict:
-    """Top-1 points lost to quantisation, with the standard error of the per-image difference (both models
-    are scored on the same images, so only the images whose verdict changed count)."""
-    change = (logits.argmax(1) == report.labels).float() - (float_logits.argmax(1) == report.labels).float()
-    return {"points": float(-100 * change.mean()), "se": float(100 * change.std() / len(change) ** 0.5)}
+    """Top-1 points lost to quantisation, with the standard error of the per-image difference."""
+    points, se = paired_top1_loss(logits, float_logits, report.labels)
+    return {"points": points, "se": se}
 
 
 def _agreement(logits: torch.Tensor, simulated: torch.Tensor) -> dict:

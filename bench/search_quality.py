@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import time
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from pruning import PruneConfig, describe, prune_model
 from pruning.bundle import load_bundle
 from pruning.loading import create_model
 from pruning.metrics import evaluate
-from pruning.timing import measure_latency
+from pruning.timing import paired_latency
 from search import JobSpec, SearchSpace, run_search, run_trials, submit
 from search.context import JobContext
 from search.study import open_storage
@@ -78,15 +77,6 @@ def baseline_config(predictor: LatencyPredictor, spec, target_ms: float, batch: 
         if predictor.predict(config, spec, batch).ms <= target_ms:
             return config
     raise RuntimeError(f"no uniform keep ratio reaches {target_ms:.1f} ms")
-
-
-def paired_latency(models: dict[str, torch.nn.Module], batch: int, threads: int, rounds: int = 7) -> dict:
-    """Median over interleaved rounds, so a drift of the shared machine hits every model alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(measure_latency(model, batch_size=batch, threads=threads, rounds=1, iters=2).ms)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def hypervolume(front: list[tuple[float, float]], budget: float, floor: float) -> float:
@@ -188,7 +178,7 @@ def compare_token_ops(args, calib: Path, val_dir: Path, dense, spec, predictor: 
         tome_cfg = tome_config(predictor, spec, budget_ms, args.batch)
         models["tome"] = prune_model(dense, tome_cfg, name=MODEL)
         tome_metrics, _ = evaluate(models["tome"], val)
-        measured = paired_latency(models, args.batch, predictor.table.device.threads)
+        measured = paired_latency(models, batch_size=args.batch, threads=predictor.table.device.threads)
         for op, row in ops.items():
             if row is not None:
                 row["measured_ms"] = measured[op]
@@ -276,7 +266,9 @@ def main() -> int:
         base_cfg = baseline_config(predictor, spec, best_row["predicted_ms"], args.batch)
         baseline = prune_model(dense, base_cfg, name=MODEL)
         base_metrics, _ = evaluate(baseline, val)
-        measured = paired_latency({"dense": dense, "best": best, "baseline": baseline}, args.batch, threads)
+        measured = paired_latency(
+            {"dense": dense, "best": best, "baseline": baseline}, batch_size=args.batch, threads=threads
+        )
         rows.append(
             {
                 "budget_ratio": ratio,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LatencyStats", "measure_latency", "time_callable", "torch_threads"]
+__all__ = ["LatencyStats", "measure_latency", "paired_latency", "time_callable", "torch_threads"]
 
 
 @dataclass
@@ -149,3 +149,25 @@ def measure_latency(
             )
     finally:
         model.train(was_training)
+
+
+def paired_latency(
+    models: dict[str, torch.nn.Module],
+    *,
+    batch_size: int,
+    threads: int | None = None,
+    rounds: int = 7,
+    iters: int = 2,
+) -> dict[str, float]:
+    """Median milliseconds per forward of each model over `rounds` interleaved rounds (each model
+    timed once per round, `iters` calls after one warm-up call): the shared machine's speed drifts
+    over tens of seconds, and interleaving makes a drift hit every model alike, so ratios between
+    the models hold where separate measurements would not."""
+    if rounds < 1:
+        raise ValueError(f"need rounds >= 1, got {rounds}")
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            stats = measure_latency(model, batch_size=batch_size, threads=threads, warmup=1, rounds=1, iters=iters)
+            times[name].append(stats.ms)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -27,8 +27,11 @@ class Augmenter:
     def __init__(
         self, config: FineTuneConfig, mean: tuple[float, ...], std: tuple[float, ...], size: int, num_classes: int
     ) -> None:
-        random.seed(config.seed)  # timm's RandAugment and mixup draw from these generators
+        # timm's RandAugment and mixup draw from these generators, torchvision's crops and flips from
+        # torch's: all three are seeded, so a seed gives the same views in every run.
+        random.seed(config.seed)
         np.random.seed(config.seed % 2**32)
+        torch.manual_seed(config.seed)
         self.crop = v2.Compose(
             [v2.RandomResizedCrop(size, scale=(config.crop_scale, 1.0), antialias=True), v2.RandomHorizontalFlip()]
         )

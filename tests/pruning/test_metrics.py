@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from timm.data import resolve_data_config
 
 from pruning.data import ImageSet, load_image_folder
-from pruning.metrics import EvalResult, classification_metrics, evaluate, predict
+from pruning.metrics import EvalResult, classification_metrics, evaluate, paired_top1_loss, predict
 
 # Four images, six classes. Rankings per row (best first): 0 1 2 3 4 5 / 5 4 3 2 1 0 / 2 ... / 3 ...
 LOGITS = torch.tensor(
@@ -145,3 +145,14 @@ def test_dense_deit_tiny_accuracy(imagenet_dir: Path, class_map: Path, deit_tiny
     assert result.top1 is not None and abs(result.top1 - 78.4) <= 1.0
     assert result.top5 is not None and result.top5 >= result.top1
     assert logits.shape == (1000, 1000)
+
+
+def test_paired_loss_counts_only_the_images_whose_verdict_changed() -> None:
+    labels = torch.tensor([0, 1, 2, 3])
+    reference = torch.eye(4)  # right on all four
+    model = torch.eye(4)[[0, 1, 2, 0]]  # wrong on the last one only
+    points, se = paired_top1_loss(model, reference, labels)
+    assert points == pytest.approx(25.0)
+    assert se == pytest.approx(100 * torch.tensor([0.0, 0, 0, 1]).std().item() / 2)
+    assert paired_top1_loss(reference, reference, labels) == (0.0, 0.0)  # the same verdicts: no loss, no error
+    assert paired_top1_loss(reference, model, labels)[0] == pytest.approx(-25.0)  # a gain is a negative loss

@@ -1,4 +1,5 @@
-"""Tests for pruning.timing: statistics order, known durations, thread/gc restoration, batch scaling."""
+"""Tests for pruning.timing: statistics order, known durations, thread/gc restoration, batch scaling,
+interleaved (paired) timing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from pruning.timing import LatencyStats, measure_latency, time_callable, torch_threads
+from pruning.timing import LatencyStats, measure_latency, paired_latency, time_callable, torch_threads
 
 
 def assert_ordered(stats: LatencyStats) -> None:
@@ -82,3 +83,28 @@ def test_bigger_batch_is_not_faster(vit: torch.nn.Module) -> None:
 def test_given_inputs_set_the_batch(vit: torch.nn.Module) -> None:
     stats = measure_latency(vit, inputs=torch.randn(2, 3, 224, 224), warmup=0, rounds=1, iters=1)
     assert stats.batch_size == 2
+
+
+class Sleeper(torch.nn.Module):
+    """A model whose forward takes a known time and logs its calls."""
+
+    def __init__(self, name: str, seconds: float, calls: list[str]) -> None:
+        super().__init__()
+        self.name, self.seconds, self.calls = name, seconds, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(self.name)
+        time.sleep(self.seconds)
+        return x
+
+
+def test_paired_latency_interleaves_rounds_and_measures_each_model() -> None:
+    calls: list[str] = []
+    models = {"fast": Sleeper("fast", 0.0, calls), "slow": Sleeper("slow", 0.004, calls)}
+    ms = paired_latency(models, batch_size=1, rounds=3, iters=2)
+    # Every round times each model in turn (one warm-up call and two timed): a drift hits both alike.
+    assert calls == ["fast"] * 3 + ["slow"] * 3 + ["fast"] * 3 + ["slow"] * 3 + ["fast"] * 3 + ["slow"] * 3
+    assert set(ms) == {"fast", "slow"}
+    assert ms["slow"] >= 3.5 and ms["fast"] < ms["slow"]
+    with pytest.raises(ValueError):
+        paired_latency(models, batch_size=1, rounds=0)

@@ -83,6 +83,18 @@ def test_views_are_normalised_augmented_and_mixed_in_pairs():
     assert targets is None and x.shape == plain.shape
 
 
+def test_a_seed_gives_the_same_views_in_every_run():
+    images = _images(8, 1)
+
+    def views(seed: int) -> torch.Tensor:
+        torch.rand(7)  # whatever ran before leaves torch's generator elsewhere
+        augment = Augmenter(FineTuneConfig(**QUICK, seed=seed), images.mean, images.std, 32, 10)
+        return torch.cat([augment(images.images, images.labels)[0] for _ in range(3)])
+
+    assert torch.equal(views(3), views(3))
+    assert not torch.equal(views(3), views(4))
+
+
 def test_distillation_brings_the_pruned_model_closer_on_images_it_never_saw(dense):
     student = _pruned(dense)
     unseen = _images(32, 9)
