@@ -95,17 +95,13 @@ def main() -> int:
         config, choice = chosen[target]
         print(f"{target}: {summarise_config(config, spec)} ({choice}); training on {count} images", file=sys.stderr)
         student = prune_model(dense, config, name=args.model)
-        logits = predict(student, report_half)
-        before = classification_metrics(logits, report_half.labels, reference)
-        loss_before = paired_top1_loss(logits, reference, report_half.labels)
+        before, loss_before = _score(student, report_half, reference)
         count = min(count, len(train_half))  # spread over the half: every part of the folder (class) in it
         train = train_half.subset([i * len(train_half) // count for i in range(count)])
         start = time.perf_counter()
         result = fine_tune(student, dense, train, recipe)
         seconds = time.perf_counter() - start
-        logits = predict(student, report_half)
-        after = classification_metrics(logits, report_half.labels, reference)
-        loss_after = paired_top1_loss(logits, reference, report_half.labels)
+        after, loss_after = _score(student, report_half, reference)
         rows.append(
             {
                 "target": target,
@@ -139,6 +135,13 @@ def main() -> int:
     (args.out / "finetune_recovery.md").write_text(_markdown(summary))
     print(_markdown(summary))
     return 0
+
+
+def _score(model: torch.nn.Module, images, reference: torch.Tensor):
+    """The model's metrics on `images` against the dense `reference` logits, and the top-1 points it loses
+    against dense there with their paired standard error."""
+    logits = predict(model, images)
+    return classification_metrics(logits, images.labels, reference), paired_top1_loss(logits, reference, images.labels)
 
 
 def _config(target: str, dense: torch.nn.Module, spec, threads: int) -> tuple[PruneConfig, dict]:
@@ -190,7 +193,7 @@ def _markdown(summary: dict) -> str:
         f"(seed {summary['seed']}); dense top-1 {dense['top1']:.1f}% (SE {dense['top1_se']:.1f}). Recipe: "
         f"{summary['recipe']['steps']} steps of {summary['recipe']['batch_size']}, lr {summary['recipe']['lr']}, "
         f"feature weight {summary['recipe'].get('feature_weight', 0.0)}. Host budgets: every merge count and the "
-        f"dense model timed in one paired run at {summary.get('timing_threads', summary['threads'])} thread(s); "
+        f"dense model timed in one paired run at {summary['timing_threads']} thread(s); "
         "the phone's: the `mobile-cpu` table.",
         "",
         "| target | model | latency / dense | train images | top-1 before -> after (SE)"
